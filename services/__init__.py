@@ -1,0 +1,1 @@
+"""The timebank-federation services: one ledger per bank, and (later) the clearing house."""

@@ -1,0 +1,1 @@
+"""Building blocks every service uses: stores, idempotency, auth and HTTP problem details."""

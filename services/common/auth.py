@@ -1,0 +1,84 @@
+"""Bearer tokens with roles, kept only as SHA-256 digests and compared in constant time."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+from fastapi import Request
+
+from services.common.problems import Problem
+
+MIN_TOKEN_LENGTH = 16
+PLACEHOLDER_TOKENS = frozenset({"changeme", "changethis", "secret", "password", "token"})
+# What each role may do: read everything, and write (operator, admin).
+READ_ROLES = frozenset({"operator", "auditor", "admin"})
+WRITE_ROLES = frozenset({"operator", "admin"})
+
+
+class TokenError(ValueError):
+    """A configured token is unusable."""
+
+
+def digest(token: str) -> bytes:
+    return hashlib.sha256(token.encode()).digest()
+
+
+def check_token(name: str, token: str) -> str:
+    """Refuse tokens that are empty, short, or placeholders left in from an example."""
+    if token.strip().lower() in PLACEHOLDER_TOKENS or len(token) < MIN_TOKEN_LENGTH:
+        raise TokenError(
+            f"{name} must be a secret of at least {MIN_TOKEN_LENGTH} characters "
+            "(for example: python -c 'import secrets; print(secrets.token_urlsafe(32))')"
+        )
+    return token
+
+
+@dataclass(frozen=True)
+class TokenRegistry:
+    """Role -> digest of its token."""
+
+    digests: Mapping[str, bytes]
+
+    @classmethod
+    def from_tokens(cls, tokens: Mapping[str, str | None]) -> TokenRegistry:
+        return cls({role: digest(token) for role, token in tokens.items() if token})
+
+    def role_of(self, token: str) -> str | None:
+        presented = digest(token)
+        found = None
+        # Compare against every role, always, so timing says nothing about which matched.
+        for role, expected in self.digests.items():
+            if hmac.compare_digest(presented, expected):
+                found = role
+        return found
+
+
+def bearer_role(request: Request, registry: TokenRegistry) -> str:
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    role = registry.role_of(token.strip()) if scheme.lower() == "bearer" and token else None
+    if role is None:
+        raise Problem(
+            401,
+            "unauthorized",
+            "a valid bearer token is required",
+            headers={"WWW-Authenticate": 'Bearer realm="timebank"'},
+        )
+    return role
+
+
+def role_guard(allowed: frozenset[str], registry_of: Callable[[Request], TokenRegistry]) -> Callable[
+    [Request], str
+]:
+    """A FastAPI dependency: the caller's role, if it is one of ``allowed``."""
+
+    def guard(request: Request) -> str:
+        role = bearer_role(request, registry_of(request))
+        if role not in allowed:
+            raise Problem(403, "forbidden", f"the {role} role may not do this")
+        return role
+
+    return guard

@@ -1,0 +1,1 @@
+"""One bank's event-sourced ledger: accounts, local exchanges, holds and its HTTP API."""

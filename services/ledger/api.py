@@ -1,0 +1,279 @@
+"""The ledger's HTTP API: thin routes that decode a request, call the ledger once, encode."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import datetime
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Depends, FastAPI, Header, Request, Response
+from pydantic import BaseModel, ConfigDict, Field
+
+from services.common.auth import READ_ROLES, WRITE_ROLES, TokenRegistry, role_guard
+from services.common.idempotency import (
+    IdempotencyConflict,
+    InvalidIdempotencyKey,
+    check_key,
+    fingerprint,
+)
+from services.common.problems import install_problem_handlers, problem_response
+from services.common.stores import parse_store_url
+from services.ledger.application import (
+    Executed,
+    IdempotencyKey,
+    Ledger,
+    MemberExists,
+    StoreBusy,
+    UnknownMember,
+)
+from services.ledger.domain import (
+    MAX_MEMO_LENGTH,
+    MAX_NAME_LENGTH,
+    HoldExists,
+    InvalidRequest,
+    OverdraftLimitExceeded,
+    UnknownHold,
+)
+from services.ledger.settings import LedgerSettings
+
+MAX_BODY_BYTES = 64 * 1024
+
+LEDGER_ERRORS: dict[type[Exception], tuple[int, str]] = {
+    InvalidRequest: (422, "invalid_request"),
+    InvalidIdempotencyKey: (422, "invalid_request"),
+    UnknownMember: (404, "unknown_member"),
+    MemberExists: (409, "member_exists"),
+    OverdraftLimitExceeded: (409, "overdraft_limit_exceeded"),
+    IdempotencyConflict: (409, "idempotency_conflict"),
+    UnknownHold: (404, "unknown_hold"),
+    HoldExists: (409, "hold_exists"),
+    StoreBusy: (503, "busy"),
+}
+
+
+# Wire shapes. Requests are strict: no unknown fields, no coercion ("5" or 5.0 is not 5).
+
+
+class RequestBody(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class NewMember(RequestBody):
+    member_id: str = Field(min_length=1, max_length=64, examples=["maya"])
+    name: str = Field(min_length=1, max_length=MAX_NAME_LENGTH, examples=["Maya Okafor"])
+    kind: Literal["person", "organisation"]
+    overdraft_limit_minutes: int | None = Field(
+        default=None, ge=0, description="Overrides the bank's default overdraft limit."
+    )
+
+
+class Member(BaseModel):
+    member_id: str
+    name: str
+    kind: Literal["person", "organisation", "system"]
+    balance_minutes: int
+    held_minutes: int
+    available_minutes: int
+    overdraft_limit_minutes: int | None = Field(
+        description="How far below zero the member may go; null for system accounts."
+    )
+
+
+class NewExchange(RequestBody):
+    payer: str = Field(min_length=1, max_length=64, description="The member who received help.")
+    payee: str = Field(min_length=1, max_length=64, description="The member who gave it.")
+    minutes: int = Field(gt=0, examples=[90])
+    memo: str = Field(max_length=MAX_MEMO_LENGTH, examples=["Lift to the hospital"])
+
+
+class Exchange(BaseModel):
+    exchange_id: str
+    payer: str
+    payee: str
+    minutes: int
+    memo: str
+    recorded_at: datetime
+
+
+class StatementEntry(BaseModel):
+    at: datetime
+    minutes: int = Field(description="Signed: positive when earned, negative when spent.")
+    counterparty: str
+    memo: str
+    kind: str
+
+
+class Statement(BaseModel):
+    member_id: str
+    balance_minutes: int
+    entries: list[StatementEntry]
+
+
+class Bank(BaseModel):
+    bank: str
+    members: int
+    total_posted_minutes: int = Field(description="Sum of every posted balance: always 0.")
+
+
+class Health(BaseModel):
+    status: Literal["ok"]
+    bank: str
+
+
+# Dependencies.
+
+
+def get_ledger(request: Request) -> Ledger:
+    ledger: Ledger = request.app.state.ledger
+    return ledger
+
+
+def _tokens(request: Request) -> TokenRegistry:
+    settings: LedgerSettings = request.app.state.settings
+    return settings.tokens
+
+
+LedgerDep = Annotated[Ledger, Depends(get_ledger)]
+Reader = Depends(role_guard(READ_ROLES, _tokens))
+Writer = Depends(role_guard(WRITE_ROLES, _tokens))
+IdempotencyKeyHeader = Annotated[
+    str | None,
+    Header(
+        alias="Idempotency-Key",
+        description="Repeat a request safely: the first result is returned, nothing changes.",
+    ),
+]
+
+
+def idempotency(key: str | None, operation: str, body: BaseModel) -> IdempotencyKey | None:
+    if key is None:
+        return None
+    return IdempotencyKey(check_key(key), fingerprint(operation, body.model_dump(mode="json")))
+
+
+def mark_replay(response: Response, executed: Executed[object]) -> None:
+    if executed.replayed:
+        response.headers["Idempotent-Replayed"] = "true"
+
+
+# Routes.
+
+health = APIRouter(tags=["health"])
+members = APIRouter(prefix="/v1/members", tags=["members"])
+exchanges = APIRouter(prefix="/v1/exchanges", tags=["exchanges"])
+bank = APIRouter(prefix="/v1/bank", tags=["bank"])
+
+
+@health.get("/healthz")
+def healthz(request: Request) -> Health:
+    """Liveness: the service is up. Needs no token."""
+    settings: LedgerSettings = request.app.state.settings
+    return Health(status="ok", bank=settings.bank_id)
+
+
+@members.post("", status_code=201, dependencies=[Writer])
+def open_member(
+    body: NewMember, ledger: LedgerDep, response: Response, key: IdempotencyKeyHeader = None
+) -> Member:
+    """Open an account for a person or an organisation, at a zero balance."""
+    executed = ledger.open_member(
+        body.member_id,
+        body.name,
+        body.kind,
+        body.overdraft_limit_minutes,
+        idempotency=idempotency(key, "POST /v1/members", body),
+    )
+    mark_replay(response, executed)
+    return Member.model_validate(executed.value, from_attributes=True)
+
+
+@members.get("/{member_id}", dependencies=[Reader])
+def get_member(member_id: str, ledger: LedgerDep) -> Member:
+    """A member's posted, held and available balance, and overdraft limit."""
+    return Member.model_validate(ledger.get_member(member_id), from_attributes=True)
+
+
+@members.get("/{member_id}/statement", dependencies=[Reader])
+def get_statement(member_id: str, ledger: LedgerDep) -> Statement:
+    """Every posted entry on a member's account, oldest first; they sum to the balance."""
+    return Statement.model_validate(ledger.statement(member_id), from_attributes=True)
+
+
+@exchanges.post("", status_code=201, dependencies=[Writer])
+def record_exchange(
+    body: NewExchange, ledger: LedgerDep, response: Response, key: IdempotencyKeyHeader = None
+) -> Exchange:
+    """Record a local exchange: the payer received help and pays the payee who gave it."""
+    executed = ledger.exchange(
+        body.payer,
+        body.payee,
+        body.minutes,
+        body.memo,
+        idempotency=idempotency(key, "POST /v1/exchanges", body),
+    )
+    mark_replay(response, executed)
+    return Exchange.model_validate(executed.value, from_attributes=True)
+
+
+@bank.get("", dependencies=[Reader])
+def get_bank(ledger: LedgerDep) -> Bank:
+    """The bank's member count and the sum of all posted balances (zero, by double entry)."""
+    return Bank.model_validate(ledger.summary(), from_attributes=True)
+
+
+def is_json(content_type: str) -> bool:
+    media_type = content_type.split(";", 1)[0].strip().lower()
+    return media_type == "application/json" or (
+        media_type.startswith("application/") and media_type.endswith("+json")
+    )
+
+
+def create_app(settings: LedgerSettings, ledger: Ledger | None = None) -> FastAPI:
+    """Build one bank's API. Without ``ledger``, it opens the settings' store at start-up."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        owned = ledger is None
+        app.state.ledger = ledger or Ledger(
+            settings.bank_id,
+            parse_store_url(settings.store_url),
+            default_overdraft_minutes=settings.default_overdraft_minutes,
+            max_exchange_minutes=settings.max_exchange_minutes,
+        )
+        try:
+            yield
+        finally:
+            if owned:
+                app.state.ledger.close()
+
+    app = FastAPI(
+        title=f"timebank ledger: {settings.bank_id}",
+        summary="One time bank's event-sourced ledger, in integer minutes.",
+        version="1",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+
+    @app.middleware("http")
+    async def check_body(request: Request, call_next):  # type: ignore[no-untyped-def]
+        # Handlers do not see what a middleware raises, so these answer directly.
+        length = request.headers.get("content-length", "0")
+        if not length.isdigit() or int(length) > MAX_BODY_BYTES:
+            return problem_response(
+                request, 413, "payload_too_large", f"bodies are limited to {MAX_BODY_BYTES} bytes"
+            )
+        if int(length) and not is_json(request.headers.get("content-type", "")):
+            # FastAPI would not parse it (a CSRF guard); say so plainly.
+            return problem_response(
+                request,
+                415,
+                "unsupported_media_type",
+                "send the request body as JSON, with Content-Type: application/json",
+            )
+        return await call_next(request)
+
+    install_problem_handlers(app, LEDGER_ERRORS)
+    for router in (health, members, exchanges, bank):
+        app.include_router(router)
+    return app

@@ -1,0 +1,383 @@
+"""The bank's ledger application: commands load accounts, call the domain, and save once."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from datetime import datetime
+from typing import Any, Generic, TypeVar
+from uuid import UUID, uuid4
+
+from eventsourcing.application import AggregateNotFoundError, Application
+from eventsourcing.domain import Aggregate
+from eventsourcing.persistence import IntegrityError
+from eventsourcing.utils import get_topic
+
+from services.common.idempotency import IdempotencyConflict, IdempotencyRecord, record_id
+from services.common.stores import Store
+from services.ledger.domain import (
+    SYSTEM_ACCOUNTS,
+    SYSTEM_KIND,
+    Account,
+    InvalidRequest,
+    LedgerError,
+    account_id,
+    check_amount,
+    check_memo,
+)
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+DEFAULT_OVERDRAFT_MINUTES = 10 * 60
+DEFAULT_MAX_EXCHANGE_MINUTES = 100 * 60
+# A command that loses a race with another process re-reads and decides again, this often.
+MAX_ATTEMPTS = 8
+_OPENED_TOPIC = get_topic(Account.Opened)
+
+
+class UnknownMember(LedgerError):
+    """No account with that member id in this bank."""
+
+
+class MemberExists(LedgerError):
+    """An account with that member id is already open in this bank."""
+
+
+class StoreBusy(LedgerError):
+    """Other writers kept winning the race for the same accounts; the command can be retried."""
+
+
+@dataclass(frozen=True)
+class MemberView:
+    member_id: str
+    name: str
+    kind: str
+    balance_minutes: int
+    held_minutes: int
+    available_minutes: int
+    overdraft_limit_minutes: int | None
+
+
+@dataclass(frozen=True)
+class ExchangeReceipt:
+    exchange_id: str
+    payer: str
+    payee: str
+    minutes: int
+    memo: str
+    recorded_at: datetime
+
+
+@dataclass(frozen=True)
+class StatementEntry:
+    at: datetime
+    minutes: int
+    counterparty: str
+    memo: str
+    kind: str
+    entry_id: str
+
+
+@dataclass(frozen=True)
+class Statement:
+    member_id: str
+    balance_minutes: int
+    entries: list[StatementEntry]
+
+
+@dataclass(frozen=True)
+class BankSummary:
+    bank: str
+    members: int
+    total_posted_minutes: int
+
+
+@dataclass(frozen=True)
+class IdempotencyKey:
+    key: str
+    fingerprint: str
+
+
+@dataclass(frozen=True)
+class Executed(Generic[T]):
+    """A command's result, and whether it is the stored result of an earlier identical request."""
+
+    value: T
+    replayed: bool = False
+
+
+class Ledger(Application[UUID]):
+    """One bank's ledger.
+
+    Concurrency: within a process every command runs under one write lock, so decisions are
+    made on the latest state and SQLite sees one writer. A second process writing the same
+    store is still safe: each save is checked by the store's optimistic concurrency control
+    (a unique aggregate version), and a command that loses the race is decided again on
+    fresh state. Either way no update is lost and no rule is checked against stale balances.
+    """
+
+    name = "Ledger"
+    snapshotting_intervals = {Account: 200}  # noqa: RUF012 (eventsourcing's class attribute)
+
+    def __init__(
+        self,
+        bank_id: str,
+        store: Store,
+        *,
+        default_overdraft_minutes: int = DEFAULT_OVERDRAFT_MINUTES,
+        max_exchange_minutes: int = DEFAULT_MAX_EXCHANGE_MINUTES,
+        cache_size: int = 10_000,
+    ) -> None:
+        self.bank_id = bank_id
+        self.default_overdraft_minutes = default_overdraft_minutes
+        self.max_exchange_minutes = max_exchange_minutes
+        self._write_lock = threading.RLock()
+        self._index_lock = threading.Lock()
+        self._index: list[UUID] = []
+        self._index_next = 1
+        store.prepare()
+        super().__init__(env={**store.env, "AGGREGATE_CACHE_MAXSIZE": str(cache_size)})
+        self._open_system_accounts()
+
+    # Queries.
+
+    def get_member(self, member_id: str) -> MemberView:
+        return self._view(self._account(member_id))
+
+    def statement(self, member_id: str) -> Statement:
+        account = self._account(member_id)
+        entries = []
+        for ev in self.events.get(account.id):
+            if isinstance(ev, Account.Credited):
+                sign, entry_id = 1, ev.entry_id
+            elif isinstance(ev, Account.Debited):
+                sign, entry_id = -1, ev.entry_id
+            elif isinstance(ev, Account.HoldPosted):
+                sign, entry_id = -1, ev.hold_id
+            else:
+                continue
+            entries.append(
+                StatementEntry(
+                    at=ev.timestamp,
+                    minutes=sign * ev.minutes,
+                    counterparty=ev.counterparty,
+                    memo=ev.memo,
+                    kind=ev.kind,
+                    entry_id=entry_id,
+                )
+            )
+        # The balance is the sum of the entries read, so the two always agree.
+        return Statement(
+            member_id=member_id,
+            balance_minutes=sum(e.minutes for e in entries),
+            entries=entries,
+        )
+
+    def summary(self) -> BankSummary:
+        # Under the write lock, so no exchange is half-seen by the sum.
+        with self._write_lock:
+            accounts = [self._get_account(i) for i in self._account_ids()]
+        return BankSummary(
+            bank=self.bank_id,
+            members=sum(not a.is_system for a in accounts),
+            total_posted_minutes=sum(a.balance_minutes for a in accounts),
+        )
+
+    # Commands.
+
+    def open_member(
+        self,
+        member_id: str,
+        name: str,
+        kind: str,
+        overdraft_limit_minutes: int | None = None,
+        idempotency: IdempotencyKey | None = None,
+    ) -> Executed[MemberView]:
+        def command() -> tuple[Sequence[Aggregate], MemberView]:
+            if kind == SYSTEM_KIND:
+                raise InvalidRequest("system accounts are opened by the bank itself")
+            account = Account.open(member_id, name, kind, overdraft_limit_minutes)
+            if self._exists(account.id):
+                raise MemberExists(f"member {member_id} already exists", member_id=member_id)
+            return [account], self._view(account)
+
+        return self._execute(command, idempotency, MemberView)
+
+    def exchange(
+        self,
+        payer: str,
+        payee: str,
+        minutes: int,
+        memo: str,
+        idempotency: IdempotencyKey | None = None,
+    ) -> Executed[ExchangeReceipt]:
+        """The payer received help and pays the payee, who gave it, in one atomic save."""
+
+        def command() -> tuple[Sequence[Aggregate], ExchangeReceipt]:
+            check_amount(minutes, self.max_exchange_minutes)
+            check_memo(memo)
+            if payer == payee:
+                raise InvalidRequest("payer and payee must be different members")
+            payer_account = self._member_account(payer)
+            payee_account = self._member_account(payee)
+            exchange_id = str(uuid4())
+            payer_account.debit(
+                exchange_id, minutes, payee, memo, "exchange", self.default_overdraft_minutes
+            )
+            payee_account.credit(exchange_id, minutes, payer, memo, "exchange")
+            receipt = ExchangeReceipt(
+                exchange_id=exchange_id,
+                payer=payer,
+                payee=payee,
+                minutes=minutes,
+                memo=memo,
+                recorded_at=payer_account.modified_on,
+            )
+            return [payer_account, payee_account], receipt
+
+        return self._execute(command, idempotency, ExchangeReceipt)
+
+    def place_hold(
+        self,
+        member_id: str,
+        hold_id: str,
+        minutes: int,
+        counterparty: str,
+        memo: str,
+        kind: str = "transfer",
+    ) -> MemberView:
+        """Reserve minutes on an account, to be posted to the counterparty or voided later."""
+
+        def command() -> tuple[Sequence[Aggregate], MemberView]:
+            check_memo(memo)
+            account = self._account(member_id)
+            if counterparty == member_id:
+                raise InvalidRequest("a hold's counterparty must be another account")
+            self._account(counterparty)
+            account.place_hold(
+                hold_id, minutes, counterparty, memo, kind, self.default_overdraft_minutes
+            )
+            return [account], self._view(account)
+
+        return self._execute(command, None, MemberView).value
+
+    def post_hold(self, member_id: str, hold_id: str) -> MemberView:
+        """Post an open hold: the held minutes move to the hold's counterparty, atomically."""
+
+        def command() -> tuple[Sequence[Aggregate], MemberView]:
+            account = self._account(member_id)
+            hold = account.post_hold(hold_id)
+            other = self._account(hold["counterparty"])
+            other.credit(hold_id, hold["minutes"], member_id, hold["memo"], hold["kind"])
+            return [account, other], self._view(account)
+
+        return self._execute(command, None, MemberView).value
+
+    def void_hold(self, member_id: str, hold_id: str) -> MemberView:
+        def command() -> tuple[Sequence[Aggregate], MemberView]:
+            account = self._account(member_id)
+            account.void_hold(hold_id)
+            return [account], self._view(account)
+
+        return self._execute(command, None, MemberView).value
+
+    # Plumbing.
+
+    def _execute(
+        self,
+        command: Callable[[], tuple[Sequence[Aggregate], T]],
+        idempotency: IdempotencyKey | None,
+        result_type: Callable[..., T],
+    ) -> Executed[T]:
+        with self._write_lock:
+            for _ in range(MAX_ATTEMPTS):
+                if idempotency is not None:
+                    earlier = self._recorded(idempotency)
+                    if earlier is not None:
+                        return Executed(result_type(**earlier), replayed=True)
+                aggregates, result = command()
+                to_save: list[Aggregate] = list(aggregates)
+                if idempotency is not None:
+                    to_save.append(
+                        IdempotencyRecord(
+                            key=idempotency.key,
+                            fingerprint=idempotency.fingerprint,
+                            response=asdict(result),  # type: ignore[call-overload]
+                        )
+                    )
+                try:
+                    self.save(*to_save)
+                except IntegrityError:
+                    log.info("lost a race with another writer; deciding again on fresh state")
+                    continue
+                return Executed(result)
+        raise StoreBusy("the store is busy with other writers to the same accounts; retry")
+
+    def _recorded(self, idempotency: IdempotencyKey) -> dict[str, Any] | None:
+        try:
+            record = self.repository.get(record_id(idempotency.key))
+        except AggregateNotFoundError:
+            return None
+        assert isinstance(record, IdempotencyRecord)
+        if record.fingerprint != idempotency.fingerprint:
+            raise IdempotencyConflict(idempotency.key)
+        return dict(record.response)
+
+    def _open_system_accounts(self) -> None:
+        for member_id in SYSTEM_ACCOUNTS:
+            if not self._exists(account_id(member_id)):
+                try:
+                    self.save(Account.open(member_id, member_id.title(), SYSTEM_KIND))
+                except IntegrityError:
+                    pass  # another process opened it first
+
+    def _exists(self, aggregate_id: UUID) -> bool:
+        try:
+            self.repository.get(aggregate_id)
+        except AggregateNotFoundError:
+            return False
+        return True
+
+    def _get_account(self, aggregate_id: UUID) -> Account:
+        account = self.repository.get(aggregate_id)
+        assert isinstance(account, Account)
+        return account
+
+    def _account(self, member_id: str) -> Account:
+        try:
+            return self._get_account(account_id(member_id))
+        except AggregateNotFoundError:
+            raise UnknownMember(
+                f"no member {member_id} in bank {self.bank_id}", member_id=member_id
+            ) from None
+
+    def _member_account(self, member_id: str) -> Account:
+        account = self._account(member_id)
+        if account.is_system:
+            raise InvalidRequest(f"{member_id} is a system account and cannot take part")
+        return account
+
+    def _account_ids(self) -> list[UUID]:
+        """Every account id, from the log's Opened events, read on from where we stopped."""
+        with self._index_lock:
+            while batch := self.recorder.select_notifications(
+                start=self._index_next, limit=1000, topics=[_OPENED_TOPIC]
+            ):
+                self._index.extend(UUID(str(n.originator_id)) for n in batch)
+                self._index_next = batch[-1].id + 1
+            return list(self._index)
+
+    def _view(self, account: Account) -> MemberView:
+        return MemberView(
+            member_id=account.member_id,
+            name=account.name,
+            kind=account.kind,
+            balance_minutes=account.balance_minutes,
+            held_minutes=account.held_minutes,
+            available_minutes=account.available_minutes,
+            overdraft_limit_minutes=account.effective_limit(self.default_overdraft_minutes),
+        )

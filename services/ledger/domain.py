@@ -1,0 +1,280 @@
+"""One bank's accounts: double-entry postings in integer minutes, overdraft limits, holds."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+from uuid import NAMESPACE_URL, UUID, uuid5
+
+from eventsourcing.domain import Aggregate, event
+
+MEMBER_KINDS = ("person", "organisation")
+SYSTEM_KIND = "system"
+# The bank's side of the clearing house, and where settled amounts land.
+SYSTEM_ACCOUNTS = ("federation", "settlement")
+
+MEMBER_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+MAX_NAME_LENGTH = 200
+MAX_MEMO_LENGTH = 500
+
+_ACCOUNT_NAMESPACE = uuid5(NAMESPACE_URL, "urn:timebank-federation:account")
+
+
+class LedgerError(Exception):
+    """A rule of the ledger refused a command; nothing was written."""
+
+    def __init__(self, detail: str, **extra: Any) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.extra = extra
+
+
+class InvalidRequest(LedgerError):
+    """The command's values break a rule that does not depend on any state."""
+
+
+class OverdraftLimitExceeded(LedgerError):
+    """The payer's available balance would fall below minus its overdraft limit."""
+
+
+class UnknownHold(LedgerError):
+    """No open hold with that id on the account (never placed, or already ended)."""
+
+
+class HoldExists(LedgerError):
+    """A hold with that id is already open on the account."""
+
+
+def account_id(member_id: str) -> UUID:
+    """The aggregate id of a member's (or system) account: stable, derived from the id."""
+    return uuid5(_ACCOUNT_NAMESPACE, member_id)
+
+
+def check_amount(minutes: object, maximum: int | None = None) -> int:
+    """Return minutes if it is a whole positive number of minutes within the maximum."""
+    if not isinstance(minutes, int) or isinstance(minutes, bool):
+        raise InvalidRequest("minutes must be a whole number of minutes")
+    if minutes <= 0:
+        raise InvalidRequest("minutes must be greater than zero")
+    if maximum is not None and minutes > maximum:
+        raise InvalidRequest(
+            f"minutes must not exceed {maximum} for one exchange", maximum_minutes=maximum
+        )
+    return minutes
+
+
+def check_memo(memo: str) -> str:
+    if len(memo) > MAX_MEMO_LENGTH:
+        raise InvalidRequest(f"memo must be at most {MAX_MEMO_LENGTH} characters")
+    return memo
+
+
+class Account(Aggregate):
+    """A member's or a system account. Balances change only by postings with a counterparty."""
+
+    @staticmethod
+    def create_id(member_id: str, **_: Any) -> UUID:
+        return account_id(member_id)
+
+    @classmethod
+    def open(
+        cls, member_id: str, name: str, kind: str, overdraft_limit_minutes: int | None = None
+    ) -> Account:
+        if not MEMBER_ID_PATTERN.fullmatch(member_id):
+            raise InvalidRequest(
+                "member_id must be 1-64 letters, digits, '.', '_' or '-', "
+                "starting with a letter or digit"
+            )
+        if member_id in SYSTEM_ACCOUNTS and kind != SYSTEM_KIND:
+            raise InvalidRequest(f"'{member_id}' is reserved for the bank's system account")
+        if kind not in (*MEMBER_KINDS, SYSTEM_KIND):
+            raise InvalidRequest(f"kind must be one of {', '.join(MEMBER_KINDS)}")
+        if not name.strip() or len(name) > MAX_NAME_LENGTH:
+            raise InvalidRequest(f"name must be 1-{MAX_NAME_LENGTH} characters")
+        if overdraft_limit_minutes is not None and (
+            isinstance(overdraft_limit_minutes, bool)
+            or not isinstance(overdraft_limit_minutes, int)
+            or overdraft_limit_minutes < 0
+        ):
+            raise InvalidRequest("overdraft_limit_minutes must be a whole number >= 0")
+        return cls(
+            member_id=member_id,
+            name=name,
+            kind=kind,
+            overdraft_limit_minutes=overdraft_limit_minutes,
+        )
+
+    class Opened(Aggregate.Created):
+        member_id: str
+        name: str
+        kind: str
+        overdraft_limit_minutes: int | None
+
+    @event(Opened)
+    def __init__(
+        self, member_id: str, name: str, kind: str, overdraft_limit_minutes: int | None
+    ) -> None:
+        self.member_id = member_id
+        self.name = name
+        self.kind = kind
+        self.overdraft_limit_minutes = overdraft_limit_minutes
+        self.balance_minutes = 0
+        self.held_minutes = 0
+        # hold id -> the pending posting, kept as plain data so snapshots transcode it.
+        self.holds: dict[str, dict[str, Any]] = {}
+
+    @property
+    def is_system(self) -> bool:
+        return self.kind == SYSTEM_KIND
+
+    @property
+    def available_minutes(self) -> int:
+        return self.balance_minutes - self.held_minutes
+
+    def effective_limit(self, bank_default: int) -> int | None:
+        """Minutes this account may go below zero; None means unbounded (system accounts)."""
+        if self.is_system:
+            return None
+        if self.overdraft_limit_minutes is not None:
+            return self.overdraft_limit_minutes
+        return bank_default
+
+    def _check_can_spend(self, minutes: int, bank_default: int) -> None:
+        limit = self.effective_limit(bank_default)
+        if limit is not None and self.available_minutes - minutes < -limit:
+            raise OverdraftLimitExceeded(
+                f"{self.member_id} has {self.available_minutes} minutes available and an "
+                f"overdraft limit of {limit}; {minutes} minutes would exceed it",
+                member_id=self.member_id,
+                available_minutes=self.available_minutes,
+                overdraft_limit_minutes=limit,
+                requested_minutes=minutes,
+            )
+
+    # Posted entries. Every debit is saved together with the matching credit.
+
+    def debit(
+        self,
+        entry_id: str,
+        minutes: int,
+        counterparty: str,
+        memo: str,
+        kind: str,
+        bank_default_limit: int,
+    ) -> None:
+        check_amount(minutes)
+        self._check_can_spend(minutes, bank_default_limit)
+        self._debited(
+            entry_id=entry_id, minutes=minutes, counterparty=counterparty, memo=memo, kind=kind
+        )
+
+    class Debited(Aggregate.Event):
+        entry_id: str
+        minutes: int
+        counterparty: str
+        memo: str
+        kind: str
+
+    @event(Debited)
+    def _debited(
+        self, entry_id: str, minutes: int, counterparty: str, memo: str, kind: str
+    ) -> None:
+        self.balance_minutes -= minutes
+
+    def credit(self, entry_id: str, minutes: int, counterparty: str, memo: str, kind: str) -> None:
+        check_amount(minutes)
+        self._credited(
+            entry_id=entry_id, minutes=minutes, counterparty=counterparty, memo=memo, kind=kind
+        )
+
+    class Credited(Aggregate.Event):
+        entry_id: str
+        minutes: int
+        counterparty: str
+        memo: str
+        kind: str
+
+    @event(Credited)
+    def _credited(
+        self, entry_id: str, minutes: int, counterparty: str, memo: str, kind: str
+    ) -> None:
+        self.balance_minutes += minutes
+
+    # Two-phase postings: a hold reserves minutes now; it is later posted or voided, once.
+
+    def place_hold(
+        self,
+        hold_id: str,
+        minutes: int,
+        counterparty: str,
+        memo: str,
+        kind: str,
+        bank_default_limit: int,
+    ) -> None:
+        check_amount(minutes)
+        if hold_id in self.holds:
+            raise HoldExists(f"hold {hold_id} is already open on {self.member_id}")
+        self._check_can_spend(minutes, bank_default_limit)
+        self._hold_placed(
+            hold_id=hold_id, minutes=minutes, counterparty=counterparty, memo=memo, kind=kind
+        )
+
+    class HoldPlaced(Aggregate.Event):
+        hold_id: str
+        minutes: int
+        counterparty: str
+        memo: str
+        kind: str
+
+    @event(HoldPlaced)
+    def _hold_placed(
+        self, hold_id: str, minutes: int, counterparty: str, memo: str, kind: str
+    ) -> None:
+        self.holds[hold_id] = {
+            "minutes": minutes,
+            "counterparty": counterparty,
+            "memo": memo,
+            "kind": kind,
+        }
+        self.held_minutes += minutes
+
+    def open_hold(self, hold_id: str) -> dict[str, Any]:
+        try:
+            return self.holds[hold_id]
+        except KeyError:
+            raise UnknownHold(f"no open hold {hold_id} on {self.member_id}") from None
+
+    def post_hold(self, hold_id: str) -> dict[str, Any]:
+        """Turn the hold into a posted debit; returns the hold so the caller can credit."""
+        hold = self.open_hold(hold_id)
+        # Repeat the hold's terms in the event, so each posting is readable on its own.
+        self._hold_posted(hold_id=hold_id, **hold)
+        return hold
+
+    class HoldPosted(Aggregate.Event):
+        hold_id: str
+        minutes: int
+        counterparty: str
+        memo: str
+        kind: str
+
+    @event(HoldPosted)
+    def _hold_posted(
+        self, hold_id: str, minutes: int, counterparty: str, memo: str, kind: str
+    ) -> None:
+        del self.holds[hold_id]
+        self.held_minutes -= minutes
+        self.balance_minutes -= minutes
+
+    def void_hold(self, hold_id: str) -> None:
+        hold = self.open_hold(hold_id)
+        self._hold_voided(hold_id=hold_id, minutes=hold["minutes"])
+
+    class HoldVoided(Aggregate.Event):
+        hold_id: str
+        minutes: int
+
+    @event(HoldVoided)
+    def _hold_voided(self, hold_id: str, minutes: int) -> None:
+        del self.holds[hold_id]
+        self.held_minutes -= minutes

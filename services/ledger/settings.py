@@ -1,0 +1,74 @@
+"""A ledger service's settings, built explicitly from the command line and the environment."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from services.common.auth import TokenError, TokenRegistry, check_token
+from services.common.stores import StoreURLError, parse_store_url
+from services.ledger.application import DEFAULT_MAX_EXCHANGE_MINUTES, DEFAULT_OVERDRAFT_MINUTES
+from shared.identifiers import InvalidBankId, check_bank_id
+
+OPERATOR_TOKEN_VAR = "TIMEBANK_OPERATOR_TOKEN"
+AUDITOR_TOKEN_VAR = "TIMEBANK_AUDITOR_TOKEN"
+
+
+class SettingsError(ValueError):
+    """The service cannot start with these settings; the message says what to fix."""
+
+
+@dataclass(frozen=True)
+class LedgerSettings:
+    bank_id: str
+    store_url: str
+    tokens: TokenRegistry
+    default_overdraft_minutes: int = DEFAULT_OVERDRAFT_MINUTES
+    max_exchange_minutes: int = DEFAULT_MAX_EXCHANGE_MINUTES
+
+    @classmethod
+    def build(
+        cls,
+        environ: Mapping[str, str],
+        *,
+        bank_id: str,
+        store_url: str | None = None,
+        default_overdraft_minutes: int = DEFAULT_OVERDRAFT_MINUTES,
+        max_exchange_minutes: int = DEFAULT_MAX_EXCHANGE_MINUTES,
+    ) -> LedgerSettings:
+        """Check everything a ledger needs before it starts; tokens come from ``environ``."""
+        try:
+            check_bank_id(bank_id)
+            url = store_url or default_store_url(bank_id)
+            parse_store_url(url)
+            operator = environ.get(OPERATOR_TOKEN_VAR, "")
+            if not operator:
+                raise SettingsError(
+                    f"{OPERATOR_TOKEN_VAR} is not set: the ledger needs an operator token "
+                    f"(for example: export {OPERATOR_TOKEN_VAR}="
+                    "$(python -c 'import secrets; print(secrets.token_urlsafe(32))'))"
+                )
+            tokens = {"operator": check_token(OPERATOR_TOKEN_VAR, operator)}
+            auditor = environ.get(AUDITOR_TOKEN_VAR, "")
+            if auditor:
+                tokens["auditor"] = check_token(AUDITOR_TOKEN_VAR, auditor)
+                if auditor == operator:
+                    raise SettingsError(f"{AUDITOR_TOKEN_VAR} must differ from the operator's")
+        except (InvalidBankId, StoreURLError, TokenError) as e:
+            raise SettingsError(str(e)) from e
+        if default_overdraft_minutes < 0:
+            raise SettingsError("the default overdraft limit must be >= 0 minutes")
+        if max_exchange_minutes <= 0:
+            raise SettingsError("the maximum per exchange must be > 0 minutes")
+        return cls(
+            bank_id=bank_id,
+            store_url=url,
+            tokens=TokenRegistry.from_tokens(tokens),
+            default_overdraft_minutes=default_overdraft_minutes,
+            max_exchange_minutes=max_exchange_minutes,
+        )
+
+
+def default_store_url(bank_id: str) -> str:
+    """``./timebank-data/<bank>.db`` under the current directory."""
+    return f"sqlite:///timebank-data/{bank_id}.db"
