@@ -1,0 +1,116 @@
+"""Fixtures that start real stores: a SQLite file per test, and a fresh PostgreSQL schema per test
+when TIMEBANK_TEST_POSTGRES_URL names a server."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+from fastapi.testclient import TestClient
+from psycopg import sql
+
+from services.common.stores import parse_store_url
+from services.ledger.api import create_app
+from services.ledger.application import Ledger
+from services.ledger.settings import LedgerSettings
+
+POSTGRES_URL_VAR = "TIMEBANK_TEST_POSTGRES_URL"
+OPERATOR_TOKEN = "operator-" + "o" * 24
+AUDITOR_TOKEN = "auditor-" + "a" * 24
+BANK_ID = "rushey-green"
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> str:
+    """The PostgreSQL server's URL, or a skip that says how to run these tests."""
+    url = os.environ.get(POSTGRES_URL_VAR)
+    if not url:
+        pytest.skip(
+            f"{POSTGRES_URL_VAR} is not set; set it (e.g. postgresql://postgres@127.0.0.1:5432/test)"
+            " to run the PostgreSQL store tests"
+        )
+    return url
+
+
+@pytest.fixture
+def postgres_schema_url(postgres_url: str) -> Iterator[str]:
+    """A store URL with a schema of its own, dropped after the test."""
+    schema = f"tb_test_{secrets.token_hex(6)}"
+    yield f"{postgres_url}?schema={schema}"
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Each store kind in turn: the same test runs on SQLite and on PostgreSQL."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'bank.db'}"
+    url: str = request.getfixturevalue("postgres_schema_url")
+    return url
+
+
+LedgerFactory = Callable[..., Ledger]
+
+
+@pytest.fixture
+def open_ledger(store_url: str) -> Iterator[LedgerFactory]:
+    """Open a Ledger on the test's store (as often as a test likes); all are closed after."""
+    opened: list[Ledger] = []
+
+    def factory(**kwargs: object) -> Ledger:
+        ledger = Ledger(BANK_ID, parse_store_url(store_url), **kwargs)  # type: ignore[arg-type]
+        opened.append(ledger)
+        return ledger
+
+    yield factory
+    for ledger in opened:
+        ledger.close()
+
+
+@pytest.fixture
+def ledger(open_ledger: LedgerFactory) -> Ledger:
+    return open_ledger()
+
+
+def make_settings(store_url: str, **kwargs: object) -> LedgerSettings:
+    environ = {"TIMEBANK_OPERATOR_TOKEN": OPERATOR_TOKEN, "TIMEBANK_AUDITOR_TOKEN": AUDITOR_TOKEN}
+    return LedgerSettings.build(environ, bank_id=BANK_ID, store_url=store_url, **kwargs)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def open_client(store_url: str) -> Iterator[Callable[..., TestClient]]:
+    """Start the real ASGI app (lifespan and all) on the test's store; closed after the test.
+
+    Call it again to simulate a restart of the service on the same store.
+    """
+    clients: list[TestClient] = []
+
+    def factory(**settings: object) -> TestClient:
+        client = TestClient(create_app(make_settings(store_url, **settings)))
+        client.__enter__()
+        clients.append(client)
+        return client
+
+    yield factory
+    for client in clients:
+        client.__exit__(None, None, None)
+
+
+@pytest.fixture
+def client(open_client: Callable[..., TestClient]) -> TestClient:
+    return open_client()
+
+
+@pytest.fixture
+def operator() -> dict[str, str]:
+    return {"Authorization": f"Bearer {OPERATOR_TOKEN}"}
+
+
+@pytest.fixture
+def auditor() -> dict[str, str]:
+    return {"Authorization": f"Bearer {AUDITOR_TOKEN}"}
