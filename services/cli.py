@@ -54,7 +54,9 @@ def ledger_serve(
     from services.ledger.application import Ledger
     from services.ledger.settings import LedgerSettings, SettingsError
 
-    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     try:
         settings = LedgerSettings.build(
             os.environ,

@@ -70,9 +70,9 @@ def bearer_role(request: Request, registry: TokenRegistry) -> str:
     return role
 
 
-def role_guard(allowed: frozenset[str], registry_of: Callable[[Request], TokenRegistry]) -> Callable[
-    [Request], str
-]:
+def role_guard(
+    allowed: frozenset[str], registry_of: Callable[[Request], TokenRegistry]
+) -> Callable[[Request], str]:
     """A FastAPI dependency: the caller's role, if it is one of ``allowed``."""
 
     def guard(request: Request) -> str:

@@ -81,7 +81,9 @@ def parse_store_url(url: str) -> Store:
         query = parse_qs(parts.query)
         unknown = set(query) - {"schema"}
         if unknown:
-            raise StoreURLError(f"store URL {url!r}: unknown option(s) {', '.join(sorted(unknown))}")
+            raise StoreURLError(
+                f"store URL {url!r}: unknown option(s) {', '.join(sorted(unknown))}"
+            )
         schema = query.get("schema", [""])[-1]
         if schema and (set(schema) - SCHEMA_CHARS or schema[0].isdigit() or len(schema) > 63):
             raise StoreURLError(
@@ -107,6 +109,4 @@ def parse_store_url(url: str) -> Store:
         return Store(
             url=url, env={"PERSISTENCE_MODULE": "eventsourcing.popo"}, description="in memory"
         )
-    raise StoreURLError(
-        f"store URL {url!r}: the scheme must be sqlite, postgresql or memory"
-    )
+    raise StoreURLError(f"store URL {url!r}: the scheme must be sqlite, postgresql or memory")

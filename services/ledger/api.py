@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, FastAPI, Header, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
@@ -152,7 +152,7 @@ def idempotency(key: str | None, operation: str, body: BaseModel) -> Idempotency
     return IdempotencyKey(check_key(key), fingerprint(operation, body.model_dump(mode="json")))
 
 
-def mark_replay(response: Response, executed: Executed[object]) -> None:
+def mark_replay(response: Response, executed: Executed[Any]) -> None:
     if executed.replayed:
         response.headers["Idempotent-Replayed"] = "true"
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 from collections.abc import Callable, Sequence
@@ -319,10 +320,9 @@ class Ledger(Application[UUID]):
 
     def _recorded(self, idempotency: IdempotencyKey) -> dict[str, Any] | None:
         try:
-            record = self.repository.get(record_id(idempotency.key))
+            record: IdempotencyRecord = self.repository.get(record_id(idempotency.key))
         except AggregateNotFoundError:
             return None
-        assert isinstance(record, IdempotencyRecord)
         if record.fingerprint != idempotency.fingerprint:
             raise IdempotencyConflict(idempotency.key)
         return dict(record.response)
@@ -330,10 +330,9 @@ class Ledger(Application[UUID]):
     def _open_system_accounts(self) -> None:
         for member_id in SYSTEM_ACCOUNTS:
             if not self._exists(account_id(member_id)):
-                try:
+                # Another process may open it first; then it exists, which is all we need.
+                with contextlib.suppress(IntegrityError):
                     self.save(Account.open(member_id, member_id.title(), SYSTEM_KIND))
-                except IntegrityError:
-                    pass  # another process opened it first
 
     def _exists(self, aggregate_id: UUID) -> bool:
         try:
@@ -343,8 +342,7 @@ class Ledger(Application[UUID]):
         return True
 
     def _get_account(self, aggregate_id: UUID) -> Account:
-        account = self.repository.get(aggregate_id)
-        assert isinstance(account, Account)
+        account: Account = self.repository.get(aggregate_id)
         return account
 
     def _account(self, member_id: str) -> Account:

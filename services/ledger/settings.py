@@ -10,8 +10,9 @@ from services.common.stores import StoreURLError, parse_store_url
 from services.ledger.application import DEFAULT_MAX_EXCHANGE_MINUTES, DEFAULT_OVERDRAFT_MINUTES
 from shared.identifiers import InvalidBankId, check_bank_id
 
-OPERATOR_TOKEN_VAR = "TIMEBANK_OPERATOR_TOKEN"
-AUDITOR_TOKEN_VAR = "TIMEBANK_AUDITOR_TOKEN"
+# Names of environment variables, not secrets.
+OPERATOR_TOKEN_VAR = "TIMEBANK_OPERATOR_TOKEN"  # noqa: S105
+AUDITOR_TOKEN_VAR = "TIMEBANK_AUDITOR_TOKEN"  # noqa: S105
 
 
 class SettingsError(ValueError):
