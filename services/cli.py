@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
+from collections.abc import Iterator
+from contextlib import contextmanager
+from types import FrameType
 from typing import Annotated
 
 import typer
@@ -79,9 +83,30 @@ def ledger_serve(
         raise fail(f"cannot open the store ({store_.description}): {e}") from None
     typer.echo(f"bank {settings.bank_id}: store {store_.description}; http://{host}:{port}")
     try:
-        uvicorn.run(create_app(settings, ledger), host=host, port=port, log_level=log_level)
+        with exit_cleanly_on_signals():
+            uvicorn.run(create_app(settings, ledger), host=host, port=port, log_level=log_level)
     finally:
         ledger.close()
+
+
+@contextmanager
+def exit_cleanly_on_signals() -> Iterator[None]:
+    """Make SIGTERM and Ctrl-C end the process with status 0 once the server has shut down.
+
+    Uvicorn shuts down gracefully on these signals, then restores the handlers it found and
+    raises the signal again; without handlers of ours, the process would die by the signal
+    before the store is closed.
+    """
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        raise SystemExit(0)
+
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def main() -> None:

@@ -16,12 +16,18 @@ from psycopg import sql
 from services.common.stores import parse_store_url
 from services.ledger.api import create_app
 from services.ledger.application import Ledger
-from services.ledger.settings import LedgerSettings
+from tests.helpers import AUDITOR_TOKEN, BANK_ID, OPERATOR_TOKEN, make_settings
 
 POSTGRES_URL_VAR = "TIMEBANK_TEST_POSTGRES_URL"
-OPERATOR_TOKEN = "operator-" + "o" * 24
-AUDITOR_TOKEN = "auditor-" + "a" * 24
-BANK_ID = "rushey-green"
+
+
+def pytest_report_header() -> str:
+    if os.environ.get(POSTGRES_URL_VAR):
+        return f"PostgreSQL store tests: running ({POSTGRES_URL_VAR} is set)"
+    return (
+        f"PostgreSQL store tests: skipped ({POSTGRES_URL_VAR} is not set; e.g. "
+        "postgresql://postgres@127.0.0.1:5432/test)"
+    )
 
 
 @pytest.fixture(scope="session")
@@ -75,11 +81,6 @@ def open_ledger(store_url: str) -> Iterator[LedgerFactory]:
 @pytest.fixture
 def ledger(open_ledger: LedgerFactory) -> Ledger:
     return open_ledger()
-
-
-def make_settings(store_url: str, **kwargs: object) -> LedgerSettings:
-    environ = {"TIMEBANK_OPERATOR_TOKEN": OPERATOR_TOKEN, "TIMEBANK_AUDITOR_TOKEN": AUDITOR_TOKEN}
-    return LedgerSettings.build(environ, bank_id=BANK_ID, store_url=store_url, **kwargs)  # type: ignore[arg-type]
 
 
 @pytest.fixture

@@ -11,13 +11,14 @@ from fastapi import APIRouter, Depends, FastAPI, Header, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from services.common.auth import READ_ROLES, WRITE_ROLES, TokenRegistry, role_guard
+from services.common.http import JSONBodyGuard
 from services.common.idempotency import (
     IdempotencyConflict,
     InvalidIdempotencyKey,
     check_key,
     fingerprint,
 )
-from services.common.problems import install_problem_handlers, problem_response
+from services.common.problems import install_problem_handlers
 from services.common.stores import parse_store_url
 from services.ledger.application import (
     Executed,
@@ -36,8 +37,6 @@ from services.ledger.domain import (
     UnknownHold,
 )
 from services.ledger.settings import LedgerSettings
-
-MAX_BODY_BYTES = 64 * 1024
 
 LEDGER_ERRORS: dict[type[Exception], tuple[int, str]] = {
     InvalidRequest: (422, "invalid_request"),
@@ -222,13 +221,6 @@ def get_bank(ledger: LedgerDep) -> Bank:
     return Bank.model_validate(ledger.summary(), from_attributes=True)
 
 
-def is_json(content_type: str) -> bool:
-    media_type = content_type.split(";", 1)[0].strip().lower()
-    return media_type == "application/json" or (
-        media_type.startswith("application/") and media_type.endswith("+json")
-    )
-
-
 def create_app(settings: LedgerSettings, ledger: Ledger | None = None) -> FastAPI:
     """Build one bank's API. Without ``ledger``, it opens the settings' store at start-up."""
 
@@ -255,24 +247,7 @@ def create_app(settings: LedgerSettings, ledger: Ledger | None = None) -> FastAP
     )
     app.state.settings = settings
 
-    @app.middleware("http")
-    async def check_body(request: Request, call_next):  # type: ignore[no-untyped-def]
-        # Handlers do not see what a middleware raises, so these answer directly.
-        length = request.headers.get("content-length", "0")
-        if not length.isdigit() or int(length) > MAX_BODY_BYTES:
-            return problem_response(
-                request, 413, "payload_too_large", f"bodies are limited to {MAX_BODY_BYTES} bytes"
-            )
-        if int(length) and not is_json(request.headers.get("content-type", "")):
-            # FastAPI would not parse it (a CSRF guard); say so plainly.
-            return problem_response(
-                request,
-                415,
-                "unsupported_media_type",
-                "send the request body as JSON, with Content-Type: application/json",
-            )
-        return await call_next(request)
-
+    app.add_middleware(JSONBodyGuard)
     install_problem_handlers(app, LEDGER_ERRORS)
     for router in (health, members, exchanges, bank):
         app.include_router(router)

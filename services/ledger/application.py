@@ -201,9 +201,11 @@ class Ledger(Application[UUID]):
         def command() -> tuple[Sequence[Aggregate], MemberView]:
             if kind == SYSTEM_KIND:
                 raise InvalidRequest("system accounts are opened by the bank itself")
-            account = Account.open(member_id, name, kind, overdraft_limit_minutes)
-            if self._exists(account.id):
+            # Checked first: an id that is taken (a system account's too) is taken, whatever
+            # else is wrong with the request.
+            if self._exists(account_id(member_id)):
                 raise MemberExists(f"member {member_id} already exists", member_id=member_id)
+            account = Account.open(member_id, name, kind, overdraft_limit_minutes)
             return [account], self._view(account)
 
         return self._execute(command, idempotency, MemberView)

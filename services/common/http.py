@@ -1,0 +1,99 @@
+"""ASGI middleware every service puts in front of its routes: bounded JSON bodies."""
+
+from __future__ import annotations
+
+import json
+from http import HTTPStatus
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from services.common.problems import PROBLEM_JSON, TYPE_PREFIX
+
+MAX_BODY_BYTES = 64 * 1024
+
+
+def is_json(content_type: str) -> bool:
+    media_type = content_type.split(";", 1)[0].strip().lower()
+    return media_type == "application/json" or (
+        media_type.startswith("application/") and media_type.endswith("+json")
+    )
+
+
+class JSONBodyGuard:
+    """Read each request body before the app does, refusing one that is too large (413) or
+    not JSON (415).
+
+    The body is counted as it arrives, so a chunked request without Content-Length is held
+    to the same limit; the app then reads the buffered copy.
+    """
+
+    def __init__(self, app: ASGIApp, max_body_bytes: int = MAX_BODY_BYTES) -> None:
+        self.app = app
+        self.max_body_bytes = max_body_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        body = bytearray()
+        more = True
+        while more:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            body += message.get("body", b"")
+            more = message.get("more_body", False)
+            if len(body) > self.max_body_bytes:
+                await self._problem(
+                    scope,
+                    send,
+                    413,
+                    "payload_too_large",
+                    f"request bodies are limited to {self.max_body_bytes} bytes",
+                )
+                return
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        if body and not is_json(headers.get("content-type", "")):
+            # FastAPI would not parse it as JSON (a CSRF guard); say so plainly.
+            await self._problem(
+                scope,
+                send,
+                415,
+                "unsupported_media_type",
+                "send the request body as JSON, with Content-Type: application/json",
+            )
+            return
+        delivered = False
+
+        async def replay() -> Message:
+            nonlocal delivered
+            if delivered:
+                return await receive()
+            delivered = True
+            return {"type": "http.request", "body": bytes(body), "more_body": False}
+
+        await self.app(scope, replay, send)
+
+    @staticmethod
+    async def _problem(scope: Scope, send: Send, status: int, code: str, detail: str) -> None:
+        payload = {
+            "type": TYPE_PREFIX + code,
+            "title": HTTPStatus(status).phrase,
+            "status": status,
+            "code": code,
+            "detail": detail,
+            "instance": scope.get("path", ""),
+        }
+        data = json.dumps(payload).encode()
+        await send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": [
+                    (b"content-type", PROBLEM_JSON.encode()),
+                    (b"content-length", str(len(data)).encode()),
+                    (b"connection", b"close"),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": data})
