@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import random
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime
@@ -36,8 +38,12 @@ T = TypeVar("T")
 DEFAULT_OVERDRAFT_MINUTES = 10 * 60
 DEFAULT_MAX_EXCHANGE_MINUTES = 100 * 60
 # A command that loses a race with another process re-reads and decides again, this often.
-MAX_ATTEMPTS = 8
-_OPENED_TOPIC = get_topic(Account.Opened)
+MAX_ATTEMPTS = 10
+RETRY_PAUSE_SECONDS = 0.001
+_SUMMARY_TOPICS = [
+    get_topic(cls)
+    for cls in (Account.Opened, Account.Credited, Account.Debited, Account.HoldPosted)
+]
 
 
 class UnknownMember(LedgerError):
@@ -137,9 +143,10 @@ class Ledger(Application[UUID]):
         self.default_overdraft_minutes = default_overdraft_minutes
         self.max_exchange_minutes = max_exchange_minutes
         self._write_lock = threading.RLock()
-        self._index_lock = threading.Lock()
-        self._index: list[UUID] = []
-        self._index_next = 1
+        self._summary_lock = threading.Lock()
+        self._summary_next = 1
+        self._summary_members = 0
+        self._summary_total = 0
         store.prepare()
         super().__init__(env={**store.env, "AGGREGATE_CACHE_MAXSIZE": str(cache_size)})
         self._open_system_accounts()
@@ -179,14 +186,30 @@ class Ledger(Application[UUID]):
         )
 
     def summary(self) -> BankSummary:
-        # Under the write lock, so no exchange is half-seen by the sum.
-        with self._write_lock:
-            accounts = [self._get_account(i) for i in self._account_ids()]
-        return BankSummary(
-            bank=self.bank_id,
-            members=sum(not a.is_system for a in accounts),
-            total_posted_minutes=sum(a.balance_minutes for a in accounts),
-        )
+        """Members and the sum of all posted balances, folded from the log's postings.
+
+        The store commits transactions in notification order, so reading on until nothing
+        is left ends on a whole-transaction boundary: no exchange is ever half-counted, even
+        while another process writes. Each call reads only what was recorded since the last.
+        """
+        with self._summary_lock:
+            while batch := self.recorder.select_notifications(
+                start=self._summary_next, limit=1000, topics=_SUMMARY_TOPICS
+            ):
+                for notification in batch:
+                    match self.mapper.to_domain_event(notification):
+                        case Account.Opened(kind=kind) if kind != SYSTEM_KIND:
+                            self._summary_members += 1
+                        case Account.Credited(minutes=minutes):
+                            self._summary_total += minutes
+                        case Account.Debited(minutes=minutes) | Account.HoldPosted(minutes=minutes):
+                            self._summary_total -= minutes
+                self._summary_next = batch[-1].id + 1
+            return BankSummary(
+                bank=self.bank_id,
+                members=self._summary_members,
+                total_posted_minutes=self._summary_total,
+            )
 
     # Commands.
 
@@ -297,7 +320,7 @@ class Ledger(Application[UUID]):
         result_type: Callable[..., T],
     ) -> Executed[T]:
         with self._write_lock:
-            for _ in range(MAX_ATTEMPTS):
+            for attempt in range(MAX_ATTEMPTS):
                 if idempotency is not None:
                     earlier = self._recorded(idempotency)
                     if earlier is not None:
@@ -316,6 +339,8 @@ class Ledger(Application[UUID]):
                     self.save(*to_save)
                 except IntegrityError:
                     log.info("lost a race with another writer; deciding again on fresh state")
+                    # Jitter, so two writers that collided do not collide again in lockstep.
+                    time.sleep(random.uniform(0, RETRY_PAUSE_SECONDS * 2**attempt))  # noqa: S311
                     continue
                 return Executed(result)
         raise StoreBusy("the store is busy with other writers to the same accounts; retry")
@@ -360,16 +385,6 @@ class Ledger(Application[UUID]):
         if account.is_system:
             raise InvalidRequest(f"{member_id} is a system account and cannot take part")
         return account
-
-    def _account_ids(self) -> list[UUID]:
-        """Every account id, from the log's Opened events, read on from where we stopped."""
-        with self._index_lock:
-            while batch := self.recorder.select_notifications(
-                start=self._index_next, limit=1000, topics=[_OPENED_TOPIC]
-            ):
-                self._index.extend(UUID(str(n.originator_id)) for n in batch)
-                self._index_next = batch[-1].id + 1
-            return list(self._index)
 
     def _view(self, account: Account) -> MemberView:
         return MemberView(
