@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import json
-from http import HTTPStatus
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from services.common.problems import PROBLEM_JSON, TYPE_PREFIX
+from services.common.problems import PROBLEM_JSON, problem_body
 
 MAX_BODY_BYTES = 64 * 1024
 
@@ -76,14 +75,7 @@ class JSONBodyGuard:
 
     @staticmethod
     async def _problem(scope: Scope, send: Send, status: int, code: str, detail: str) -> None:
-        payload = {
-            "type": TYPE_PREFIX + code,
-            "title": HTTPStatus(status).phrase,
-            "status": status,
-            "code": code,
-            "detail": detail,
-            "instance": scope.get("path", ""),
-        }
+        payload = problem_body(status, code, detail, scope.get("path", ""))
         data = json.dumps(payload).encode()
         await send(
             {

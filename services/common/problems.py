@@ -37,6 +37,20 @@ class Problem(Exception):
         self.extra = extra
 
 
+def problem_body(
+    status: int, code: str, detail: str, instance: str, **extra: Any
+) -> dict[str, Any]:
+    return {
+        "type": TYPE_PREFIX + code,
+        "title": HTTPStatus(status).phrase,
+        "status": status,
+        "code": code,
+        "detail": detail,
+        "instance": instance,
+        **extra,
+    }
+
+
 def problem_response(
     request: Request,
     status: int,
@@ -45,15 +59,7 @@ def problem_response(
     headers: Mapping[str, str] | None = None,
     **extra: Any,
 ) -> JSONResponse:
-    body = {
-        "type": TYPE_PREFIX + code,
-        "title": HTTPStatus(status).phrase,
-        "status": status,
-        "code": code,
-        "detail": detail,
-        "instance": request.url.path,
-        **extra,
-    }
+    body = problem_body(status, code, detail, request.url.path, **extra)
     return JSONResponse(body, status_code=status, media_type=PROBLEM_JSON, headers=headers)
 
 

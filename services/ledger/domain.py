@@ -168,12 +168,17 @@ class Account(Aggregate):
             entry_id=entry_id, minutes=minutes, counterparty=counterparty, memo=memo, kind=kind
         )
 
-    class Debited(Aggregate.Event):
+    class Entry(Aggregate.Event):
+        """A posted movement of minutes against a counterparty account."""
+
         entry_id: str
         minutes: int
         counterparty: str
         memo: str
         kind: str
+
+    class Debited(Entry):
+        pass
 
     @event(Debited)
     def _debited(
@@ -187,12 +192,8 @@ class Account(Aggregate):
             entry_id=entry_id, minutes=minutes, counterparty=counterparty, memo=memo, kind=kind
         )
 
-    class Credited(Aggregate.Event):
-        entry_id: str
-        minutes: int
-        counterparty: str
-        memo: str
-        kind: str
+    class Credited(Entry):
+        pass
 
     @event(Credited)
     def _credited(
@@ -219,12 +220,17 @@ class Account(Aggregate):
             hold_id=hold_id, minutes=minutes, counterparty=counterparty, memo=memo, kind=kind
         )
 
-    class HoldPlaced(Aggregate.Event):
+    class HoldEvent(Aggregate.Event):
+        """A hold's terms: who receives the minutes when it is posted, and why."""
+
         hold_id: str
         minutes: int
         counterparty: str
         memo: str
         kind: str
+
+    class HoldPlaced(HoldEvent):
+        pass
 
     @event(HoldPlaced)
     def _hold_placed(
@@ -251,12 +257,8 @@ class Account(Aggregate):
         self._hold_posted(hold_id=hold_id, **hold)
         return hold
 
-    class HoldPosted(Aggregate.Event):
-        hold_id: str
-        minutes: int
-        counterparty: str
-        memo: str
-        kind: str
+    class HoldPosted(HoldEvent):
+        pass
 
     @event(HoldPosted)
     def _hold_posted(

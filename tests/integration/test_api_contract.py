@@ -12,7 +12,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from services.common.http import MAX_BODY_BYTES
-from tests.helpers import BANK_ID
+from tests.helpers import BANK_ID, PROBLEM_KEYS, assert_problem, ledger_state
 
 Headers = dict[str, str]
 
@@ -26,7 +26,6 @@ MEMBER_KEYS = {
     "overdraft_limit_minutes",
 }
 EXCHANGE_KEYS = {"exchange_id", "payer", "payee", "minutes", "memo", "recorded_at"}
-PROBLEM_KEYS = {"type", "title", "status", "code", "detail"}
 
 
 def new_member(client: TestClient, operator: Headers, member_id: str, **fields: Any) -> Any:
@@ -59,32 +58,6 @@ def balance(client: TestClient, operator: Headers, member_id: str) -> int:
     assert response.status_code == 200, response.text
     minutes: int = response.json()["balance_minutes"]
     return minutes
-
-
-def ledger_state(client: TestClient, operator: Headers, *member_ids: str) -> dict[str, Any]:
-    """Everything a refused request could have changed: members, statements, bank totals."""
-    state: dict[str, Any] = {"bank": client.get("/v1/bank", headers=operator).json()}
-    for member_id in member_ids:
-        state[member_id] = (
-            client.get(f"/v1/members/{member_id}", headers=operator).json(),
-            client.get(f"/v1/members/{member_id}/statement", headers=operator).json(),
-        )
-    return state
-
-
-def assert_problem(response: httpx.Response, status: int, code: str) -> dict[str, Any]:
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"] == "application/problem+json"
-    body: dict[str, Any] = response.json()
-    assert body.keys() >= PROBLEM_KEYS
-    assert body["status"] == status
-    assert body["code"] == code
-    assert body["type"].endswith(code)
-    assert isinstance(body["title"], str)
-    assert body["title"]
-    assert isinstance(body["detail"], str)
-    assert body["detail"]
-    return body
 
 
 @pytest.fixture

@@ -6,12 +6,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-import httpx2 as httpx
 import pytest
 from fastapi.testclient import TestClient
 
 from services.ledger.api import create_app
-from tests.helpers import OPERATOR_TOKEN, make_settings
+from tests.helpers import OPERATOR_TOKEN, assert_problem, ledger_state, make_settings
 
 Headers = dict[str, str]
 
@@ -41,25 +40,6 @@ def balances(client: TestClient, operator: Headers, *member_ids: str) -> list[in
         client.get(f"/v1/members/{m}", headers=operator).json()["balance_minutes"]
         for m in member_ids
     ]
-
-
-def ledger_state(client: TestClient, operator: Headers, *member_ids: str) -> dict[str, Any]:
-    """Everything a refused request could have changed: members, statements, bank totals."""
-    state: dict[str, Any] = {"bank": client.get("/v1/bank", headers=operator).json()}
-    for member_id in member_ids:
-        state[member_id] = (
-            client.get(f"/v1/members/{member_id}", headers=operator).json(),
-            client.get(f"/v1/members/{member_id}/statement", headers=operator).json(),
-        )
-    return state
-
-
-def assert_problem(response: httpx.Response, status: int, code: str) -> dict[str, Any]:
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"] == "application/problem+json"
-    body: dict[str, Any] = response.json()
-    assert (body["status"], body["code"]) == (status, code)
-    return body
 
 
 @pytest.fixture
