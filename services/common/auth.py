@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
@@ -12,6 +13,7 @@ from fastapi import Request
 from services.common.problems import Problem
 
 MIN_TOKEN_LENGTH = 16
+TOKEN_PATTERN = re.compile(r"[A-Za-z0-9._~+/=-]+")
 PLACEHOLDER_TOKENS = frozenset({"changeme", "changethis", "secret", "password", "token"})
 # What each role may do: read everything, and write (operator, admin).
 READ_ROLES = frozenset({"operator", "auditor", "admin"})
@@ -27,8 +29,13 @@ def digest(token: str) -> bytes:
 
 
 def check_token(name: str, token: str) -> str:
-    """Refuse tokens that are empty, short, or placeholders left in from an example."""
-    if token.strip().lower() in PLACEHOLDER_TOKENS or len(token) < MIN_TOKEN_LENGTH:
+    """Refuse tokens that are short, placeholders left in from an example, or that could not
+    be sent in an Authorization header as they are (RFC 6750's token characters only)."""
+    if not TOKEN_PATTERN.fullmatch(token):
+        raise TokenError(
+            f"{name} may hold only letters, digits and '-._~+/=' (no spaces or quotes)"
+        )
+    if token.lower() in PLACEHOLDER_TOKENS or len(token) < MIN_TOKEN_LENGTH:
         raise TokenError(
             f"{name} must be a secret of at least {MIN_TOKEN_LENGTH} characters "
             "(for example: python -c 'import secrets; print(secrets.token_urlsafe(32))')"

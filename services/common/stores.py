@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlsplit
 
@@ -20,9 +20,10 @@ class StoreURLError(ValueError):
 class Store:
     """Where an application keeps its events."""
 
-    url: str
-    env: dict[str, str]
-    description: str
+    # The URL and env may hold a database password: kept out of repr (and so out of logs).
+    url: str = field(repr=False)
+    env: dict[str, str] = field(repr=False)
+    description: str = ""
 
     def prepare(self) -> None:
         """Create what must exist before eventsourcing creates its tables."""

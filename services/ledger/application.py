@@ -279,6 +279,7 @@ class Ledger(Application[UUID]):
         """Reserve minutes on an account, to be posted to the counterparty or voided later."""
 
         def command() -> tuple[Sequence[Aggregate], MemberView]:
+            check_amount(minutes, self.max_exchange_minutes)
             check_memo(memo)
             account = self._account(member_id)
             if counterparty == member_id:

@@ -85,8 +85,13 @@ class Account(Aggregate):
                 "member_id must be 1-64 letters, digits, '.', '_' or '-', "
                 "starting with a letter or digit"
             )
-        if member_id in SYSTEM_ACCOUNTS and kind != SYSTEM_KIND:
+        # Case-insensitive, so no member can pass for a system account on a statement.
+        if member_id.lower() in SYSTEM_ACCOUNTS and kind != SYSTEM_KIND:
             raise InvalidRequest(f"'{member_id}' is reserved for the bank's system account")
+        if kind == SYSTEM_KIND and member_id not in SYSTEM_ACCOUNTS:
+            raise InvalidRequest(
+                f"only the bank's own accounts ({', '.join(SYSTEM_ACCOUNTS)}) are of kind system"
+            )
         if kind not in (*MEMBER_KINDS, SYSTEM_KIND):
             raise InvalidRequest(f"kind must be one of {', '.join(MEMBER_KINDS)}")
         if not name.strip() or len(name) > MAX_NAME_LENGTH:
