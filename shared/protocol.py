@@ -38,6 +38,7 @@ ABORT_REASONS: Final = frozenset(
         "unknown_payee",
         "payee_refused",
         "deadline_exceeded",
+        "invalid_transfer",
     }
 )
 

@@ -1,0 +1,1 @@
+"""The clearing house: member-bank directory, coordinator of cross-bank transfers, positions."""

@@ -1,0 +1,419 @@
+"""The clearing house application: admits banks, coordinates every cross-bank transfer
+(reserve, ask the payee's bank, decide durably, tell both), and keeps the banks' positions."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import TypeVar
+from uuid import UUID
+
+from eventsourcing.application import AggregateNotFoundError, Application
+from eventsourcing.domain import Aggregate
+from eventsourcing.persistence import ApplicationRecorder, Recording, Tracking
+from eventsourcing.utils import get_topic
+
+from services.clearing.domain import (
+    ACTIVE,
+    PREPARING,
+    ClearingError,
+    Directory,
+    InvalidRequest,
+    MemberBank,
+    ReservationRefused,
+    Transfer,
+    bank_id_to_uuid,
+    transfer_id_to_uuid,
+)
+from services.common.inbox import (
+    MessageRejected,
+    Received,
+    UnitOfWork,
+    receive_from,
+    save_tracked,
+)
+from services.common.stores import Store
+from shared.identifiers import InvalidBankId, check_bank_id
+from shared.protocol import (
+    ABORT_REASONS,
+    CLEARING,
+    AnyMessage,
+    BankEntry,
+    CreditPrepared,
+    CreditRefused,
+    CreditRequested,
+    DecisionApplied,
+    DirectoryChanged,
+    Envelope,
+    TransferAborted,
+    TransferCommitted,
+    TransferRequested,
+)
+
+DEFAULT_DEADLINE_SECONDS = 30.0
+_TRANSFER_TOPICS = [
+    get_topic(t) for t in (Transfer.Requested, Transfer.Committed, Transfer.Aborted)
+]
+
+A = TypeVar("A", bound=Aggregate)
+
+
+class UnknownBank(ClearingError):
+    pass
+
+
+class BankExists(ClearingError):
+    pass
+
+
+class UnknownTransfer(ClearingError):
+    pass
+
+
+def member_bank(uow: UnitOfWork, bank_id: str) -> MemberBank:
+    bank = uow.get(bank_id_to_uuid(bank_id), MemberBank)
+    if bank is None:
+        raise UnknownBank(f"bank {bank_id} is not a member", bank_id=bank_id)
+    return bank
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True)
+class BankView:
+    bank_id: str
+    name: str
+    status: str
+    limit_minutes: int
+    position_minutes: int
+    reserved_minutes: int
+
+
+@dataclass(frozen=True)
+class TransferView:
+    transfer_id: str
+    status: str
+    reason: str | None
+    detail: str
+    payer_bank: str
+    payer: str
+    payee_bank: str
+    payee: str
+    minutes: int
+    memo: str
+    deadline: datetime
+    acknowledged_by: list[str]
+
+
+class Clearing(Application[UUID]):
+    """The clearing house. One process; commands and received batches run under one lock."""
+
+    name = "Clearing"
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        deadline_seconds: float = DEFAULT_DEADLINE_SECONDS,
+        clock: Callable[[], datetime] = utc_now,
+    ) -> None:
+        self.deadline = timedelta(seconds=deadline_seconds)
+        self.clock = clock
+        self._lock = threading.RLock()
+        store.prepare()
+        super().__init__(env={**store.env, "AGGREGATE_CACHE_MAXSIZE": "10000"})
+        # Transfer aggregate id -> deadline, for every transfer waiting for the payee's bank.
+        self._preparing: dict[UUID, datetime] = self._load_preparing()
+
+    def construct_recorder(self) -> ApplicationRecorder:
+        # A process recorder stores tracking records with events, for exactly-once receipt.
+        return self.factory.process_recorder()
+
+    # The directory.
+
+    def admit_bank(self, bank_id: str, name: str, limit_minutes: int) -> BankView:
+        try:
+            check_bank_id(bank_id)
+        except InvalidBankId as e:
+            raise InvalidRequest(str(e)) from None
+        with self._lock:
+            if self._find(bank_id_to_uuid(bank_id), MemberBank) is not None:
+                raise BankExists(f"bank {bank_id} is already a member", bank_id=bank_id)
+            bank = MemberBank.admit(bank_id, name, limit_minutes)
+            directory = self._directory()
+            directory.list_bank(bank_id)
+            uow = UnitOfWork(self, CLEARING)
+            uow.add(bank)
+            uow.add(directory)
+            self._announce_directory(uow, directory)
+            self.save(*uow.aggregates)
+            return self._bank_view(bank)
+
+    def suspend_bank(self, bank_id: str) -> BankView:
+        return self._change_status(bank_id, suspend=True)
+
+    def reinstate_bank(self, bank_id: str) -> BankView:
+        return self._change_status(bank_id, suspend=False)
+
+    def banks(self) -> list[BankView]:
+        with self._lock:
+            return [self._bank_view(self._bank(b)) for b in self._directory().bank_ids]
+
+    def positions(self) -> dict[str, int]:
+        return {b.bank_id: b.position_minutes for b in self.banks()}
+
+    def get_transfer(self, transfer_id: str) -> TransferView:
+        transfer = self._find(transfer_id_to_uuid(transfer_id), Transfer)
+        if transfer is None:
+            raise UnknownTransfer(f"no transfer {transfer_id}", transfer_id=transfer_id)
+        return TransferView(
+            transfer_id=transfer.transfer_id,
+            status=transfer.status,
+            reason=transfer.reason,
+            detail=transfer.detail,
+            payer_bank=transfer.payer_bank,
+            payer=transfer.payer,
+            payee_bank=transfer.payee_bank,
+            payee=transfer.payee,
+            minutes=transfer.minutes,
+            memo=transfer.memo,
+            deadline=transfer.deadline,
+            acknowledged_by=list(transfer.acknowledged_by),
+        )
+
+    # Receiving from banks.
+
+    def receive(self, envelopes: Sequence[Envelope]) -> list[Received]:
+        """Apply a batch: each sender's messages in sequence, in one transaction per sender."""
+        by_source: dict[str, list[Envelope]] = {}
+        for envelope in envelopes:
+            by_source.setdefault(envelope.source, []).append(envelope)
+        with self._lock:
+            results: list[Received] = []
+            for source, group in by_source.items():
+                results += receive_from(self, source, group, self._handle, self._save_tracked)
+            return results
+
+    def expire_overdue(self) -> list[str]:
+        """Abort every transfer whose payee bank has not answered by its deadline."""
+        now = self.clock()
+        expired = []
+        with self._lock:
+            overdue = [i for i, deadline in self._preparing.items() if deadline <= now]
+            for aggregate_id in overdue:
+                uow = UnitOfWork(self, CLEARING)
+                transfer = uow.get(aggregate_id, Transfer)
+                if transfer is None or transfer.status != PREPARING:
+                    continue
+                self._abort(uow, transfer, "deadline_exceeded", "the payee's bank did not answer")
+                self.save(*uow.aggregates)
+                expired.append(transfer.transfer_id)
+        return expired
+
+    # Handlers: one per message a bank may send; each is idempotent by transfer id.
+
+    def _handle(self, source: str, message: AnyMessage, uow: UnitOfWork) -> None:
+        if self._find(bank_id_to_uuid(source), MemberBank) is None:
+            raise MessageRejected(f"{source} is not a member bank")
+        match message:
+            case TransferRequested():
+                self._on_transfer_requested(source, message, uow)
+            case CreditPrepared():
+                self._on_credit_prepared(source, message, uow)
+            case CreditRefused():
+                self._on_credit_refused(source, message, uow)
+            case DecisionApplied():
+                self._on_decision_applied(source, message, uow)
+            case _:
+                raise MessageRejected(f"a bank may not send {type(message).__name__}")
+
+    def _on_transfer_requested(
+        self, source: str, message: TransferRequested, uow: UnitOfWork
+    ) -> None:
+        if message.payer_bank != source:
+            raise MessageRejected(f"{source} may not request a transfer for {message.payer_bank}")
+        if uow.get(transfer_id_to_uuid(message.transfer_id), Transfer) is not None:
+            return  # asked again: the first request is already being answered
+        transfer = uow.add(
+            Transfer(
+                transfer_id=message.transfer_id,
+                payer_bank=message.payer_bank,
+                payer=message.payer,
+                payee_bank=message.payee_bank,
+                payee=message.payee,
+                minutes=message.minutes,
+                memo=message.memo,
+                deadline=self.clock() + self.deadline,
+            )
+        )
+        payer_bank = member_bank(uow, source)
+        payee_bank = uow.get(bank_id_to_uuid(message.payee_bank), MemberBank)
+        refusal: tuple[str, str] | None = None
+        if message.payee_bank == source:
+            refusal = ("invalid_transfer", "payer and payee are in the same bank")
+        elif payee_bank is None:
+            refusal = ("unknown_bank", f"{message.payee_bank} is not a member bank")
+        elif payee_bank.status != ACTIVE:
+            refusal = ("bank_suspended", f"bank {message.payee_bank} is suspended")
+        else:
+            try:
+                payer_bank.reserve(message.transfer_id, message.minutes)
+            except ReservationRefused as e:
+                refusal = (e.reason, e.detail)
+        if refusal is not None:
+            transfer.abort(*refusal, payee_bank_asked=False)
+            self._tell_decision(uow, transfer)
+            return
+        uow.send(
+            message.payee_bank,
+            CreditRequested(
+                transfer_id=message.transfer_id,
+                payer_bank=message.payer_bank,
+                payer=message.payer,
+                payee=message.payee,
+                minutes=message.minutes,
+                memo=message.memo,
+            ),
+            sender=CLEARING,
+        )
+
+    def _on_credit_prepared(self, source: str, message: CreditPrepared, uow: UnitOfWork) -> None:
+        transfer = self._answered_transfer(source, message.transfer_id, uow)
+        if transfer.is_decided:
+            return  # too late (the deadline passed) or said twice: the decision stands
+        transfer.commit()
+        member_bank(uow, transfer.payer_bank).debit(transfer.transfer_id)
+        member_bank(uow, transfer.payee_bank).credit(transfer.transfer_id, transfer.minutes)
+        self._tell_decision(uow, transfer)
+
+    def _on_credit_refused(self, source: str, message: CreditRefused, uow: UnitOfWork) -> None:
+        transfer = self._answered_transfer(source, message.transfer_id, uow)
+        if transfer.is_decided:
+            return
+        reason = message.reason if message.reason in ABORT_REASONS else "payee_refused"
+        self._abort(uow, transfer, reason, message.detail)
+
+    def _on_decision_applied(self, source: str, message: DecisionApplied, uow: UnitOfWork) -> None:
+        transfer = uow.get(transfer_id_to_uuid(message.transfer_id), Transfer)
+        if transfer is None:
+            raise MessageRejected(f"no transfer {message.transfer_id}")
+        try:
+            transfer.acknowledge(source)
+        except InvalidRequest as e:
+            raise MessageRejected(e.detail) from None
+
+    # Plumbing.
+
+    def _answered_transfer(self, source: str, transfer_id: str, uow: UnitOfWork) -> Transfer:
+        transfer = uow.get(transfer_id_to_uuid(transfer_id), Transfer)
+        if transfer is None:
+            raise MessageRejected(f"no transfer {transfer_id}")
+        if transfer.payee_bank != source:
+            raise MessageRejected(f"{source} is not the payee's bank of {transfer_id}")
+        return transfer
+
+    def _abort(self, uow: UnitOfWork, transfer: Transfer, reason: str, detail: str) -> None:
+        transfer.abort(reason, detail)
+        member_bank(uow, transfer.payer_bank).release(transfer.transfer_id)
+        self._tell_decision(uow, transfer)
+
+    def _tell_decision(self, uow: UnitOfWork, transfer: Transfer) -> None:
+        decision: AnyMessage
+        if transfer.status == PREPARING:
+            raise InvalidRequest(f"transfer {transfer.transfer_id} is not decided")
+        if transfer.reason is None:
+            decision = TransferCommitted(
+                transfer_id=transfer.transfer_id,
+                payer_bank=transfer.payer_bank,
+                payee_bank=transfer.payee_bank,
+                minutes=transfer.minutes,
+            )
+        else:
+            decision = TransferAborted(
+                transfer_id=transfer.transfer_id, reason=transfer.reason, detail=transfer.detail
+            )
+        for bank_id in transfer.informed:
+            uow.send(bank_id, decision, sender=CLEARING)
+
+    def _announce_directory(self, uow: UnitOfWork, directory: Directory) -> None:
+        entries = []
+        for bank_id in directory.bank_ids:
+            bank = member_bank(uow, bank_id)
+            entries.append(BankEntry(bank_id=bank_id, name=bank.name, status=bank.status))
+        for bank_id in directory.bank_ids:
+            uow.send(bank_id, DirectoryChanged(banks=entries), sender=CLEARING)
+
+    def _change_status(self, bank_id: str, *, suspend: bool) -> BankView:
+        with self._lock:
+            uow = UnitOfWork(self, CLEARING)
+            bank = uow.get(bank_id_to_uuid(bank_id), MemberBank)
+            if bank is None:
+                raise UnknownBank(f"bank {bank_id} is not a member", bank_id=bank_id)
+            if suspend:
+                bank.suspend()
+            else:
+                bank.reinstate()
+            self._announce_directory(uow, uow.add(self._directory()))
+            self.save(*uow.aggregates)
+            return self._bank_view(bank)
+
+    def _save_tracked(self, tracking: Tracking, aggregates: Sequence[Aggregate]) -> None:
+        save_tracked(self, tracking, aggregates)
+
+    def _notify(self, recordings: Sequence[Recording[UUID]]) -> None:
+        # Every save, tracked or not, ends here: keep the index of waiting transfers.
+        super()._notify(list(recordings))
+        self._fold_preparing(self._preparing, (r.domain_event for r in recordings))
+
+    @staticmethod
+    def _fold_preparing(preparing: dict[UUID, datetime], events: Iterable[object]) -> None:
+        for ev in events:
+            match ev:
+                case Transfer.Requested(originator_id=aggregate_id, deadline=deadline):
+                    preparing[aggregate_id] = deadline
+                case (
+                    Transfer.Committed(originator_id=aggregate_id)
+                    | Transfer.Aborted(originator_id=aggregate_id)
+                ):
+                    preparing.pop(aggregate_id, None)
+
+    def _load_preparing(self) -> dict[UUID, datetime]:
+        preparing: dict[UUID, datetime] = {}
+        position = 1
+        while batch := self.recorder.select_notifications(
+            start=position, limit=1000, topics=_TRANSFER_TOPICS
+        ):
+            self._fold_preparing(preparing, map(self.mapper.to_domain_event, batch))
+            position = batch[-1].id + 1
+        return preparing
+
+    def _directory(self) -> Directory:
+        return self._find(Directory.create_id(), Directory) or Directory()
+
+    def _bank(self, bank_id: str) -> MemberBank:
+        bank = self._find(bank_id_to_uuid(bank_id), MemberBank)
+        if bank is None:
+            raise UnknownBank(f"bank {bank_id} is not a member", bank_id=bank_id)
+        return bank
+
+    def _find(self, aggregate_id: UUID, cls: type[A]) -> A | None:
+        try:
+            aggregate: Aggregate = self.repository.get(aggregate_id)
+        except AggregateNotFoundError:
+            return None
+        return aggregate if isinstance(aggregate, cls) else None
+
+    @staticmethod
+    def _bank_view(bank: MemberBank) -> BankView:
+        return BankView(
+            bank_id=bank.bank_id,
+            name=bank.name,
+            status=bank.status,
+            limit_minutes=bank.limit_minutes,
+            position_minutes=bank.position_minutes,
+            reserved_minutes=bank.reserved_minutes,
+        )

@@ -1,0 +1,321 @@
+"""The clearing house's books: member banks (limit, position, reservations) and transfers."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+from uuid import NAMESPACE_URL, UUID, uuid5
+
+from eventsourcing.domain import Aggregate, event
+
+ACTIVE = "active"
+SUSPENDED = "suspended"
+PREPARING = "preparing"
+COMMITTED = "committed"
+ABORTED = "aborted"
+
+_BANK_NAMESPACE = uuid5(NAMESPACE_URL, "urn:timebank-federation:clearing:bank")
+_TRANSFER_NAMESPACE = uuid5(NAMESPACE_URL, "urn:timebank-federation:clearing:transfer")
+
+
+class ClearingError(Exception):
+    """A rule of the clearing house refused a command; nothing was written."""
+
+    def __init__(self, detail: str, **extra: Any) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.extra = extra
+
+
+class InvalidRequest(ClearingError):
+    pass
+
+
+class ReservationRefused(ClearingError):
+    """The payer's bank may not reserve these minutes; ``reason`` is the abort code."""
+
+    def __init__(self, reason: str, detail: str, **extra: Any) -> None:
+        super().__init__(detail, **extra)
+        self.reason = reason
+
+
+class TransferDecided(ClearingError):
+    """The transfer already has its decision; it cannot change."""
+
+
+def bank_id_to_uuid(bank_id: str) -> UUID:
+    return uuid5(_BANK_NAMESPACE, bank_id)
+
+
+def transfer_id_to_uuid(transfer_id: str) -> UUID:
+    return uuid5(_TRANSFER_NAMESPACE, transfer_id)
+
+
+class MemberBank(Aggregate):
+    """A bank in the federation.
+
+    ``position_minutes`` is what the federation owes the bank (negative: what the bank owes).
+    Its net debit position after every reserved transfer commits, ``reserved - position``,
+    may never exceed ``limit_minutes``.
+    """
+
+    @staticmethod
+    def create_id(bank_id: str, **_: Any) -> UUID:
+        return bank_id_to_uuid(bank_id)
+
+    @classmethod
+    def admit(cls, bank_id: str, name: str, limit_minutes: int) -> MemberBank:
+        if not name.strip() or len(name) > 200:
+            raise InvalidRequest("name must be 1-200 characters")
+        if isinstance(limit_minutes, bool) or not isinstance(limit_minutes, int):
+            raise InvalidRequest("limit_minutes must be a whole number of minutes")
+        if limit_minutes < 0:
+            raise InvalidRequest("limit_minutes must be >= 0")
+        return cls(bank_id=bank_id, name=name, limit_minutes=limit_minutes)
+
+    class Admitted(Aggregate.Created):
+        bank_id: str
+        name: str
+        limit_minutes: int
+
+    @event(Admitted)
+    def __init__(self, bank_id: str, name: str, limit_minutes: int) -> None:
+        self.bank_id = bank_id
+        self.name = name
+        self.limit_minutes = limit_minutes
+        self.status = ACTIVE
+        self.position_minutes = 0
+        self.reserved_minutes = 0
+        self.reservations: dict[str, int] = {}
+
+    @property
+    def net_debit_after_reservations(self) -> int:
+        return self.reserved_minutes - self.position_minutes
+
+    class Suspended(Aggregate.Event):
+        pass
+
+    def suspend(self) -> None:
+        if self.status != SUSPENDED:
+            self._suspended()
+
+    @event(Suspended)
+    def _suspended(self) -> None:
+        self.status = SUSPENDED
+
+    class Reinstated(Aggregate.Event):
+        pass
+
+    def reinstate(self) -> None:
+        if self.status != ACTIVE:
+            self._reinstated()
+
+    @event(Reinstated)
+    def _reinstated(self) -> None:
+        self.status = ACTIVE
+
+    class Reserved(Aggregate.Event):
+        transfer_id: str
+        minutes: int
+
+    def reserve(self, transfer_id: str, minutes: int) -> None:
+        if self.status != ACTIVE:
+            raise ReservationRefused("bank_suspended", f"bank {self.bank_id} is suspended")
+        if self.net_debit_after_reservations + minutes > self.limit_minutes:
+            raise ReservationRefused(
+                "bank_limit_exceeded",
+                f"bank {self.bank_id} would owe more than its limit of "
+                f"{self.limit_minutes} minutes",
+                position_minutes=self.position_minutes,
+                reserved_minutes=self.reserved_minutes,
+                limit_minutes=self.limit_minutes,
+            )
+        if transfer_id in self.reservations:
+            raise InvalidRequest(f"transfer {transfer_id} is already reserved")
+        self._reserved(transfer_id=transfer_id, minutes=minutes)
+
+    @event(Reserved)
+    def _reserved(self, transfer_id: str, minutes: int) -> None:
+        self.reservations[transfer_id] = minutes
+        self.reserved_minutes += minutes
+
+    class Released(Aggregate.Event):
+        transfer_id: str
+        minutes: int
+
+    def release(self, transfer_id: str) -> None:
+        """An aborted transfer gives its reservation back."""
+        self._released(transfer_id=transfer_id, minutes=self._reservation(transfer_id))
+
+    @event(Released)
+    def _released(self, transfer_id: str, minutes: int) -> None:
+        del self.reservations[transfer_id]
+        self.reserved_minutes -= minutes
+
+    class Debited(Aggregate.Event):
+        transfer_id: str
+        minutes: int
+
+    def debit(self, transfer_id: str) -> None:
+        """A committed transfer turns the payer bank's reservation into position."""
+        self._debited(transfer_id=transfer_id, minutes=self._reservation(transfer_id))
+
+    @event(Debited)
+    def _debited(self, transfer_id: str, minutes: int) -> None:
+        del self.reservations[transfer_id]
+        self.reserved_minutes -= minutes
+        self.position_minutes -= minutes
+
+    class Credited(Aggregate.Event):
+        transfer_id: str
+        minutes: int
+
+    def credit(self, transfer_id: str, minutes: int) -> None:
+        """A committed transfer adds to the payee bank's position."""
+        self._credited(transfer_id=transfer_id, minutes=minutes)
+
+    @event(Credited)
+    def _credited(self, transfer_id: str, minutes: int) -> None:
+        self.position_minutes += minutes
+
+    def _reservation(self, transfer_id: str) -> int:
+        try:
+            return self.reservations[transfer_id]
+        except KeyError:
+            raise InvalidRequest(
+                f"no reservation for transfer {transfer_id} at bank {self.bank_id}"
+            ) from None
+
+
+class Transfer(Aggregate):
+    """One cross-bank transfer as the coordinator sees it: requested, then decided once."""
+
+    @staticmethod
+    def create_id(transfer_id: str, **_: Any) -> UUID:
+        return transfer_id_to_uuid(transfer_id)
+
+    class Requested(Aggregate.Created):
+        transfer_id: str
+        payer_bank: str
+        payer: str
+        payee_bank: str
+        payee: str
+        minutes: int
+        memo: str
+        deadline: datetime
+
+    @event(Requested)
+    def __init__(
+        self,
+        transfer_id: str,
+        payer_bank: str,
+        payer: str,
+        payee_bank: str,
+        payee: str,
+        minutes: int,
+        memo: str,
+        deadline: datetime,
+    ) -> None:
+        self.transfer_id = transfer_id
+        self.payer_bank = payer_bank
+        self.payer = payer
+        self.payee_bank = payee_bank
+        self.payee = payee
+        self.minutes = minutes
+        self.memo = memo
+        self.deadline = deadline
+        self.status = PREPARING
+        self.reason: str | None = None
+        self.detail = ""
+        self.acknowledged_by: list[str] = []
+        # The banks told of the decision: both, unless it was refused before the payee's
+        # bank was ever asked.
+        self.informed: list[str] = []
+
+    @property
+    def parties(self) -> tuple[str, str]:
+        return (self.payer_bank, self.payee_bank)
+
+    @property
+    def is_decided(self) -> bool:
+        return self.status != PREPARING
+
+    @property
+    def awaiting_acknowledgement(self) -> list[str]:
+        return [b for b in self.informed if b not in self.acknowledged_by]
+
+    def _check_undecided(self) -> None:
+        if self.is_decided:
+            raise TransferDecided(f"transfer {self.transfer_id} is already {self.status}")
+
+    class Committed(Aggregate.Event):
+        pass
+
+    def commit(self) -> None:
+        self._check_undecided()
+        self._committed()
+
+    @event(Committed)
+    def _committed(self) -> None:
+        self.status = COMMITTED
+        self.informed = list(self.parties)
+
+    class Aborted(Aggregate.Event):
+        reason: str
+        detail: str
+        informed: list[str]
+
+    def abort(self, reason: str, detail: str = "", *, payee_bank_asked: bool = True) -> None:
+        self._check_undecided()
+        informed = list(self.parties) if payee_bank_asked else [self.payer_bank]
+        self._aborted(reason=reason, detail=detail, informed=informed)
+
+    @event(Aborted)
+    def _aborted(self, reason: str, detail: str, informed: list[str]) -> None:
+        self.status = ABORTED
+        self.reason = reason
+        self.detail = detail
+        self.informed = informed
+
+    class Acknowledged(Aggregate.Event):
+        bank_id: str
+
+    def acknowledge(self, bank_id: str) -> None:
+        """A bank applied the decision; acknowledging twice changes nothing."""
+        if not self.is_decided:
+            raise InvalidRequest(f"transfer {self.transfer_id} has no decision to acknowledge")
+        if bank_id not in self.informed:
+            raise InvalidRequest(f"bank {bank_id} was not told of {self.transfer_id}'s decision")
+        if bank_id not in self.acknowledged_by:
+            self._acknowledged(bank_id=bank_id)
+
+    @event(Acknowledged)
+    def _acknowledged(self, bank_id: str) -> None:
+        self.acknowledged_by.append(bank_id)
+
+
+class Directory(Aggregate):
+    """The ids of every admitted bank, in order of admission (there is one directory)."""
+
+    @staticmethod
+    def create_id(**_: Any) -> UUID:
+        return uuid5(_BANK_NAMESPACE, "directory")
+
+    class Opened(Aggregate.Created):
+        pass
+
+    @event(Opened)
+    def __init__(self) -> None:
+        self.bank_ids: list[str] = []
+
+    class Listed(Aggregate.Event):
+        bank_id: str
+
+    def list_bank(self, bank_id: str) -> None:
+        if bank_id in self.bank_ids:
+            raise InvalidRequest(f"bank {bank_id} is already in the directory")
+        self._listed(bank_id=bank_id)
+
+    @event(Listed)
+    def _listed(self, bank_id: str) -> None:
+        self.bank_ids.append(bank_id)
