@@ -10,25 +10,57 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime
+from functools import partial
 from typing import Any, Generic, TypeVar
 from uuid import UUID, uuid4
 
+import msgspec
 from eventsourcing.application import AggregateNotFoundError, Application
 from eventsourcing.domain import Aggregate
-from eventsourcing.persistence import IntegrityError
+from eventsourcing.persistence import ApplicationRecorder, IntegrityError
 from eventsourcing.utils import get_topic
 
 from services.common.idempotency import IdempotencyConflict, IdempotencyRecord, record_id
+from services.common.inbox import (
+    MessageRejected,
+    Outcome,
+    Received,
+    UnitOfWork,
+    receive_from,
+    save_tracked,
+)
+from services.common.outbox import Outbox, outbox_id
 from services.common.stores import Store
 from services.ledger.domain import (
+    COMMITTED,
+    MEMBER_ID_PATTERN,
+    PAYEE,
+    PAYER,
+    PENDING,
     SYSTEM_ACCOUNTS,
     SYSTEM_KIND,
     Account,
+    BankDirectory,
+    CrossBankTransfer,
     InvalidRequest,
     LedgerError,
     account_id,
     check_amount,
     check_memo,
+    transfer_id_to_uuid,
+)
+from shared.protocol import (
+    CLEARING,
+    AnyMessage,
+    CreditPrepared,
+    CreditRefused,
+    CreditRequested,
+    DecisionApplied,
+    DirectoryChanged,
+    Envelope,
+    TransferAborted,
+    TransferCommitted,
+    TransferRequested,
 )
 
 log = logging.getLogger(__name__)
@@ -52,6 +84,14 @@ class UnknownMember(LedgerError):
 
 class MemberExists(LedgerError):
     """An account with that member id is already open in this bank."""
+
+
+class UnknownBank(LedgerError):
+    """The federation's directory, as last announced, has no such bank."""
+
+
+class UnknownTransfer(LedgerError):
+    """No cross-bank transfer with that id at this bank."""
 
 
 class StoreBusy(LedgerError):
@@ -104,6 +144,25 @@ class BankSummary:
 
 
 @dataclass(frozen=True)
+class TransferReceipt:
+    transfer_id: str
+    status: str
+
+
+@dataclass(frozen=True)
+class TransferView:
+    transfer_id: str
+    status: str
+    reason: str | None
+    role: str
+    member_id: str
+    other_bank: str
+    other_member: str
+    minutes: int
+    memo: str
+
+
+@dataclass(frozen=True)
 class IdempotencyKey:
     key: str
     fingerprint: str
@@ -151,6 +210,10 @@ class Ledger(Application[UUID]):
         super().__init__(env={**store.env, "AGGREGATE_CACHE_MAXSIZE": str(cache_size)})
         self._open_system_accounts()
 
+    def construct_recorder(self) -> ApplicationRecorder:
+        # A process recorder keeps tracking records with events, for exactly-once receipt.
+        return self.factory.process_recorder()
+
     # Queries.
 
     def get_member(self, member_id: str) -> MemberView:
@@ -172,7 +235,7 @@ class Ledger(Application[UUID]):
                 StatementEntry(
                     at=ev.timestamp,
                     minutes=sign * ev.minutes,
-                    counterparty=ev.counterparty,
+                    counterparty=ev.party or ev.counterparty,
                     memo=ev.memo,
                     kind=ev.kind,
                     entry_id=entry_id,
@@ -299,7 +362,14 @@ class Ledger(Application[UUID]):
             account = self._account(member_id)
             hold = account.post_hold(hold_id)
             other = self._account(hold["counterparty"])
-            other.credit(hold_id, hold["minutes"], member_id, hold["memo"], hold["kind"])
+            other.credit(
+                hold_id,
+                hold["minutes"],
+                member_id,
+                hold["memo"],
+                hold["kind"],
+                hold.get("party", ""),
+            )
             return [account, other], self._view(account)
 
         return self._execute(command, None, MemberView).value
@@ -311,6 +381,205 @@ class Ledger(Application[UUID]):
             return [account], self._view(account)
 
         return self._execute(command, None, MemberView).value
+
+    # Cross-bank transfers: this bank's side of the clearing house's protocol.
+
+    def request_transfer(
+        self,
+        payer: str,
+        to_bank: str,
+        payee: str,
+        minutes: int,
+        memo: str,
+        idempotency: IdempotencyKey | None = None,
+    ) -> Executed[TransferReceipt]:
+        """Hold the payer's minutes and ask the clearing house to move them to another bank."""
+
+        def command() -> tuple[Sequence[Aggregate], TransferReceipt]:
+            check_amount(minutes, self.max_exchange_minutes)
+            check_memo(memo)
+            if to_bank == self.bank_id:
+                raise InvalidRequest("the payee is in this bank: record an exchange instead")
+            if to_bank not in self._bank_directory().banks:
+                raise UnknownBank(f"{to_bank} is not a bank of the federation", bank=to_bank)
+            if not MEMBER_ID_PATTERN.fullmatch(payee):
+                raise InvalidRequest("payee must be a member id")
+            account = self._member_account(payer)
+            transfer_id = str(uuid4())
+            transfer = CrossBankTransfer(
+                transfer_id=transfer_id,
+                role=PAYER,
+                member_id=payer,
+                other_bank=to_bank,
+                other_member=payee,
+                minutes=minutes,
+                memo=memo,
+            )
+            account.place_hold(
+                transfer_id,
+                minutes,
+                SYSTEM_ACCOUNTS[0],
+                memo,
+                "transfer",
+                self.default_overdraft_minutes,
+                party=transfer.party,
+            )
+            outbox = self._outbox()
+            outbox.queue(
+                TransferRequested(
+                    transfer_id=transfer_id,
+                    payer_bank=self.bank_id,
+                    payer=payer,
+                    payee_bank=to_bank,
+                    payee=payee,
+                    minutes=minutes,
+                    memo=memo,
+                    requested_at=account.modified_on,
+                )
+            )
+            receipt = TransferReceipt(transfer_id=transfer_id, status=PENDING)
+            return [account, transfer, outbox], receipt
+
+        return self._execute(command, idempotency, TransferReceipt)
+
+    def get_transfer(self, transfer_id: str) -> TransferView:
+        try:
+            transfer: CrossBankTransfer = self.repository.get(transfer_id_to_uuid(transfer_id))
+        except AggregateNotFoundError:
+            raise UnknownTransfer(f"no transfer {transfer_id}", transfer_id=transfer_id) from None
+        return TransferView(
+            transfer_id=transfer.transfer_id,
+            status=transfer.status,
+            reason=transfer.reason,
+            role=transfer.role,
+            member_id=transfer.member_id,
+            other_bank=transfer.other_bank,
+            other_member=transfer.other_member,
+            minutes=transfer.minutes,
+            memo=transfer.memo,
+        )
+
+    def known_banks(self) -> dict[str, dict[str, str]]:
+        return dict(self._bank_directory().banks)
+
+    def receive(self, envelopes: Sequence[Envelope]) -> list[Received]:
+        """Apply what the clearing house sent, in sequence, once, in one transaction."""
+        foreign = [
+            Received(e, Outcome.REJECTED, f"not from the clearing house to {self.bank_id}")
+            for e in envelopes
+            if e.source != CLEARING or e.destination != self.bank_id
+        ]
+        ours = [e for e in envelopes if e.source == CLEARING and e.destination == self.bank_id]
+        with self._write_lock:
+            return foreign + receive_from(
+                self, CLEARING, ours, self._handle, partial(save_tracked, self)
+            )
+
+    def _handle(self, source: str, message: AnyMessage, uow: UnitOfWork) -> None:
+        match message:
+            case DirectoryChanged(banks=banks):
+                directory = uow.get(BankDirectory.create_id(), BankDirectory)
+                directory = directory or uow.add(BankDirectory())
+                directory.replace([msgspec.to_builtins(b) for b in banks])
+            case CreditRequested():
+                self._on_credit_requested(message, uow)
+            case TransferCommitted() | TransferAborted():
+                self._on_decision(message, uow)
+            case _:
+                raise MessageRejected(f"a bank does not accept {type(message).__name__}")
+
+    def _on_credit_requested(self, message: CreditRequested, uow: UnitOfWork) -> None:
+        if uow.get(transfer_id_to_uuid(message.transfer_id), CrossBankTransfer) is not None:
+            return  # asked again: already answered
+        transfer = uow.add(
+            CrossBankTransfer(
+                transfer_id=message.transfer_id,
+                role=PAYEE,
+                member_id=message.payee,
+                other_bank=message.payer_bank,
+                other_member=message.payer,
+                minutes=message.minutes,
+                memo=message.memo,
+            )
+        )
+        payee = uow.get(account_id(message.payee), Account)
+        if payee is None or payee.is_system:
+            transfer.abort("unknown_payee")
+            uow.send(
+                CLEARING,
+                CreditRefused(
+                    transfer_id=message.transfer_id,
+                    reason="unknown_payee",
+                    detail=f"no member {message.payee} in bank {self.bank_id}",
+                ),
+                sender=self.bank_id,
+            )
+            return
+        federation = self._uow_account(uow, transfer.held_on)
+        # The pending credit: a hold on the federation account, posted to the payee on commit.
+        federation.place_hold(
+            message.transfer_id,
+            message.minutes,
+            message.payee,
+            message.memo,
+            "transfer",
+            self.default_overdraft_minutes,
+            party=transfer.party,
+        )
+        uow.send(CLEARING, CreditPrepared(transfer_id=message.transfer_id), sender=self.bank_id)
+
+    def _on_decision(self, message: TransferCommitted | TransferAborted, uow: UnitOfWork) -> None:
+        transfer = uow.get(transfer_id_to_uuid(message.transfer_id), CrossBankTransfer)
+        if transfer is None:
+            raise MessageRejected(f"no transfer {message.transfer_id} at {self.bank_id}")
+        committed = isinstance(message, TransferCommitted)
+        if transfer.status == PENDING:
+            held_on = self._uow_account(uow, transfer.held_on)
+            if committed:
+                hold = held_on.post_hold(transfer.transfer_id)
+                self._uow_account(uow, hold["counterparty"]).credit(
+                    transfer.transfer_id,
+                    hold["minutes"],
+                    held_on.member_id,
+                    hold["memo"],
+                    hold["kind"],
+                    hold.get("party", ""),
+                )
+                transfer.commit()
+            else:
+                held_on.void_hold(transfer.transfer_id)
+                transfer.abort(message.reason if isinstance(message, TransferAborted) else "")
+        elif (transfer.status == COMMITTED) != committed:
+            raise MessageRejected(
+                f"transfer {transfer.transfer_id} is {transfer.status} here; "
+                f"the clearing house says {'committed' if committed else 'aborted'}"
+            )
+        # Said again on a repeated decision too, so the clearing house stops re-sending.
+        uow.send(
+            CLEARING,
+            DecisionApplied(transfer_id=transfer.transfer_id, committed=committed),
+            sender=self.bank_id,
+        )
+
+    def _uow_account(self, uow: UnitOfWork, member_id: str) -> Account:
+        account = uow.get(account_id(member_id), Account)
+        if account is None:
+            raise MessageRejected(f"no account {member_id} in bank {self.bank_id}")
+        return account
+
+    def _bank_directory(self) -> BankDirectory:
+        try:
+            directory: BankDirectory = self.repository.get(BankDirectory.create_id())
+        except AggregateNotFoundError:
+            return BankDirectory()
+        return directory
+
+    def _outbox(self) -> Outbox:
+        try:
+            outbox: Outbox = self.repository.get(outbox_id(self.bank_id, CLEARING))
+        except AggregateNotFoundError:
+            return Outbox(source=self.bank_id, destination=CLEARING)
+        return outbox
 
     # Plumbing.
 

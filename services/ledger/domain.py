@@ -181,20 +181,35 @@ class Account(Aggregate):
         counterparty: str
         memo: str
         kind: str
+        # Who is on the other side when that is not an account here ("college/bob").
+        party: str = ""
 
     class Debited(Entry):
         pass
 
     @event(Debited)
     def _debited(
-        self, entry_id: str, minutes: int, counterparty: str, memo: str, kind: str
+        self, entry_id: str, minutes: int, counterparty: str, memo: str, kind: str, party: str = ""
     ) -> None:
         self.balance_minutes -= minutes
 
-    def credit(self, entry_id: str, minutes: int, counterparty: str, memo: str, kind: str) -> None:
+    def credit(
+        self,
+        entry_id: str,
+        minutes: int,
+        counterparty: str,
+        memo: str,
+        kind: str,
+        party: str = "",
+    ) -> None:
         check_amount(minutes)
         self._credited(
-            entry_id=entry_id, minutes=minutes, counterparty=counterparty, memo=memo, kind=kind
+            entry_id=entry_id,
+            minutes=minutes,
+            counterparty=counterparty,
+            memo=memo,
+            kind=kind,
+            party=party,
         )
 
     class Credited(Entry):
@@ -202,7 +217,7 @@ class Account(Aggregate):
 
     @event(Credited)
     def _credited(
-        self, entry_id: str, minutes: int, counterparty: str, memo: str, kind: str
+        self, entry_id: str, minutes: int, counterparty: str, memo: str, kind: str, party: str
     ) -> None:
         self.balance_minutes += minutes
 
@@ -216,13 +231,19 @@ class Account(Aggregate):
         memo: str,
         kind: str,
         bank_default_limit: int,
+        party: str = "",
     ) -> None:
         check_amount(minutes)
         if hold_id in self.holds:
             raise HoldExists(f"hold {hold_id} is already open on {self.member_id}")
         self._check_can_spend(minutes, bank_default_limit)
         self._hold_placed(
-            hold_id=hold_id, minutes=minutes, counterparty=counterparty, memo=memo, kind=kind
+            hold_id=hold_id,
+            minutes=minutes,
+            counterparty=counterparty,
+            memo=memo,
+            kind=kind,
+            party=party,
         )
 
     class HoldEvent(Aggregate.Event):
@@ -233,19 +254,21 @@ class Account(Aggregate):
         counterparty: str
         memo: str
         kind: str
+        party: str = ""
 
     class HoldPlaced(HoldEvent):
         pass
 
     @event(HoldPlaced)
     def _hold_placed(
-        self, hold_id: str, minutes: int, counterparty: str, memo: str, kind: str
+        self, hold_id: str, minutes: int, counterparty: str, memo: str, kind: str, party: str
     ) -> None:
         self.holds[hold_id] = {
             "minutes": minutes,
             "counterparty": counterparty,
             "memo": memo,
             "kind": kind,
+            "party": party,
         }
         self.held_minutes += minutes
 
@@ -267,7 +290,7 @@ class Account(Aggregate):
 
     @event(HoldPosted)
     def _hold_posted(
-        self, hold_id: str, minutes: int, counterparty: str, memo: str, kind: str
+        self, hold_id: str, minutes: int, counterparty: str, memo: str, kind: str, party: str = ""
     ) -> None:
         del self.holds[hold_id]
         self.held_minutes -= minutes
@@ -285,3 +308,124 @@ class Account(Aggregate):
     def _hold_voided(self, hold_id: str, minutes: int) -> None:
         del self.holds[hold_id]
         self.held_minutes -= minutes
+
+
+PENDING = "pending"
+COMMITTED = "committed"
+ABORTED = "aborted"
+PAYER = "payer"
+PAYEE = "payee"
+
+_TRANSFER_NAMESPACE = uuid5(NAMESPACE_URL, "urn:timebank-federation:bank-transfer")
+_DIRECTORY_ID = uuid5(NAMESPACE_URL, "urn:timebank-federation:bank-directory")
+
+
+class TransferDecided(LedgerError):
+    """The clearing house's decision for this transfer is already applied here."""
+
+
+def transfer_id_to_uuid(transfer_id: str) -> UUID:
+    return uuid5(_TRANSFER_NAMESPACE, transfer_id)
+
+
+class CrossBankTransfer(Aggregate):
+    """This bank's side of one cross-bank transfer: as the payer's bank or the payee's.
+
+    It is keyed by the transfer id, so the same transfer can never hold minutes twice here,
+    and it changes only on the clearing house's decision, once.
+    """
+
+    @staticmethod
+    def create_id(transfer_id: str, **_: Any) -> UUID:
+        return transfer_id_to_uuid(transfer_id)
+
+    class Started(Aggregate.Created):
+        transfer_id: str
+        role: str
+        member_id: str
+        other_bank: str
+        other_member: str
+        minutes: int
+        memo: str
+
+    @event(Started)
+    def __init__(
+        self,
+        transfer_id: str,
+        role: str,
+        member_id: str,
+        other_bank: str,
+        other_member: str,
+        minutes: int,
+        memo: str,
+    ) -> None:
+        self.transfer_id = transfer_id
+        self.role = role
+        self.member_id = member_id
+        self.other_bank = other_bank
+        self.other_member = other_member
+        self.minutes = minutes
+        self.memo = memo
+        self.status = PENDING
+        self.reason: str | None = None
+
+    @property
+    def party(self) -> str:
+        return f"{self.other_bank}/{self.other_member}"
+
+    @property
+    def held_on(self) -> str:
+        """The account whose hold carries this transfer until the decision."""
+        return self.member_id if self.role == PAYER else SYSTEM_ACCOUNTS[0]
+
+    def _check_pending(self) -> None:
+        if self.status != PENDING:
+            raise TransferDecided(f"transfer {self.transfer_id} is already {self.status}")
+
+    class Committed(Aggregate.Event):
+        pass
+
+    def commit(self) -> None:
+        self._check_pending()
+        self._committed()
+
+    @event(Committed)
+    def _committed(self) -> None:
+        self.status = COMMITTED
+
+    class Aborted(Aggregate.Event):
+        reason: str
+
+    def abort(self, reason: str) -> None:
+        self._check_pending()
+        self._aborted(reason=reason)
+
+    @event(Aborted)
+    def _aborted(self, reason: str) -> None:
+        self.status = ABORTED
+        self.reason = reason
+
+
+class BankDirectory(Aggregate):
+    """The federation's member banks as the clearing house last announced them."""
+
+    @staticmethod
+    def create_id(**_: Any) -> UUID:
+        return _DIRECTORY_ID
+
+    class Opened(Aggregate.Created):
+        pass
+
+    @event(Opened)
+    def __init__(self) -> None:
+        self.banks: dict[str, dict[str, str]] = {}
+
+    class Replaced(Aggregate.Event):
+        banks: list[dict[str, str]]
+
+    def replace(self, banks: list[dict[str, str]]) -> None:
+        self._replaced(banks=banks)
+
+    @event(Replaced)
+    def _replaced(self, banks: list[dict[str, str]]) -> None:
+        self.banks = {b["bank_id"]: b for b in banks}
