@@ -47,6 +47,13 @@ def ledger_serve(
     max_exchange_minutes: Annotated[
         int, typer.Option(help="The largest single exchange accepted.")
     ] = DEFAULT_MAX_EXCHANGE_MINUTES,
+    nats_url: Annotated[
+        str | None,
+        typer.Option(
+            help="The federation's NATS server, e.g. nats://127.0.0.1:4222. "
+            "Without it the bank runs alone (local exchanges only)."
+        ),
+    ] = None,
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
 ) -> None:
     """Serve one bank's ledger over HTTP. Tokens come from TIMEBANK_OPERATOR_TOKEN
@@ -68,6 +75,7 @@ def ledger_serve(
             store_url=store,
             default_overdraft_minutes=overdraft_limit_minutes,
             max_exchange_minutes=max_exchange_minutes,
+            nats_url=nats_url,
         )
     except SettingsError as e:
         raise fail(str(e)) from None

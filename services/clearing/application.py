@@ -124,6 +124,8 @@ class Clearing(Application[UUID]):
         self.deadline = timedelta(seconds=deadline_seconds)
         self.clock = clock
         self._lock = threading.RLock()
+        # Called after every save, from the saving thread (the bus worker wakes its relay).
+        self.save_listeners: list[Callable[[], None]] = []
         store.prepare()
         super().__init__(env={**store.env, "AGGREGATE_CACHE_MAXSIZE": "10000"})
         # Transfer aggregate id -> deadline, for every transfer waiting for the payee's bank.
@@ -368,6 +370,8 @@ class Clearing(Application[UUID]):
         # Every save, tracked or not, ends here: keep the index of waiting transfers.
         super()._notify(list(recordings))
         self._fold_preparing(self._preparing, (r.domain_event for r in recordings))
+        for listener in self.save_listeners:
+            listener()
 
     @staticmethod
     def _fold_preparing(preparing: dict[UUID, datetime], events: Iterable[object]) -> None:

@@ -77,6 +77,9 @@ class BusWorker:
             stream=self.stream,
             config=consumer_config(self.durable, self.filter_subject),
         )
+        listeners = getattr(self.app, "save_listeners", None)
+        if listeners is not None:
+            listeners.append(self.wake)
         self._tasks = [
             asyncio.create_task(self.relay.run(), name=f"{self.name}-relay"),
             asyncio.create_task(self._consume(js, subscription), name=f"{self.name}-consumer"),
@@ -88,6 +91,9 @@ class BusWorker:
             self.relay.wake()
 
     async def stop(self) -> None:
+        listeners = getattr(self.app, "save_listeners", None)
+        if listeners is not None and self.wake in listeners:
+            listeners.remove(self.wake)
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:

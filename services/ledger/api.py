@@ -11,6 +11,7 @@ from fastapi import APIRouter, Depends, FastAPI, Header, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from services.common.auth import READ_ROLES, WRITE_ROLES, TokenRegistry, role_guard
+from services.common.bus_worker import BusWorker
 from services.common.http import JSONBodyGuard
 from services.common.idempotency import (
     IdempotencyConflict,
@@ -26,7 +27,9 @@ from services.ledger.application import (
     Ledger,
     MemberExists,
     StoreBusy,
+    UnknownBank,
     UnknownMember,
+    UnknownTransfer,
 )
 from services.ledger.domain import (
     MAX_MEMO_LENGTH,
@@ -37,11 +40,14 @@ from services.ledger.domain import (
     UnknownHold,
 )
 from services.ledger.settings import LedgerSettings
+from shared.bus import TO_BANKS_STREAM, bank_consumer, to_bank
 
 LEDGER_ERRORS: dict[type[Exception], tuple[int, str]] = {
     InvalidRequest: (422, "invalid_request"),
     InvalidIdempotencyKey: (422, "invalid_request"),
     UnknownMember: (404, "unknown_member"),
+    UnknownBank: (404, "unknown_bank"),
+    UnknownTransfer: (404, "unknown_transfer"),
     MemberExists: (409, "member_exists"),
     OverdraftLimitExceeded: (409, "overdraft_limit_exceeded"),
     IdempotencyConflict: (409, "idempotency_conflict"),
@@ -109,6 +115,31 @@ class Statement(BaseModel):
     entries: list[StatementEntry]
 
 
+class NewTransfer(RequestBody):
+    payer: str = Field(min_length=1, max_length=64, description="The member who pays, here.")
+    to_bank: str = Field(min_length=1, max_length=32, description="The payee's bank.")
+    payee: str = Field(min_length=1, max_length=64, description="The member paid, there.")
+    minutes: int = Field(gt=0, examples=[120])
+    memo: str = Field(max_length=MAX_MEMO_LENGTH, examples=["Evening class at the college"])
+
+
+class TransferAccepted(BaseModel):
+    transfer_id: str
+    status: Literal["pending"]
+
+
+class Transfer(BaseModel):
+    transfer_id: str
+    status: Literal["pending", "committed", "aborted"]
+    reason: str | None = Field(description="Why it was aborted: a stable code.")
+    payer_bank: str
+    payer: str
+    payee_bank: str
+    payee: str
+    minutes: int
+    memo: str
+
+
 class Bank(BaseModel):
     bank: str
     members: int
@@ -162,6 +193,7 @@ health = APIRouter(tags=["health"])
 members = APIRouter(prefix="/v1/members", tags=["members"])
 exchanges = APIRouter(prefix="/v1/exchanges", tags=["exchanges"])
 bank = APIRouter(prefix="/v1/bank", tags=["bank"])
+transfers = APIRouter(prefix="/v1/transfers", tags=["transfers"])
 
 
 @health.get("/healthz")
@@ -215,10 +247,63 @@ def record_exchange(
     return Exchange.model_validate(executed.value, from_attributes=True)
 
 
+@transfers.post("", status_code=202, dependencies=[Writer])
+def request_transfer(
+    body: NewTransfer, ledger: LedgerDep, response: Response, key: IdempotencyKeyHeader = None
+) -> TransferAccepted:
+    """Pay a member of another bank: the minutes are held now and move when the clearing house
+    commits; poll the transfer to see its outcome."""
+    executed = ledger.request_transfer(
+        body.payer,
+        body.to_bank,
+        body.payee,
+        body.minutes,
+        body.memo,
+        idempotency=idempotency(key, "POST /v1/transfers", body),
+    )
+    mark_replay(response, executed)
+    return TransferAccepted(transfer_id=executed.value.transfer_id, status="pending")
+
+
+@transfers.get("/{transfer_id}", dependencies=[Reader])
+def get_transfer(transfer_id: str, ledger: LedgerDep) -> Transfer:
+    """A cross-bank transfer as this bank sees it: pending, committed or aborted (with why)."""
+    view = ledger.get_transfer(transfer_id)
+    here = (ledger.bank_id, view.member_id)
+    there = (view.other_bank, view.other_member)
+    (payer_bank, payer), (payee_bank, payee) = (
+        (here, there) if view.role == "payer" else (there, here)
+    )
+    return Transfer(
+        transfer_id=view.transfer_id,
+        status=view.status,  # type: ignore[arg-type]
+        reason=view.reason,
+        payer_bank=payer_bank,
+        payer=payer,
+        payee_bank=payee_bank,
+        payee=payee,
+        minutes=view.minutes,
+        memo=view.memo,
+    )
+
+
 @bank.get("", dependencies=[Reader])
 def get_bank(ledger: LedgerDep) -> Bank:
     """The bank's member count and the sum of all posted balances (zero, by double entry)."""
     return Bank.model_validate(ledger.summary(), from_attributes=True)
+
+
+def ledger_bus_worker(ledger: Ledger, nats_url: str) -> BusWorker:
+    """The bank's link to the clearing house: its outbox out, its inbox in."""
+    return BusWorker(
+        ledger,
+        nats_url=nats_url,
+        name=f"bank-{ledger.bank_id}",
+        stream=TO_BANKS_STREAM,
+        durable=bank_consumer(ledger.bank_id),
+        filter_subject=to_bank(ledger.bank_id),
+        receive=ledger.receive,
+    )
 
 
 def create_app(settings: LedgerSettings, ledger: Ledger | None = None) -> FastAPI:
@@ -233,9 +318,15 @@ def create_app(settings: LedgerSettings, ledger: Ledger | None = None) -> FastAP
             default_overdraft_minutes=settings.default_overdraft_minutes,
             max_exchange_minutes=settings.max_exchange_minutes,
         )
+        worker = None
+        if settings.nats_url:
+            worker = ledger_bus_worker(app.state.ledger, settings.nats_url)
+            await worker.start()
         try:
             yield
         finally:
+            if worker is not None:
+                await worker.stop()
             if owned:
                 app.state.ledger.close()
 
@@ -249,6 +340,6 @@ def create_app(settings: LedgerSettings, ledger: Ledger | None = None) -> FastAP
 
     app.add_middleware(JSONBodyGuard)
     install_problem_handlers(app, LEDGER_ERRORS)
-    for router in (health, members, exchanges, bank):
+    for router in (health, members, exchanges, transfers, bank):
         app.include_router(router)
     return app

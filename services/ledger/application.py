@@ -17,7 +17,7 @@ from uuid import UUID, uuid4
 import msgspec
 from eventsourcing.application import AggregateNotFoundError, Application
 from eventsourcing.domain import Aggregate
-from eventsourcing.persistence import ApplicationRecorder, IntegrityError
+from eventsourcing.persistence import ApplicationRecorder, IntegrityError, Recording
 from eventsourcing.utils import get_topic
 
 from services.common.idempotency import IdempotencyConflict, IdempotencyRecord, record_id
@@ -206,6 +206,8 @@ class Ledger(Application[UUID]):
         self._summary_next = 1
         self._summary_members = 0
         self._summary_total = 0
+        # Called after every save, from the saving thread (the bus worker wakes its relay).
+        self.save_listeners: list[Callable[[], None]] = []
         store.prepare()
         super().__init__(env={**store.env, "AGGREGATE_CACHE_MAXSIZE": str(cache_size)})
         self._open_system_accounts()
@@ -213,6 +215,11 @@ class Ledger(Application[UUID]):
     def construct_recorder(self) -> ApplicationRecorder:
         # A process recorder keeps tracking records with events, for exactly-once receipt.
         return self.factory.process_recorder()
+
+    def _notify(self, recordings: list[Recording[UUID]]) -> None:
+        super()._notify(recordings)
+        for listener in self.save_listeners:
+            listener()
 
     # Queries.
 

@@ -26,6 +26,8 @@ class LedgerSettings:
     tokens: TokenRegistry
     default_overdraft_minutes: int = DEFAULT_OVERDRAFT_MINUTES
     max_exchange_minutes: int = DEFAULT_MAX_EXCHANGE_MINUTES
+    # Without it the bank works alone: local exchanges only.
+    nats_url: str | None = None
 
     @classmethod
     def build(
@@ -36,6 +38,7 @@ class LedgerSettings:
         store_url: str | None = None,
         default_overdraft_minutes: int = DEFAULT_OVERDRAFT_MINUTES,
         max_exchange_minutes: int = DEFAULT_MAX_EXCHANGE_MINUTES,
+        nats_url: str | None = None,
     ) -> LedgerSettings:
         """Check everything a ledger needs before it starts; tokens come from ``environ``."""
         try:
@@ -61,12 +64,15 @@ class LedgerSettings:
             raise SettingsError("the default overdraft limit must be >= 0 minutes")
         if max_exchange_minutes <= 0:
             raise SettingsError("the maximum per exchange must be > 0 minutes")
+        if nats_url is not None and not nats_url.startswith(("nats://", "tls://")):
+            raise SettingsError(f"--nats-url {nats_url!r} must start with nats:// or tls://")
         return cls(
             bank_id=bank_id,
             store_url=url,
             tokens=TokenRegistry.from_tokens(tokens),
             default_overdraft_minutes=default_overdraft_minutes,
             max_exchange_minutes=max_exchange_minutes,
+            nats_url=nats_url,
         )
 
 
