@@ -1,14 +1,14 @@
-"""The `timebank` command: run a bank's ledger (later: the clearing house, the demo, audits)."""
+"""The `timebank` command: run a bank's ledger and the clearing house (later: the demo, audits)."""
 
 from __future__ import annotations
 
 import logging
 import os
 import signal
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from types import FrameType
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -58,16 +58,12 @@ def ledger_serve(
 ) -> None:
     """Serve one bank's ledger over HTTP. Tokens come from TIMEBANK_OPERATOR_TOKEN
     (required) and TIMEBANK_AUDITOR_TOKEN (optional, read-only)."""
-    import uvicorn
-
     from services.common.stores import parse_store_url
     from services.ledger.api import create_app
     from services.ledger.application import Ledger
     from services.ledger.settings import LedgerSettings, SettingsError
 
-    logging.basicConfig(
-        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    configure_logging(log_level)
     try:
         settings = LedgerSettings.build(
             os.environ,
@@ -90,11 +86,71 @@ def ledger_serve(
     except Exception as e:
         raise fail(f"cannot open the store ({store_.description}): {e}") from None
     typer.echo(f"bank {settings.bank_id}: store {store_.description}; http://{host}:{port}")
+    serve(create_app(settings, ledger), host, port, log_level, on_exit=ledger.close)
+
+
+def serve(asgi_app: Any, host: str, port: int, log_level: str, on_exit: Callable[[], None]) -> None:
+    """Run an app with uvicorn until SIGTERM or Ctrl-C, then close what it used."""
+    import uvicorn
+
     try:
         with exit_cleanly_on_signals():
-            uvicorn.run(create_app(settings, ledger), host=host, port=port, log_level=log_level)
+            uvicorn.run(asgi_app, host=host, port=port, log_level=log_level)
     finally:
-        ledger.close()
+        on_exit()
+
+
+def configure_logging(log_level: str) -> None:
+    logging.basicConfig(
+        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+
+
+clearing_app = typer.Typer(help="Run the federation's clearing house.", no_args_is_help=True)
+app.add_typer(clearing_app, name="clearing")
+
+
+@clearing_app.command("serve")
+def clearing_serve(
+    store: Annotated[
+        str | None,
+        typer.Option(
+            help="Store URL, as for a ledger. Default: sqlite:///timebank-data/clearing.db"
+        ),
+    ] = None,
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+    nats_url: Annotated[
+        str | None,
+        typer.Option(help="The federation's NATS server. Without it no transfer moves."),
+    ] = None,
+    deadline_seconds: Annotated[
+        float, typer.Option(help="A transfer whose payee bank has not answered by then aborts.")
+    ] = 30.0,
+    log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
+) -> None:
+    """Serve the clearing house over HTTP. The admin token comes from TIMEBANK_ADMIN_TOKEN
+    (required); TIMEBANK_AUDITOR_TOKEN (optional) may read."""
+    from services.clearing.api import create_app
+    from services.clearing.application import Clearing
+    from services.clearing.settings import ClearingSettings
+    from services.common.stores import parse_store_url
+    from services.ledger.settings import SettingsError
+
+    configure_logging(log_level)
+    try:
+        settings = ClearingSettings.build(
+            os.environ, store_url=store, deadline_seconds=deadline_seconds, nats_url=nats_url
+        )
+    except SettingsError as e:
+        raise fail(str(e)) from None
+    store_ = parse_store_url(settings.store_url)
+    try:
+        clearing = Clearing(store_, deadline_seconds=settings.deadline_seconds)
+    except Exception as e:
+        raise fail(f"cannot open the store ({store_.description}): {e}") from None
+    typer.echo(f"clearing house: store {store_.description}; http://{host}:{port}")
+    serve(create_app(settings, clearing), host, port, log_level, on_exit=clearing.close)
 
 
 @contextmanager

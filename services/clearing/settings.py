@@ -1,0 +1,61 @@
+"""The clearing service's settings, built explicitly from the command line and the environment."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from services.clearing.application import DEFAULT_DEADLINE_SECONDS
+from services.common.auth import TokenError, TokenRegistry, check_token
+from services.common.stores import StoreURLError, parse_store_url
+from services.ledger.settings import AUDITOR_TOKEN_VAR, SettingsError
+
+ADMIN_TOKEN_VAR = "TIMEBANK_ADMIN_TOKEN"  # noqa: S105 (a variable's name, not a secret)
+DEFAULT_STORE_URL = "sqlite:///timebank-data/clearing.db"
+
+
+@dataclass(frozen=True)
+class ClearingSettings:
+    store_url: str
+    tokens: TokenRegistry
+    deadline_seconds: float = DEFAULT_DEADLINE_SECONDS
+    nats_url: str | None = None
+
+    @classmethod
+    def build(
+        cls,
+        environ: Mapping[str, str],
+        *,
+        store_url: str | None = None,
+        deadline_seconds: float = DEFAULT_DEADLINE_SECONDS,
+        nats_url: str | None = None,
+    ) -> ClearingSettings:
+        """Check everything the clearing needs before it starts; tokens come from ``environ``."""
+        url = store_url or DEFAULT_STORE_URL
+        try:
+            parse_store_url(url)
+            admin = environ.get(ADMIN_TOKEN_VAR, "")
+            if not admin:
+                raise SettingsError(
+                    f"{ADMIN_TOKEN_VAR} is not set: the clearing house needs an admin token "
+                    f"(for example: export {ADMIN_TOKEN_VAR}="
+                    "$(python -c 'import secrets; print(secrets.token_urlsafe(32))'))"
+                )
+            tokens = {"admin": check_token(ADMIN_TOKEN_VAR, admin)}
+            auditor = environ.get(AUDITOR_TOKEN_VAR, "")
+            if auditor:
+                tokens["auditor"] = check_token(AUDITOR_TOKEN_VAR, auditor)
+                if auditor == admin:
+                    raise SettingsError(f"{AUDITOR_TOKEN_VAR} must differ from the admin's")
+        except (StoreURLError, TokenError) as e:
+            raise SettingsError(str(e)) from e
+        if not 0 < deadline_seconds <= 24 * 3600:
+            raise SettingsError("the deadline must be between 0 and 86400 seconds")
+        if nats_url is not None and not nats_url.startswith(("nats://", "tls://")):
+            raise SettingsError(f"--nats-url {nats_url!r} must start with nats:// or tls://")
+        return cls(
+            store_url=url,
+            tokens=TokenRegistry.from_tokens(tokens),
+            deadline_seconds=deadline_seconds,
+            nats_url=nats_url,
+        )
