@@ -8,6 +8,10 @@ import re
 BANK_ID_PATTERN = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,30}[a-z0-9])?$")
 
 
+# Names the bus gives to parties that are not banks.
+RESERVED_IDS = frozenset({"clearing"})
+
+
 class InvalidBankId(ValueError):
     pass
 
@@ -17,4 +21,6 @@ def check_bank_id(bank_id: str) -> str:
         raise InvalidBankId(
             f"bank id {bank_id!r} must be 1-32 lower-case letters, digits or inner hyphens"
         )
+    if bank_id in RESERVED_IDS:
+        raise InvalidBankId(f"bank id {bank_id!r} is reserved")
     return bank_id

@@ -18,6 +18,7 @@ import msgspec
 
 from shared.identifiers import BANK_ID_PATTERN
 
+# The clearing house's name on the bus; shared.identifiers reserves it, so no bank takes it.
 CLEARING: Final = "clearing"
 
 Minutes = Annotated[int, msgspec.Meta(gt=0, le=1_000_000)]

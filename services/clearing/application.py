@@ -29,6 +29,7 @@ from services.clearing.domain import (
 )
 from services.common.inbox import (
     MessageRejected,
+    Outcome,
     Received,
     UnitOfWork,
     receive_from,
@@ -192,10 +193,14 @@ class Clearing(Application[UUID]):
     def receive(self, envelopes: Sequence[Envelope]) -> list[Received]:
         """Apply a batch: each sender's messages in sequence, in one transaction per sender."""
         by_source: dict[str, list[Envelope]] = {}
+        results: list[Received] = []
         for envelope in envelopes:
-            by_source.setdefault(envelope.source, []).append(envelope)
+            if envelope.destination != CLEARING:
+                reason = f"addressed to {envelope.destination}, not the clearing house"
+                results.append(Received(envelope, Outcome.REJECTED, reason))
+            else:
+                by_source.setdefault(envelope.source, []).append(envelope)
         with self._lock:
-            results: list[Received] = []
             for source, group in by_source.items():
                 results += receive_from(self, source, group, self._handle, self._save_tracked)
             return results
@@ -210,6 +215,8 @@ class Clearing(Application[UUID]):
                 uow = UnitOfWork(self, CLEARING)
                 transfer = uow.get(aggregate_id, Transfer)
                 if transfer is None or transfer.status != PREPARING:
+                    # Decided by another instance on the same store: stop looking at it.
+                    self._preparing.pop(aggregate_id, None)
                     continue
                 self._abort(uow, transfer, "deadline_exceeded", "the payee's bank did not answer")
                 self.save(*uow.aggregates)
@@ -238,7 +245,12 @@ class Clearing(Application[UUID]):
     ) -> None:
         if message.payer_bank != source:
             raise MessageRejected(f"{source} may not request a transfer for {message.payer_bank}")
-        if uow.get(transfer_id_to_uuid(message.transfer_id), Transfer) is not None:
+        earlier = uow.get(transfer_id_to_uuid(message.transfer_id), Transfer)
+        if earlier is not None:
+            if earlier.payer_bank != source:
+                raise MessageRejected(
+                    f"transfer id {message.transfer_id} is already used by {earlier.payer_bank}"
+                )
             return  # asked again: the first request is already being answered
         transfer = uow.add(
             Transfer(
@@ -303,6 +315,11 @@ class Clearing(Application[UUID]):
         transfer = uow.get(transfer_id_to_uuid(message.transfer_id), Transfer)
         if transfer is None:
             raise MessageRejected(f"no transfer {message.transfer_id}")
+        if transfer.is_decided and message.committed != (transfer.reason is None):
+            raise MessageRejected(
+                f"{source} says it applied {'a commit' if message.committed else 'an abort'} "
+                f"but transfer {message.transfer_id} is {transfer.status}"
+            )
         try:
             transfer.acknowledge(source)
         except InvalidRequest as e:

@@ -353,3 +353,11 @@ def test_store_repr_does_not_reveal_the_password() -> None:
     store = parse_store_url("postgresql://bank:s3cret-pw@db.internal:5432/timebank")
 
     assert "s3cret-pw" not in repr(store)
+
+
+def test_the_clearing_houses_bus_name_is_reserved_for_banks() -> None:
+    from shared.identifiers import InvalidBankId, check_bank_id
+    from shared.protocol import CLEARING
+
+    with pytest.raises(InvalidBankId, match="reserved"):
+        check_bank_id(CLEARING)
