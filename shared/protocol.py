@@ -21,13 +21,19 @@ from shared.identifiers import BANK_ID_PATTERN
 # The clearing house's name on the bus; shared.identifiers reserves it, so no bank takes it.
 CLEARING: Final = "clearing"
 
+# msgspec matches patterns with re.search, where "$" also matches before a final newline: every
+# pattern here ends in "\Z" so nothing but the whole value can match.
+_BANK_ID = BANK_ID_PATTERN.pattern.removesuffix("$") + r"\Z"
+
 Minutes = Annotated[int, msgspec.Meta(gt=0, le=1_000_000)]
-BankId = Annotated[str, msgspec.Meta(pattern=BANK_ID_PATTERN.pattern)]
-Source = Annotated[str, msgspec.Meta(min_length=1, max_length=32)]
+BankId = Annotated[str, msgspec.Meta(pattern=_BANK_ID)]
+# A party on the bus: a bank id, or "clearing" (which fits the same pattern). Subject names
+# are built from it, so it may hold no ".", "*", ">" or spaces.
+Source = Annotated[str, msgspec.Meta(pattern=_BANK_ID)]
 MemberId = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
 TransferId = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
 Memo = Annotated[str, msgspec.Meta(max_length=500)]
-ReasonCode = Annotated[str, msgspec.Meta(pattern=r"^[a-z][a-z_]{0,63}$")]
+ReasonCode = Annotated[str, msgspec.Meta(pattern=r"^[a-z][a-z_]{0,63}\Z")]
 Seq = Annotated[int, msgspec.Meta(ge=1)]
 
 # Why the clearing house aborts a transfer; each is a stable code shown to users.
@@ -63,7 +69,7 @@ class TransferRequested(TransferMessage, frozen=True, kw_only=True, tag="transfe
     payee: MemberId
     minutes: Minutes
     memo: Memo = ""
-    requested_at: datetime
+    requested_at: Annotated[datetime, msgspec.Meta(tz=True)]
 
 
 class CreditRequested(TransferMessage, frozen=True, kw_only=True, tag="credit.requested.v1"):
@@ -111,7 +117,7 @@ class DecisionApplied(TransferMessage, frozen=True, kw_only=True, tag="decision.
 class BankEntry(msgspec.Struct, frozen=True, kw_only=True):
     bank_id: BankId
     name: Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
-    status: Annotated[str, msgspec.Meta(pattern=r"^(active|suspended)$")]
+    status: Annotated[str, msgspec.Meta(pattern=r"^(active|suspended)\Z")]
 
 
 class DirectoryChanged(Message, frozen=True, kw_only=True, tag="directory.changed.v1"):

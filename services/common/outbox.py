@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 from typing import Any
 from uuid import NAMESPACE_URL, UUID, uuid5
@@ -25,7 +26,8 @@ _NAMESPACE = uuid5(NAMESPACE_URL, "urn:timebank-federation:outbox")
 
 
 def outbox_id(source: str, destination: str) -> UUID:
-    return uuid5(_NAMESPACE, f"{source}>{destination}")
+    # JSON keeps the pair apart whatever characters the names hold: no two pairs share an id.
+    return uuid5(_NAMESPACE, json.dumps([source, destination]))
 
 
 class Outbox(Aggregate):
