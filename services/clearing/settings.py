@@ -6,9 +6,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from services.clearing.application import DEFAULT_DEADLINE_SECONDS
-from services.common.auth import TokenError, TokenRegistry, check_token
+from services.common.auth import TokenError, TokenRegistry, tokens_from_environ
 from services.common.stores import StoreURLError, parse_store_url
-from services.ledger.settings import AUDITOR_TOKEN_VAR, SettingsError
+from services.ledger.settings import SettingsError
 
 ADMIN_TOKEN_VAR = "TIMEBANK_ADMIN_TOKEN"  # noqa: S105 (a variable's name, not a secret)
 DEFAULT_STORE_URL = "sqlite:///timebank-data/clearing.db"
@@ -34,19 +34,7 @@ class ClearingSettings:
         url = store_url or DEFAULT_STORE_URL
         try:
             parse_store_url(url)
-            admin = environ.get(ADMIN_TOKEN_VAR, "")
-            if not admin:
-                raise SettingsError(
-                    f"{ADMIN_TOKEN_VAR} is not set: the clearing house needs an admin token "
-                    f"(for example: export {ADMIN_TOKEN_VAR}="
-                    "$(python -c 'import secrets; print(secrets.token_urlsafe(32))'))"
-                )
-            tokens = {"admin": check_token(ADMIN_TOKEN_VAR, admin)}
-            auditor = environ.get(AUDITOR_TOKEN_VAR, "")
-            if auditor:
-                tokens["auditor"] = check_token(AUDITOR_TOKEN_VAR, auditor)
-                if auditor == admin:
-                    raise SettingsError(f"{AUDITOR_TOKEN_VAR} must differ from the admin's")
+            tokens = tokens_from_environ(environ, "admin", ADMIN_TOKEN_VAR, "clearing house")
         except (StoreURLError, TokenError) as e:
             raise SettingsError(str(e)) from e
         if not 0 < deadline_seconds <= 24 * 3600:
@@ -55,7 +43,7 @@ class ClearingSettings:
             raise SettingsError(f"--nats-url {nats_url!r} must start with nats:// or tls://")
         return cls(
             store_url=url,
-            tokens=TokenRegistry.from_tokens(tokens),
+            tokens=tokens,
             deadline_seconds=deadline_seconds,
             nats_url=nats_url,
         )

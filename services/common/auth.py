@@ -43,6 +43,30 @@ def check_token(name: str, token: str) -> str:
     return token
 
 
+AUDITOR_TOKEN_VAR = "TIMEBANK_AUDITOR_TOKEN"  # noqa: S105 (a variable's name, not a secret)
+
+
+def tokens_from_environ(
+    environ: Mapping[str, str], role: str, variable: str, service: str
+) -> TokenRegistry:
+    """The service's required token for ``role`` from ``variable``, plus the optional
+    read-only auditor token; raises TokenError saying what to set."""
+    token = environ.get(variable, "")
+    if not token:
+        raise TokenError(
+            f"{variable} is not set: the {service} needs an {role} token "
+            f"(for example: export {variable}="
+            "$(python -c 'import secrets; print(secrets.token_urlsafe(32))'))"
+        )
+    tokens = {role: check_token(variable, token)}
+    auditor = environ.get(AUDITOR_TOKEN_VAR, "")
+    if auditor:
+        tokens["auditor"] = check_token(AUDITOR_TOKEN_VAR, auditor)
+        if auditor == token:
+            raise TokenError(f"{AUDITOR_TOKEN_VAR} must differ from the {role}'s")
+    return TokenRegistry.from_tokens(tokens)
+
+
 @dataclass(frozen=True)
 class TokenRegistry:
     """Role -> digest of its token."""

@@ -5,14 +5,19 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from services.common.auth import TokenError, TokenRegistry, check_token
+from services.common.auth import (
+    AUDITOR_TOKEN_VAR,
+    TokenError,
+    TokenRegistry,
+    tokens_from_environ,
+)
 from services.common.stores import StoreURLError, parse_store_url
 from services.ledger.application import DEFAULT_MAX_EXCHANGE_MINUTES, DEFAULT_OVERDRAFT_MINUTES
 from shared.identifiers import InvalidBankId, check_bank_id
 
 # Names of environment variables, not secrets.
 OPERATOR_TOKEN_VAR = "TIMEBANK_OPERATOR_TOKEN"  # noqa: S105
-AUDITOR_TOKEN_VAR = "TIMEBANK_AUDITOR_TOKEN"  # noqa: S105
+__all__ = ["AUDITOR_TOKEN_VAR", "OPERATOR_TOKEN_VAR", "LedgerSettings", "SettingsError"]
 
 
 class SettingsError(ValueError):
@@ -45,19 +50,7 @@ class LedgerSettings:
             check_bank_id(bank_id)
             url = store_url or default_store_url(bank_id)
             parse_store_url(url)
-            operator = environ.get(OPERATOR_TOKEN_VAR, "")
-            if not operator:
-                raise SettingsError(
-                    f"{OPERATOR_TOKEN_VAR} is not set: the ledger needs an operator token "
-                    f"(for example: export {OPERATOR_TOKEN_VAR}="
-                    "$(python -c 'import secrets; print(secrets.token_urlsafe(32))'))"
-                )
-            tokens = {"operator": check_token(OPERATOR_TOKEN_VAR, operator)}
-            auditor = environ.get(AUDITOR_TOKEN_VAR, "")
-            if auditor:
-                tokens["auditor"] = check_token(AUDITOR_TOKEN_VAR, auditor)
-                if auditor == operator:
-                    raise SettingsError(f"{AUDITOR_TOKEN_VAR} must differ from the operator's")
+            tokens = tokens_from_environ(environ, "operator", OPERATOR_TOKEN_VAR, "ledger")
         except (InvalidBankId, StoreURLError, TokenError) as e:
             raise SettingsError(str(e)) from e
         if default_overdraft_minutes < 0:
@@ -69,7 +62,7 @@ class LedgerSettings:
         return cls(
             bank_id=bank_id,
             store_url=url,
-            tokens=TokenRegistry.from_tokens(tokens),
+            tokens=tokens,
             default_overdraft_minutes=default_overdraft_minutes,
             max_exchange_minutes=max_exchange_minutes,
             nats_url=nats_url,
