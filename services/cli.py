@@ -5,8 +5,10 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from types import FrameType
 from typing import Annotated, Any
 
@@ -163,6 +165,9 @@ def exit_cleanly_on_signals() -> Iterator[None]:
     """
 
     def stop(signum: int, frame: FrameType | None) -> None:
+        # A second signal (a supervisor that repeats itself) must not cut the shutdown short.
+        for sig in previous:
+            signal.signal(sig, signal.SIG_IGN)
         raise SystemExit(0)
 
     previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
@@ -173,5 +178,50 @@ def exit_cleanly_on_signals() -> Iterator[None]:
             signal.signal(sig, handler)
 
 
+@app.command("up")
+def up(
+    config: Annotated[Path, typer.Option(help="The federation file (see federation.toml).")],
+    data_dir: Annotated[
+        Path, typer.Option(help="Where NATS, the stores and the logs are kept.")
+    ] = Path("timebank-data"),
+    nats_url: Annotated[
+        str | None, typer.Option(help="Use this NATS server instead of starting one.")
+    ] = None,
+) -> None:
+    """Run a whole federation here: NATS, the clearing house and every bank in the config.
+    Prints every URL and token, writes them to DATA_DIR/federation.json, and stops everything
+    cleanly on Ctrl-C or SIGTERM."""
+    from services.local.config import ConfigError, load_config
+    from services.local.federation import FederationError, LocalFederation
+
+    configure_logging("warning")
+    try:
+        federation = LocalFederation(load_config(config), data_dir, nats_url=nats_url)
+    except ConfigError as e:
+        raise fail(str(e)) from None
+    with exit_cleanly_on_signals():
+        try:
+            federation.start()
+        except FederationError as e:
+            raise fail(str(e)) from None
+        try:
+            described = federation.describe()
+            typer.echo(f"NATS:     {described['nats_url']}")
+            clearing = described["clearing"]
+            typer.echo(f"clearing: {clearing['url']}  admin token: {clearing['admin_token']}")
+            for bank_id, bank in described["banks"].items():
+                typer.echo(f"{bank_id}: {bank['url']}  operator token: {bank['operator_token']}")
+            typer.echo(f"written to {federation.description_path}; Ctrl-C stops everything")
+            while (failed := federation.failed()) is None:
+                time.sleep(0.5)
+            raise fail(f"{failed} stopped unexpectedly; see {data_dir}/logs/{failed}.log", 1)
+        finally:
+            federation.stop()
+
+
 def main() -> None:
     app()
+
+
+if __name__ == "__main__":
+    main()

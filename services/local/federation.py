@@ -1,0 +1,202 @@
+"""A whole federation on one machine: NATS, the clearing house and every bank, as processes."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import IO, Any, Self
+
+import httpx2 as httpx
+
+from services.local.config import FederationConfig
+from services.local.nats_server import NatsServer
+
+log = logging.getLogger(__name__)
+
+HOST = "127.0.0.1"
+START_TIMEOUT_SECONDS = 30.0
+
+
+class FederationError(RuntimeError):
+    """A part of the local federation failed to start; the message says which and why."""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@dataclass
+class Service:
+    name: str
+    url: str
+    token: str
+    process: subprocess.Popen[bytes] | None = None
+    log: IO[bytes] | None = field(default=None, repr=False)
+
+
+class LocalFederation:
+    """Starts NATS (unless given a URL), the clearing house and each bank, on SQLite files in
+    ``data_dir``; admits every bank; writes ``federation.json``; stops it all on exit."""
+
+    def __init__(
+        self, config: FederationConfig, data_dir: Path, *, nats_url: str | None = None
+    ) -> None:
+        self.config = config
+        self.data_dir = data_dir.resolve()
+        self.nats: NatsServer | None = None
+        self.nats_url = nats_url or ""
+        self.clearing = Service("clearing", "", secrets.token_urlsafe(24))
+        self.banks = {
+            bank.id: Service(bank.id, "", secrets.token_urlsafe(24)) for bank in config.banks
+        }
+
+    @property
+    def description_path(self) -> Path:
+        return self.data_dir / "federation.json"
+
+    def start(self) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        (self.data_dir / "logs").mkdir(exist_ok=True)
+        try:
+            if not self.nats_url:
+                self.nats = NatsServer(self.data_dir / "nats")
+                self.nats.start()
+                self.nats_url = self.nats.url
+            self._spawn(
+                self.clearing,
+                ["clearing", "serve", "--store", self._store("clearing")],
+                ["--deadline-seconds", str(self.config.clearing.deadline_seconds)],
+                {"TIMEBANK_ADMIN_TOKEN": self.clearing.token},
+            )
+            for bank in self.config.banks:
+                self._spawn(
+                    self.banks[bank.id],
+                    ["ledger", "serve", "--bank", bank.id, "--store", self._store(bank.id)],
+                    ["--overdraft-limit-minutes", str(bank.overdraft_limit_minutes)],
+                    {"TIMEBANK_OPERATOR_TOKEN": self.banks[bank.id].token},
+                )
+            for service in (self.clearing, *self.banks.values()):
+                self._wait_healthy(service)
+            self._admit_banks()
+            self._write_description()
+        except BaseException:
+            self.stop()
+            raise
+
+    def stop(self) -> None:
+        """Stop the banks, then the clearing house, then NATS; each gets time to finish."""
+        for service in (*self.banks.values(), self.clearing):
+            if service.process is not None and service.process.poll() is None:
+                service.process.send_signal(signal.SIGTERM)
+        for service in (*self.banks.values(), self.clearing):
+            if service.process is not None:
+                try:
+                    service.process.wait(timeout=15)
+                except subprocess.TimeoutExpired:
+                    log.warning("%s did not stop in time; killing it", service.name)
+                    service.process.kill()
+                    service.process.wait(timeout=5)
+                service.process = None
+            if service.log is not None:
+                service.log.close()
+                service.log = None
+        if self.nats is not None:
+            self.nats.stop()
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "nats_url": self.nats_url,
+            "clearing": {"url": self.clearing.url, "admin_token": self.clearing.token},
+            "banks": {
+                bank_id: {"url": service.url, "operator_token": service.token}
+                for bank_id, service in self.banks.items()
+            },
+        }
+
+    def failed(self) -> str | None:
+        """The name of a service whose process has ended, if any."""
+        for service in (self.clearing, *self.banks.values()):
+            if service.process is not None and service.process.poll() is not None:
+                return service.name
+        return None
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def _store(self, name: str) -> str:
+        return f"sqlite:///{self.data_dir / (name + '.db')}"
+
+    def _spawn(
+        self, service: Service, command: list[str], options: list[str], tokens: dict[str, str]
+    ) -> None:
+        port = free_port()
+        service.url = f"http://{HOST}:{port}"
+        service.log = (self.data_dir / "logs" / f"{service.name}.log").open("ab")
+        argv = [sys.executable, "-m", "services.cli", *command, *options]
+        argv += ["--host", HOST, "--port", str(port), "--nats-url", self.nats_url]
+        service.process = subprocess.Popen(  # noqa: S603 (this interpreter, our arguments, no shell)
+            argv,
+            env={**os.environ, **tokens},
+            stdout=service.log,
+            stderr=subprocess.STDOUT,
+            cwd=self.data_dir,
+            # Its own session: Ctrl-C at the terminal reaches `up`, which stops them in order.
+            start_new_session=True,
+        )
+
+    def _wait_healthy(self, service: Service) -> None:
+        deadline = time.monotonic() + START_TIMEOUT_SECONDS
+        while True:
+            if service.process is not None and service.process.poll() is not None:
+                raise FederationError(f"{service.name} exited at start-up: {self._tail(service)}")
+            try:
+                if httpx.get(f"{service.url}/healthz", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise FederationError(f"{service.name} did not start: {self._tail(service)}")
+            time.sleep(0.1)
+
+    def _admit_banks(self) -> None:
+        headers = {"Authorization": f"Bearer {self.clearing.token}"}
+        for bank in self.config.banks:
+            body = {"bank_id": bank.id, "name": bank.name, "limit_minutes": bank.limit_minutes}
+            response = httpx.post(f"{self.clearing.url}/v1/banks", json=body, headers=headers)
+            # A bank admitted by an earlier run on the same data dir is already a member.
+            if response.status_code not in (201, 409):
+                raise FederationError(f"admitting {bank.id} failed: {response.text}")
+
+    def _write_description(self) -> None:
+        path = self.description_path
+        path.write_text(json.dumps(self.describe(), indent=2) + "\n")
+        path.chmod(0o600)  # it holds the tokens
+
+    def _tail(self, service: Service, lines: int = 15) -> str:
+        path = self.data_dir / "logs" / f"{service.name}.log"
+        try:
+            return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
