@@ -219,6 +219,31 @@ def up(
             federation.stop()
 
 
+@app.command("demo")
+def demo(
+    keep: Annotated[
+        Path | None, typer.Option(help="Keep the federation's data in this folder.")
+    ] = None,
+) -> None:
+    """Start three linked time banks and a clearing house, tell a short story through their
+    APIs, show balances and positions, and check the design's invariants (exit 0 if they hold)."""
+    import tempfile
+
+    from rich.console import Console
+
+    from services.local.demo import DemoFailed, run_demo
+    from services.local.federation import FederationError
+
+    configure_logging("warning")
+    console = Console()
+    with exit_cleanly_on_signals(), tempfile.TemporaryDirectory(prefix="timebank-demo-") as tmp:
+        try:
+            ok = run_demo(console, keep.resolve() if keep else Path(tmp))
+        except (DemoFailed, FederationError) as e:
+            raise fail(str(e), 1) from None
+    raise typer.Exit(0 if ok else 1)
+
+
 def main() -> None:
     app()
 
