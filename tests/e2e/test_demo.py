@@ -1,0 +1,36 @@
+"""`timebank demo`, the README's first command: the story runs and every invariant holds."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.test_up import processes_using
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def test_demo_tells_the_story_and_exits_zero_with_every_invariant_holding(
+    tmp_path: Path,
+) -> None:
+    data = tmp_path / "demo"
+    result = subprocess.run(
+        [str(Path(sys.executable).parent / "timebank"), "demo", "--keep", str(data)],
+        capture_output=True,
+        text=True,
+        timeout=90,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    out = result.stdout
+    assert "committed" in out
+    assert "aborted (unknown_payee)" in out
+    assert "aborted (bank_limit_exceeded)" in out
+    assert "All invariants hold" in out
+    assert "Positions at the clearing house" in out
+    # Everything it started has stopped; its data stays where it was asked to keep it.
+    assert processes_using(data) == []
+    assert (data / "federation.json").exists()
