@@ -163,16 +163,20 @@ def clearing_bus_worker(clearing: Clearing, nats_url: str) -> BusWorker:
     )
 
 
-async def expire_overdue_forever(clearing: Clearing) -> None:
+async def housekeeping_forever(clearing: Clearing) -> None:
+    """Abort transfers past their deadline; repeat decisions not yet acknowledged."""
     while True:
         try:
             expired = await asyncio.to_thread(clearing.expire_overdue)
             if expired:
                 log.info("aborted %d transfer(s) past their deadline", len(expired))
+            resent = await asyncio.to_thread(clearing.resend_unacknowledged)
+            if resent:
+                log.info("sent %d unacknowledged decision(s) again", len(resent))
         except asyncio.CancelledError:
             raise
         except Exception:
-            log.exception("looking for overdue transfers failed; trying again")
+            log.exception("housekeeping failed; trying again")
         await asyncio.sleep(EXPIRY_INTERVAL_SECONDS)
 
 
@@ -190,7 +194,7 @@ def create_app(settings: ClearingSettings, clearing: Clearing | None = None) -> 
         if settings.nats_url:
             worker = clearing_bus_worker(app.state.clearing, settings.nats_url)
             await worker.start()
-            expiry = asyncio.create_task(expire_overdue_forever(app.state.clearing))
+            expiry = asyncio.create_task(housekeeping_forever(app.state.clearing))
         try:
             yield
         finally:

@@ -54,8 +54,10 @@ from shared.protocol import (
 )
 
 DEFAULT_DEADLINE_SECONDS = 30.0
+DEFAULT_RESEND_SECONDS = 10.0
 _TRANSFER_TOPICS = [
-    get_topic(t) for t in (Transfer.Requested, Transfer.Committed, Transfer.Aborted)
+    get_topic(t)
+    for t in (Transfer.Requested, Transfer.Committed, Transfer.Aborted, Transfer.Acknowledged)
 ]
 
 A = TypeVar("A", bound=Aggregate)
@@ -110,6 +112,51 @@ class TransferView:
     acknowledged_by: list[str]
 
 
+@dataclass
+class _Awaiting:
+    informed: list[str]
+    acknowledged: set[str]
+    sent_at: datetime
+
+
+class _TransferIndex:
+    """What the clearing house must still act on, folded from its own transfer events: the
+    transfers waiting for the payee's bank (by deadline), and the decisions some bank has not
+    acknowledged yet (by when they were last sent)."""
+
+    def __init__(self) -> None:
+        self.preparing: dict[UUID, datetime] = {}
+        self.awaiting: dict[UUID, _Awaiting] = {}
+        self._parties: dict[UUID, list[str]] = {}
+
+    def fold(self, events: Iterable[object]) -> None:
+        for ev in events:
+            match ev:
+                case Transfer.Requested(
+                    originator_id=i, deadline=deadline, payer_bank=payer, payee_bank=payee
+                ):
+                    self.preparing[i] = deadline
+                    self._parties[i] = [payer, payee]
+                case Transfer.Committed(originator_id=i, decided_at=at, timestamp=recorded):
+                    self._decided(i, self._parties.get(i, []), at or recorded)
+                case Transfer.Aborted(
+                    originator_id=i, informed=informed, decided_at=at, timestamp=recorded
+                ):
+                    self._decided(i, list(informed), at or recorded)
+                case Transfer.Acknowledged(originator_id=i, bank_id=bank_id):
+                    awaiting = self.awaiting.get(i)
+                    if awaiting is not None:
+                        awaiting.acknowledged.add(bank_id)
+                        if set(awaiting.informed) <= awaiting.acknowledged:
+                            del self.awaiting[i]
+
+    def _decided(self, aggregate_id: UUID, informed: list[str], at: datetime) -> None:
+        self.preparing.pop(aggregate_id, None)
+        self._parties.pop(aggregate_id, None)
+        if informed:
+            self.awaiting[aggregate_id] = _Awaiting(informed, set(), at)
+
+
 class Clearing(Application[UUID]):
     """The clearing house. One process; commands and received batches run under one lock."""
 
@@ -120,17 +167,18 @@ class Clearing(Application[UUID]):
         store: Store,
         *,
         deadline_seconds: float = DEFAULT_DEADLINE_SECONDS,
+        resend_after_seconds: float = DEFAULT_RESEND_SECONDS,
         clock: Callable[[], datetime] = utc_now,
     ) -> None:
         self.deadline = timedelta(seconds=deadline_seconds)
+        self.resend_after = timedelta(seconds=resend_after_seconds)
         self.clock = clock
         self._lock = threading.RLock()
         # Called after every save, from the saving thread (the bus worker wakes its relay).
         self.save_listeners: list[Callable[[], None]] = []
         store.prepare()
         super().__init__(env={**store.env, "AGGREGATE_CACHE_MAXSIZE": "10000"})
-        # Transfer aggregate id -> deadline, for every transfer waiting for the payee's bank.
-        self._preparing: dict[UUID, datetime] = self._load_preparing()
+        self._index = self._load_index()
 
     def construct_recorder(self) -> ApplicationRecorder:
         # A process recorder stores tracking records with events, for exactly-once receipt.
@@ -210,18 +258,40 @@ class Clearing(Application[UUID]):
         now = self.clock()
         expired = []
         with self._lock:
-            overdue = [i for i, deadline in self._preparing.items() if deadline <= now]
+            overdue = [i for i, deadline in self._index.preparing.items() if deadline <= now]
             for aggregate_id in overdue:
                 uow = UnitOfWork(self, CLEARING)
                 transfer = uow.get(aggregate_id, Transfer)
                 if transfer is None or transfer.status != PREPARING:
                     # Decided by another instance on the same store: stop looking at it.
-                    self._preparing.pop(aggregate_id, None)
+                    self._index.preparing.pop(aggregate_id, None)
                     continue
                 self._abort(uow, transfer, "deadline_exceeded", "the payee's bank did not answer")
                 self.save(*uow.aggregates)
                 expired.append(transfer.transfer_id)
         return expired
+
+    def resend_unacknowledged(self) -> list[str]:
+        """Send a decision again to each bank that has not acknowledged it within
+        ``resend_after``: a decision is repeated until every bank told of it has applied it."""
+        now = self.clock()
+        resent = []
+        with self._lock:
+            due = [
+                i for i, a in self._index.awaiting.items() if now - a.sent_at >= self.resend_after
+            ]
+            for aggregate_id in due:
+                uow = UnitOfWork(self, CLEARING)
+                transfer = uow.get(aggregate_id, Transfer)
+                waiting = transfer.awaiting_acknowledgement if transfer is not None else []
+                if transfer is None or not waiting:
+                    self._index.awaiting.pop(aggregate_id, None)
+                    continue
+                self._tell_decision(uow, transfer, to=waiting)
+                self.save(*uow.aggregates)
+                self._index.awaiting[aggregate_id].sent_at = now
+                resent.append(transfer.transfer_id)
+        return resent
 
     # Handlers: one per message a bank may send; each is idempotent by transfer id.
 
@@ -279,7 +349,7 @@ class Clearing(Application[UUID]):
             except ReservationRefused as e:
                 refusal = (e.reason, e.detail)
         if refusal is not None:
-            transfer.abort(*refusal, payee_bank_asked=False)
+            transfer.abort(*refusal, payee_bank_asked=False, at=self.clock())
             self._tell_decision(uow, transfer)
             return
         uow.send(
@@ -299,7 +369,7 @@ class Clearing(Application[UUID]):
         transfer = self._answered_transfer(source, message.transfer_id, uow)
         if transfer.is_decided:
             return  # too late (the deadline passed) or said twice: the decision stands
-        transfer.commit()
+        transfer.commit(at=self.clock())
         member_bank(uow, transfer.payer_bank).debit(transfer.transfer_id)
         member_bank(uow, transfer.payee_bank).credit(transfer.transfer_id, transfer.minutes)
         self._tell_decision(uow, transfer)
@@ -336,11 +406,13 @@ class Clearing(Application[UUID]):
         return transfer
 
     def _abort(self, uow: UnitOfWork, transfer: Transfer, reason: str, detail: str) -> None:
-        transfer.abort(reason, detail)
+        transfer.abort(reason, detail, at=self.clock())
         member_bank(uow, transfer.payer_bank).release(transfer.transfer_id)
         self._tell_decision(uow, transfer)
 
-    def _tell_decision(self, uow: UnitOfWork, transfer: Transfer) -> None:
+    def _tell_decision(
+        self, uow: UnitOfWork, transfer: Transfer, to: Sequence[str] | None = None
+    ) -> None:
         decision: AnyMessage
         if transfer.status == PREPARING:
             raise InvalidRequest(f"transfer {transfer.transfer_id} is not decided")
@@ -355,7 +427,7 @@ class Clearing(Application[UUID]):
             decision = TransferAborted(
                 transfer_id=transfer.transfer_id, reason=transfer.reason, detail=transfer.detail
             )
-        for bank_id in transfer.informed:
+        for bank_id in transfer.informed if to is None else to:
             uow.send(bank_id, decision, sender=CLEARING)
 
     def _announce_directory(self, uow: UnitOfWork, directory: Directory) -> None:
@@ -384,33 +456,21 @@ class Clearing(Application[UUID]):
         save_tracked(self, tracking, aggregates)
 
     def _notify(self, recordings: Sequence[Recording[UUID]]) -> None:
-        # Every save, tracked or not, ends here: keep the index of waiting transfers.
+        # Every save, tracked or not, ends here: keep the index of work still to do.
         super()._notify(list(recordings))
-        self._fold_preparing(self._preparing, (r.domain_event for r in recordings))
+        self._index.fold(r.domain_event for r in recordings)
         for listener in self.save_listeners:
             listener()
 
-    @staticmethod
-    def _fold_preparing(preparing: dict[UUID, datetime], events: Iterable[object]) -> None:
-        for ev in events:
-            match ev:
-                case Transfer.Requested(originator_id=aggregate_id, deadline=deadline):
-                    preparing[aggregate_id] = deadline
-                case (
-                    Transfer.Committed(originator_id=aggregate_id)
-                    | Transfer.Aborted(originator_id=aggregate_id)
-                ):
-                    preparing.pop(aggregate_id, None)
-
-    def _load_preparing(self) -> dict[UUID, datetime]:
-        preparing: dict[UUID, datetime] = {}
+    def _load_index(self) -> _TransferIndex:
+        index = _TransferIndex()
         position = 1
         while batch := self.recorder.select_notifications(
             start=position, limit=1000, topics=_TRANSFER_TOPICS
         ):
-            self._fold_preparing(preparing, map(self.mapper.to_domain_event, batch))
+            index.fold(map(self.mapper.to_domain_event, batch))
             position = batch[-1].id + 1
-        return preparing
+        return index
 
     def _directory(self) -> Directory:
         return self._find(Directory.create_id(), Directory) or Directory()

@@ -249,14 +249,15 @@ class Transfer(Aggregate):
             raise TransferDecided(f"transfer {self.transfer_id} is already {self.status}")
 
     class Committed(Aggregate.Event):
-        pass
+        # When the coordinator decided, by its own clock (which also sets deadlines).
+        decided_at: datetime | None = None
 
-    def commit(self) -> None:
+    def commit(self, at: datetime | None = None) -> None:
         self._check_undecided()
-        self._committed()
+        self._committed(decided_at=at)
 
     @event(Committed)
-    def _committed(self) -> None:
+    def _committed(self, decided_at: datetime | None) -> None:
         self.status = COMMITTED
         self.informed = list(self.parties)
 
@@ -264,14 +265,24 @@ class Transfer(Aggregate):
         reason: str
         detail: str
         informed: list[str]
+        decided_at: datetime | None = None
 
-    def abort(self, reason: str, detail: str = "", *, payee_bank_asked: bool = True) -> None:
+    def abort(
+        self,
+        reason: str,
+        detail: str = "",
+        *,
+        payee_bank_asked: bool = True,
+        at: datetime | None = None,
+    ) -> None:
         self._check_undecided()
         informed = list(self.parties) if payee_bank_asked else [self.payer_bank]
-        self._aborted(reason=reason, detail=detail, informed=informed)
+        self._aborted(reason=reason, detail=detail, informed=informed, decided_at=at)
 
     @event(Aborted)
-    def _aborted(self, reason: str, detail: str, informed: list[str]) -> None:
+    def _aborted(
+        self, reason: str, detail: str, informed: list[str], decided_at: datetime | None
+    ) -> None:
         self.status = ABORTED
         self.reason = reason
         self.detail = detail
