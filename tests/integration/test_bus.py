@@ -34,10 +34,15 @@ pytestmark = pytest.mark.timeout(90)
 
 
 @pytest.fixture
-def nats_url(tmp_path: Path) -> Iterator[str]:
+def nats_server(tmp_path: Path) -> Iterator[NatsServer]:
     """A real nats-server of the test's own (its stream counts are asserted exactly)."""
     with NatsServer(tmp_path / "nats") as server:
-        yield server.url
+        yield server
+
+
+@pytest.fixture
+def nats_url(nats_server: NatsServer) -> str:
+    return nats_server.url
 
 
 async def eventually(check: Callable[[], bool], seconds: float = 20.0) -> None:
@@ -166,3 +171,42 @@ def test_a_relay_that_publishes_everything_again_is_deduplicated_by_jetstream(
         ledger.close()
 
     asyncio.run(main())
+
+
+def test_transfers_survive_a_nats_restart_in_the_middle_and_settle_exactly_once(
+    tmp_path: Path, nats_server: NatsServer
+) -> None:
+    async def scenario(clearing: Clearing, banks: dict[str, Ledger], url: str) -> None:
+        gp, college = banks["gp"], banks["college"]
+        before = [
+            gp.request_transfer("maya", "college", "bob", 3, f"before {n}").value.transfer_id
+            for n in range(20)
+        ]
+        await asyncio.to_thread(nats_server.restart)
+        after = [
+            gp.request_transfer("maya", "college", "bob", 2, f"after {n}").value.transfer_id
+            for n in range(20)
+        ]
+        ids = before + after
+
+        def settled() -> bool:
+            return all(gp.get_transfer(i).status == "committed" for i in ids) and all(
+                college.get_transfer(i).status == "committed" for i in ids
+            )
+
+        await eventually(settled, seconds=40)
+        expected = 20 * 3 + 20 * 2
+        assert gp.get_member("maya").balance_minutes == -expected
+        assert gp.get_member("maya").held_minutes == 0
+        assert college.get_member("bob").balance_minutes == expected
+        assert college.get_member("federation").held_minutes == 0
+        # Each posted once: one statement entry per transfer on each side.
+        assert len(gp.statement("maya").entries) == len(ids)
+        assert len(college.statement("bob").entries) == len(ids)
+        assert clearing.positions() == {"gp": -expected, "college": expected}
+        for bank_id, ledger in banks.items():
+            assert ledger.summary().total_posted_minutes == 0
+            position = clearing.positions()[bank_id]
+            assert ledger.get_member("federation").balance_minutes == -position
+
+    run_federation(tmp_path, nats_server.url, scenario)
