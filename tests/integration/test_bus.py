@@ -4,6 +4,7 @@ dead letters and JetStream de-duplication."""
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from datetime import UTC, datetime
@@ -18,6 +19,7 @@ from services.common.outbox import Outbox, OutboxRelay
 from services.common.stores import parse_store_url
 from services.ledger.api import ledger_bus_worker
 from services.ledger.application import Ledger
+from services.ledger.domain import OverdraftLimitExceeded
 from services.local.nats_server import NatsServer
 from shared.bus import (
     DEAD_LETTER_STREAM,
@@ -56,24 +58,31 @@ async def eventually(check: Callable[[], bool], seconds: float = 20.0) -> None:
 Scenario = Callable[[Clearing, dict[str, Ledger], str], Awaitable[None]]
 
 
-def run_federation(tmp_path: Path, nats_url: str, scenario: Scenario) -> None:
-    """A clearing house and two banks on SQLite, linked by their bus workers."""
+def run_federation(
+    tmp_path: Path,
+    nats_url: str,
+    scenario: Scenario,
+    bank_ids: tuple[str, ...] = ("gp", "college"),
+    limit_minutes: int = 600,
+) -> None:
+    """A clearing house and banks on SQLite, linked by their bus workers; maya banks at gp and
+    bob at college."""
 
     async def main() -> None:
         clearing = Clearing(parse_store_url(f"sqlite:///{tmp_path}/clearing.db"))
-        banks = {
-            b: Ledger(b, parse_store_url(f"sqlite:///{tmp_path}/{b}.db")) for b in ("gp", "college")
-        }
+        banks = {b: Ledger(b, parse_store_url(f"sqlite:///{tmp_path}/{b}.db")) for b in bank_ids}
         workers: list[BusWorker] = [clearing_bus_worker(clearing, nats_url)]
         workers += [ledger_bus_worker(ledger, nats_url) for ledger in banks.values()]
         for worker in workers:
             await worker.start()
         try:
-            clearing.admit_bank("gp", "GP surgery", 600)
-            clearing.admit_bank("college", "College", 600)
+            for bank_id in bank_ids:
+                clearing.admit_bank(bank_id, bank_id.title(), limit_minutes)
             banks["gp"].open_member("maya", "Maya", "person")
             banks["college"].open_member("bob", "Bob", "person")
-            await eventually(lambda: "college" in banks["gp"].known_banks())
+            await eventually(
+                lambda: all(set(bank_ids) <= set(b.known_banks()) for b in banks.values())
+            )
             await scenario(clearing, banks, nats_url)
         finally:
             for worker in workers:
@@ -210,3 +219,73 @@ def test_transfers_survive_a_nats_restart_in_the_middle_and_settle_exactly_once(
             assert ledger.get_member("federation").balance_minutes == -position
 
     run_federation(tmp_path, nats_server.url, scenario)
+
+
+def test_500_concurrent_transfers_among_three_banks_settle_with_every_invariant(
+    tmp_path: Path, nats_url: str
+) -> None:
+    bank_ids = ("gp", "college", "library")
+    members = ("ann", "ben", "cat")
+    count, threads, overdraft = 500, 6, 2000
+
+    async def scenario(clearing: Clearing, banks: dict[str, Ledger], url: str) -> None:
+        for ledger in banks.values():
+            for member in members:
+                ledger.open_member(
+                    member, member.title(), "person", overdraft_limit_minutes=overdraft
+                )
+
+        def work(worker: int) -> list[tuple[str, str, str]]:
+            rng = random.Random(worker)
+            requested = []
+            for n in range(count // threads + (worker < count % threads)):
+                payer_bank, payee_bank = rng.sample(bank_ids, 2)
+                payee = rng.choice([*members, "nobody"])  # some are refused by the payee bank
+                try:
+                    receipt = banks[payer_bank].request_transfer(
+                        rng.choice(members), payee_bank, payee, rng.randint(1, 20), f"w{worker}-{n}"
+                    )
+                except OverdraftLimitExceeded:
+                    continue
+                requested.append((receipt.value.transfer_id, payer_bank, payee_bank))
+            return requested
+
+        results = await asyncio.gather(*(asyncio.to_thread(work, w) for w in range(threads)))
+        transfers = [t for result in results for t in result]
+        assert len(transfers) > count // 2  # most were accepted: the run did real work
+
+        def decided(transfer: tuple[str, str, str]) -> bool:
+            transfer_id, payer_bank, _ = transfer
+            return banks[payer_bank].get_transfer(transfer_id).status != "pending"
+
+        await eventually(lambda: all(map(decided, transfers)), seconds=60)
+        await eventually(
+            lambda: all(
+                ledger.get_member("federation").held_minutes == 0
+                and all(ledger.get_member(m).held_minutes == 0 for m in members)
+                for ledger in banks.values()
+            ),
+            seconds=30,
+        )
+        outcomes = set()
+        for transfer_id, payer_bank, payee_bank in transfers:
+            here = banks[payer_bank].get_transfer(transfer_id).status
+            outcomes.add(here)
+            assert clearing.get_transfer(transfer_id).status == here
+            if here == "committed":
+                assert banks[payee_bank].get_transfer(transfer_id).status == "committed"
+        assert outcomes == {"committed", "aborted"}
+        positions = clearing.positions()
+        assert sum(positions.values()) == 0  # invariant 3
+        for bank in clearing.banks():
+            assert bank.reserved_minutes == 0
+            assert -bank.position_minutes <= bank.limit_minutes  # invariant 5, banks
+        for bank_id, ledger in banks.items():
+            assert ledger.summary().total_posted_minutes == 0  # invariant 1
+            federation = ledger.get_member("federation").balance_minutes
+            assert federation == -positions[bank_id]  # invariant 2
+            for member in members:
+                view = ledger.get_member(member)
+                assert view.available_minutes >= -overdraft  # invariant 5, members
+
+    run_federation(tmp_path, nats_url, scenario, bank_ids=bank_ids, limit_minutes=10_000)
