@@ -47,6 +47,7 @@ from services.ledger.domain import (
     account_id,
     check_amount,
     check_memo,
+    post_hold_to_counterparty,
     transfer_id_to_uuid,
 )
 from shared.protocol import (
@@ -367,16 +368,7 @@ class Ledger(Application[UUID]):
 
         def command() -> tuple[Sequence[Aggregate], MemberView]:
             account = self._account(member_id)
-            hold = account.post_hold(hold_id)
-            other = self._account(hold["counterparty"])
-            other.credit(
-                hold_id,
-                hold["minutes"],
-                member_id,
-                hold["memo"],
-                hold["kind"],
-                hold.get("party", ""),
-            )
+            other = post_hold_to_counterparty(account, hold_id, self._account)
             return [account, other], self._view(account)
 
         return self._execute(command, None, MemberView).value
@@ -543,14 +535,8 @@ class Ledger(Application[UUID]):
         if transfer.status == PENDING:
             held_on = self._uow_account(uow, transfer.held_on)
             if committed:
-                hold = held_on.post_hold(transfer.transfer_id)
-                self._uow_account(uow, hold["counterparty"]).credit(
-                    transfer.transfer_id,
-                    hold["minutes"],
-                    held_on.member_id,
-                    hold["memo"],
-                    hold["kind"],
-                    hold.get("party", ""),
+                post_hold_to_counterparty(
+                    held_on, transfer.transfer_id, partial(self._uow_account, uow)
                 )
                 transfer.commit()
             else:

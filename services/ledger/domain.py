@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from typing import Any
 from uuid import NAMESPACE_URL, UUID, uuid5
 
@@ -308,6 +309,24 @@ class Account(Aggregate):
     def _hold_voided(self, hold_id: str, minutes: int) -> None:
         del self.holds[hold_id]
         self.held_minutes -= minutes
+
+
+def post_hold_to_counterparty(
+    account: Account, hold_id: str, account_of: Callable[[str], Account]
+) -> Account:
+    """Post an open hold as one double entry: the held account is debited and the hold's
+    counterparty (found with ``account_of``) credited; returns the credited account."""
+    hold = account.post_hold(hold_id)
+    counterparty = account_of(hold["counterparty"])
+    counterparty.credit(
+        hold_id,
+        hold["minutes"],
+        account.member_id,
+        hold["memo"],
+        hold["kind"],
+        hold.get("party", ""),
+    )
+    return counterparty
 
 
 PENDING = "pending"

@@ -7,7 +7,6 @@ import logging
 import os
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,7 +18,7 @@ from typing import IO, Any, Self
 import httpx2 as httpx
 
 from services.local.config import FederationConfig
-from services.local.nats_server import NatsServer
+from services.local.nats_server import NatsServer, free_ports
 
 log = logging.getLogger(__name__)
 
@@ -29,13 +28,6 @@ START_TIMEOUT_SECONDS = 30.0
 
 class FederationError(RuntimeError):
     """A part of the local federation failed to start; the message says which and why."""
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 @dataclass
@@ -151,7 +143,7 @@ class LocalFederation:
     def _spawn(
         self, service: Service, command: list[str], options: list[str], tokens: dict[str, str]
     ) -> None:
-        port = free_port()
+        port = free_ports(HOST, 1)[0]
         service.url = f"http://{HOST}:{port}"
         service.log = (self.data_dir / "logs" / f"{service.name}.log").open("ab")
         argv = [sys.executable, "-m", "services.cli", *command, *options]

@@ -78,7 +78,7 @@ def _url_host(host: str) -> str:
     return f"[{host}]" if ":" in host else host
 
 
-def _free_ports(host: str, count: int) -> list[int]:
+def free_ports(host: str, count: int) -> list[int]:
     """Ports free on host right now; all held open together so they differ from each other."""
     family = socket.getaddrinfo(host, 0, type=socket.SOCK_STREAM)[0][0]
     with ExitStack() as stack:
@@ -154,7 +154,7 @@ class NatsServer:
         pick_client, pick_monitor = self._port == 0, self._monitor_port == 0
         attempts = PICKED_PORT_ATTEMPTS if pick_client or pick_monitor else 1
         for attempt in range(1, attempts + 1):
-            client_port, monitor_port = _free_ports(self.host, 2)
+            client_port, monitor_port = free_ports(self.host, 2)
             picked = []
             if pick_client:
                 self._port = client_port

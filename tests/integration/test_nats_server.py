@@ -215,7 +215,7 @@ def test_start_on_a_taken_port_fails_fast_with_the_log_tail(tmp_path: Path) -> N
 def test_start_picks_other_ports_when_a_picked_one_is_taken_first(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    real_free_ports = nats_server._free_ports
+    real_free_ports = nats_server.free_ports
     with socket.socket() as thief:
         thief.bind(("127.0.0.1", 0))
         thief.listen()
@@ -229,7 +229,7 @@ def test_start_picks_other_ports_when_a_picked_one_is_taken_first(
             picks.append(ports)
             return ports
 
-        monkeypatch.setattr(nats_server, "_free_ports", free_ports_the_first_stolen)
+        monkeypatch.setattr(nats_server, "free_ports", free_ports_the_first_stolen)
         with NatsServer(tmp_path / "nats") as server:
             assert len(picks) == 2
             assert server.port == picks[1][0] != stolen
