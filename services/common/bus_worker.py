@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 FETCH_BATCH = 256
 # A message that arrived before an earlier one from the same sender waits this long.
 GAP_RETRY_SECONDS = 0.5
+STOP_TIMEOUT_SECONDS = 5.0
 
 
 def header_safe(text: str, limit: int = 500) -> str:
@@ -65,6 +66,7 @@ class BusWorker:
         self.relay: OutboxRelay | None = None
         self._nc: NATS | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self._stopping = False
 
     async def start(self) -> None:
         self._nc = await connect(self.nats_url, self.name)
@@ -94,11 +96,17 @@ class BusWorker:
         listeners = getattr(self.app, "save_listeners", None)
         if listeners is not None and self.wake in listeners:
             listeners.remove(self.wake)
+        # Python 3.11's wait_for (inside nats-py's fetch) can lose a cancellation that races
+        # its timeout, so the loops also watch this flag, and the wait for them is bounded.
+        self._stopping = True
+        if self.relay is not None:
+            self.relay.stop()
         for task in self._tasks:
             task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        if self._tasks:
+            _, still_running = await asyncio.wait(self._tasks, timeout=STOP_TIMEOUT_SECONDS)
+            for task in still_running:
+                log.warning("%s: %s did not stop in time", self.name, task.get_name())
         self._tasks = []
         if self._nc is not None:
             # The tasks are stopped and every publish was acknowledged: flush the last acks
@@ -109,7 +117,7 @@ class BusWorker:
             self._nc = None
 
     async def _consume(self, js: JetStreamContext, subscription: Any) -> None:
-        while True:
+        while not self._stopping:
             try:
                 messages: list[Msg] = await subscription.fetch(FETCH_BATCH, timeout=1.0)
             except (TimeoutError, NatsTimeoutError):

@@ -109,7 +109,13 @@ class OutboxRelay:
         self._tracking = app.factory.tracking_recorder()
         self._wakeup = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._stopped = False
         self.position = self._tracking.max_tracking_id(name) or 0
+
+    def stop(self) -> None:
+        """Make run() return at its next turn (a cancellation alone can be lost in wait_for)."""
+        self._stopped = True
+        self.wake()
 
     def wake(self) -> None:
         """Called from any thread after a save, so new messages go out without waiting."""
@@ -120,7 +126,7 @@ class OutboxRelay:
         """Relay until cancelled; a failed batch is retried from the last recorded position."""
         self._loop = asyncio.get_running_loop()
         failures = 0
-        while True:
+        while not self._stopped:
             try:
                 published = await self.publish_batch()
             except asyncio.CancelledError:
