@@ -15,6 +15,7 @@ from typing import Annotated, Any
 import typer
 
 from services.ledger.application import DEFAULT_MAX_EXCHANGE_MINUTES, DEFAULT_OVERDRAFT_MINUTES
+from shared.bus import DEFAULT_NAMESPACE
 
 app = typer.Typer(
     help="timebank-federation: linked time banks, one event-sourced ledger each.",
@@ -56,6 +57,10 @@ def ledger_serve(
             "Without it the bank runs alone (local exchanges only)."
         ),
     ] = None,
+    nats_namespace: Annotated[
+        str,
+        typer.Option(help="Prefix of the federation's NATS subjects and streams."),
+    ] = DEFAULT_NAMESPACE,
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
 ) -> None:
     """Serve one bank's ledger over HTTP. Tokens come from TIMEBANK_OPERATOR_TOKEN
@@ -74,6 +79,7 @@ def ledger_serve(
             default_overdraft_minutes=overdraft_limit_minutes,
             max_exchange_minutes=max_exchange_minutes,
             nats_url=nats_url,
+            nats_namespace=nats_namespace,
         )
     except SettingsError as e:
         raise fail(str(e)) from None
@@ -126,6 +132,10 @@ def clearing_serve(
         str | None,
         typer.Option(help="The federation's NATS server. Without it no transfer moves."),
     ] = None,
+    nats_namespace: Annotated[
+        str,
+        typer.Option(help="Prefix of the federation's NATS subjects and streams."),
+    ] = DEFAULT_NAMESPACE,
     deadline_seconds: Annotated[
         float, typer.Option(help="A transfer whose payee bank has not answered by then aborts.")
     ] = 30.0,
@@ -142,7 +152,11 @@ def clearing_serve(
     configure_logging(log_level)
     try:
         settings = ClearingSettings.build(
-            os.environ, store_url=store, deadline_seconds=deadline_seconds, nats_url=nats_url
+            os.environ,
+            store_url=store,
+            deadline_seconds=deadline_seconds,
+            nats_url=nats_url,
+            nats_namespace=nats_namespace,
         )
     except SettingsError as e:
         raise fail(str(e)) from None
@@ -187,17 +201,24 @@ def up(
     nats_url: Annotated[
         str | None, typer.Option(help="Use this NATS server instead of starting one.")
     ] = None,
+    nats_namespace: Annotated[
+        str,
+        typer.Option(help="Prefix of the federation's NATS subjects and streams."),
+    ] = DEFAULT_NAMESPACE,
 ) -> None:
     """Run a whole federation here: NATS, the clearing house and every bank in the config.
     Prints every URL and token, writes them to DATA_DIR/federation.json, and stops everything
     cleanly on Ctrl-C or SIGTERM."""
     from services.local.config import ConfigError, load_config
     from services.local.federation import FederationError, LocalFederation
+    from shared.bus import InvalidNamespace
 
     configure_logging("warning")
     try:
-        federation = LocalFederation(load_config(config), data_dir, nats_url=nats_url)
-    except ConfigError as e:
+        federation = LocalFederation(
+            load_config(config), data_dir, nats_url=nats_url, nats_namespace=nats_namespace
+        )
+    except (ConfigError, InvalidNamespace) as e:
         raise fail(str(e)) from None
     with exit_cleanly_on_signals():
         try:
@@ -231,7 +252,8 @@ def demo(
 
     from rich.console import Console
 
-    from services.local.demo import DemoFailed, run_demo
+    from services.local.client import RequestFailed
+    from services.local.demo import run_demo
     from services.local.federation import FederationError
 
     configure_logging("warning")
@@ -239,7 +261,7 @@ def demo(
     with exit_cleanly_on_signals(), tempfile.TemporaryDirectory(prefix="timebank-demo-") as tmp:
         try:
             ok = run_demo(console, keep.resolve() if keep else Path(tmp))
-        except (DemoFailed, FederationError) as e:
+        except (RequestFailed, FederationError) as e:
             raise fail(str(e), 1) from None
     raise typer.Exit(0 if ok else 1)
 

@@ -1,12 +1,16 @@
 """Subjects, JetStream streams and consumers, and the NATS connection: all named here, once.
 
 Subjects are laid out so that NATS permissions can confine each bank to its own:
-a bank publishes only to ``tb.clearing.in.<bank>`` and reads only ``tb.bank.<bank>.in``.
+a bank publishes only to ``<ns>.clearing.in.<bank>`` and reads only ``<ns>.bank.<bank>.in``,
+where ``<ns>`` is the federation's namespace (``tb`` by default).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import re
+from dataclasses import dataclass
 from typing import Final
 
 import nats
@@ -26,11 +30,6 @@ from shared.protocol import CLEARING, Envelope
 
 log = logging.getLogger(__name__)
 
-TO_CLEARING_STREAM: Final = "TB_TO_CLEARING"
-TO_BANKS_STREAM: Final = "TB_TO_BANKS"
-DEAD_LETTER_STREAM: Final = "TB_DEAD_LETTERS"
-CLEARING_CONSUMER: Final = "clearing"
-
 # JetStream drops a message whose Nats-Msg-Id it has seen within this window; receivers
 # de-duplicate by sequence as well, so the window only saves work.
 DUPLICATE_WINDOW_SECONDS: Final = 10 * 60
@@ -45,46 +44,100 @@ DEAD_REASON_HEADER: Final = "Tb-Dead-Reason"
 DEAD_SUBJECT_HEADER: Final = "Tb-Dead-Subject"
 DEAD_SEQUENCE_HEADER: Final = "Tb-Dead-Stream-Sequence"
 
-
-def to_clearing(bank_id: str) -> str:
-    return f"tb.clearing.in.{bank_id}"
-
-
-def to_bank(bank_id: str) -> str:
-    return f"tb.bank.{bank_id}.in"
+CLEARING_CONSUMER: Final = "clearing"
+DEFAULT_NAMESPACE: Final = "tb"
+NAMESPACE_PATTERN: Final = r"[a-z][a-z0-9]{0,15}\Z"
 
 
-def dead_letters(consumer: str) -> str:
-    return f"tb.dead.{consumer}"
+class InvalidNamespace(ValueError):
+    pass
 
 
-def subject_for(envelope: Envelope) -> str:
-    if envelope.destination == CLEARING:
-        return to_clearing(envelope.source)
-    return to_bank(envelope.destination)
+@dataclass(frozen=True)
+class Bus:
+    """The subjects and streams of one federation on a NATS server.
+
+    Every name starts with the namespace (``tb`` unless told otherwise), so that several
+    federations (production and a rehearsal, or one per test) can share one NATS server.
+    """
+
+    namespace: str = DEFAULT_NAMESPACE
+
+    def __post_init__(self) -> None:
+        if not re.match(NAMESPACE_PATTERN, self.namespace):
+            raise InvalidNamespace(
+                f"NATS namespace {self.namespace!r} must be 1-16 lowercase letters and digits,"
+                " starting with a letter"
+            )
+
+    @property
+    def to_clearing_stream(self) -> str:
+        return f"{self.namespace.upper()}_TO_CLEARING"
+
+    @property
+    def to_banks_stream(self) -> str:
+        return f"{self.namespace.upper()}_TO_BANKS"
+
+    @property
+    def dead_letter_stream(self) -> str:
+        return f"{self.namespace.upper()}_DEAD_LETTERS"
+
+    def to_clearing(self, bank_id: str) -> str:
+        return f"{self.namespace}.clearing.in.{bank_id}"
+
+    def to_bank(self, bank_id: str) -> str:
+        return f"{self.namespace}.bank.{bank_id}.in"
+
+    def dead_letters(self, consumer: str) -> str:
+        return f"{self.namespace}.dead.{consumer}"
+
+    def subject_for(self, envelope: Envelope) -> str:
+        if envelope.destination == CLEARING:
+            return self.to_clearing(envelope.source)
+        return self.to_bank(envelope.destination)
+
+    def streams(self) -> tuple[StreamConfig, ...]:
+        return (
+            StreamConfig(
+                name=self.to_clearing_stream,
+                description="What banks send the clearing house",
+                subjects=[self.to_clearing("*")],
+            ),
+            StreamConfig(
+                name=self.to_banks_stream,
+                description="What the clearing house sends each bank",
+                subjects=[self.to_bank("*")],
+            ),
+            StreamConfig(
+                name=self.dead_letter_stream,
+                description="Messages a consumer could not use, with the reason, for an operator",
+                subjects=[self.dead_letters("*")],
+            ),
+        )
+
+    async def ensure_streams(self, js: JetStreamContext) -> None:
+        """Create the federation's streams, or bring their settings up to date."""
+        for config in self.streams():
+            wanted = _with_defaults(config)
+            try:
+                await js.stream_info(config.name or "")
+            except NotFoundError:
+                await js.add_stream(config=wanted)
+            else:
+                await js.update_stream(config=wanted)
+
+    async def delete_streams(self, js: JetStreamContext) -> None:
+        """Remove the federation's streams and everything in them (for tests and rehearsals)."""
+        for config in self.streams():
+            with contextlib.suppress(NotFoundError):
+                await js.delete_stream(config.name or "")
+
+
+DEFAULT_BUS: Final = Bus()
 
 
 def bank_consumer(bank_id: str) -> str:
     return f"bank-{bank_id}"
-
-
-STREAMS: Final = (
-    StreamConfig(
-        name=TO_CLEARING_STREAM,
-        description="What banks send the clearing house",
-        subjects=[to_clearing("*")],
-    ),
-    StreamConfig(
-        name=TO_BANKS_STREAM,
-        description="What the clearing house sends each bank",
-        subjects=[to_bank("*")],
-    ),
-    StreamConfig(
-        name=DEAD_LETTER_STREAM,
-        description="Messages a consumer could not use, with the reason, for an operator",
-        subjects=[dead_letters("*")],
-    ),
-)
 
 
 def _with_defaults(config: StreamConfig) -> StreamConfig:
@@ -121,18 +174,6 @@ async def connect(url: str, name: str) -> NATS:
         reconnected_cb=on_reconnect,
         error_cb=on_error,
     )
-
-
-async def ensure_streams(js: JetStreamContext) -> None:
-    """Create the federation's streams, or bring their settings up to date."""
-    for config in STREAMS:
-        wanted = _with_defaults(config)
-        try:
-            await js.stream_info(config.name or "")
-        except NotFoundError:
-            await js.add_stream(config=wanted)
-        else:
-            await js.update_stream(config=wanted)
 
 
 def consumer_config(durable: str, filter_subject: str) -> ConsumerConfig:

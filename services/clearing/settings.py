@@ -9,6 +9,7 @@ from services.clearing.application import DEFAULT_DEADLINE_SECONDS
 from services.common.auth import TokenError, TokenRegistry, tokens_from_environ
 from services.common.stores import StoreURLError, parse_store_url
 from services.ledger.settings import SettingsError
+from shared.bus import DEFAULT_BUS, DEFAULT_NAMESPACE, Bus, InvalidNamespace
 
 ADMIN_TOKEN_VAR = "TIMEBANK_ADMIN_TOKEN"  # noqa: S105 (a variable's name, not a secret)
 DEFAULT_STORE_URL = "sqlite:///timebank-data/clearing.db"
@@ -20,6 +21,7 @@ class ClearingSettings:
     tokens: TokenRegistry
     deadline_seconds: float = DEFAULT_DEADLINE_SECONDS
     nats_url: str | None = None
+    bus: Bus = DEFAULT_BUS
 
     @classmethod
     def build(
@@ -29,6 +31,7 @@ class ClearingSettings:
         store_url: str | None = None,
         deadline_seconds: float = DEFAULT_DEADLINE_SECONDS,
         nats_url: str | None = None,
+        nats_namespace: str = DEFAULT_NAMESPACE,
     ) -> ClearingSettings:
         """Check everything the clearing needs before it starts; tokens come from ``environ``."""
         url = store_url or DEFAULT_STORE_URL
@@ -41,9 +44,14 @@ class ClearingSettings:
             raise SettingsError("the deadline must be between 0 and 86400 seconds")
         if nats_url is not None and not nats_url.startswith(("nats://", "tls://")):
             raise SettingsError(f"--nats-url {nats_url!r} must start with nats:// or tls://")
+        try:
+            bus = Bus(nats_namespace)
+        except InvalidNamespace as e:
+            raise SettingsError(str(e)) from e
         return cls(
             store_url=url,
             tokens=tokens,
             deadline_seconds=deadline_seconds,
             nats_url=nats_url,
+            bus=bus,
         )

@@ -21,10 +21,9 @@ from shared.bus import (
     DEAD_REASON_HEADER,
     DEAD_SEQUENCE_HEADER,
     DEAD_SUBJECT_HEADER,
+    Bus,
     connect,
     consumer_config,
-    dead_letters,
-    ensure_streams,
 )
 from shared.protocol import Codec, Envelope, ProtocolError
 
@@ -49,6 +48,7 @@ class BusWorker:
         app: Application[Any],
         *,
         nats_url: str,
+        bus: Bus,
         name: str,
         stream: str,
         durable: str,
@@ -57,6 +57,7 @@ class BusWorker:
     ) -> None:
         self.app = app
         self.nats_url = nats_url
+        self.bus = bus
         self.name = name
         self.stream = stream
         self.durable = durable
@@ -71,8 +72,8 @@ class BusWorker:
     async def start(self) -> None:
         self._nc = await connect(self.nats_url, self.name)
         js = self._nc.jetstream()
-        await ensure_streams(js)
-        self.relay = OutboxRelay(self.app, js, name=f"relay:{self.name}")
+        await self.bus.ensure_streams(js)
+        self.relay = OutboxRelay(self.app, js, self.bus, name=f"relay:{self.name}")
         subscription = await js.pull_subscribe(
             self.filter_subject,
             durable=self.durable,
@@ -171,5 +172,5 @@ class BusWorker:
             DEAD_SUBJECT_HEADER: header_safe(msg.subject),
             DEAD_SEQUENCE_HEADER: str(msg.metadata.sequence.stream),
         }
-        await js.publish(dead_letters(self.durable), msg.data, headers=headers)
+        await js.publish(self.bus.dead_letters(self.durable), msg.data, headers=headers)
         await msg.ack()

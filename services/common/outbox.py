@@ -17,7 +17,7 @@ from eventsourcing.persistence import Tracking
 from eventsourcing.utils import get_topic
 from nats.js import JetStreamContext
 
-from shared.bus import subject_for
+from shared.bus import Bus
 from shared.protocol import AnyMessage, Codec, Envelope
 
 log = logging.getLogger(__name__)
@@ -93,6 +93,7 @@ class OutboxRelay:
         self,
         app: Application[Any],
         js: JetStreamContext,
+        bus: Bus,
         *,
         name: str = "outbox-relay",
         batch_size: int = 256,
@@ -101,6 +102,7 @@ class OutboxRelay:
     ) -> None:
         self._app = app
         self._js = js
+        self._bus = bus
         self._name = name
         self._batch_size = batch_size
         self._idle_seconds = idle_seconds
@@ -160,7 +162,7 @@ class OutboxRelay:
                 envelope = envelope_of(queued)  # type: ignore[arg-type]
                 acks.append(
                     await self._js.publish_async(
-                        subject_for(envelope),
+                        self._bus.subject_for(envelope),
                         self._codec.encode(envelope),
                         headers={"Nats-Msg-Id": envelope.msg_id},
                     )

@@ -40,7 +40,7 @@ from services.ledger.domain import (
     UnknownHold,
 )
 from services.ledger.settings import LedgerSettings
-from shared.bus import TO_BANKS_STREAM, bank_consumer, to_bank
+from shared.bus import Bus, bank_consumer
 
 LEDGER_ERRORS: dict[type[Exception], tuple[int, str]] = {
     InvalidRequest: (422, "invalid_request"),
@@ -107,6 +107,7 @@ class StatementEntry(BaseModel):
     counterparty: str
     memo: str
     kind: str
+    entry_id: str = Field(description="The exchange's or the cross-bank transfer's id.")
 
 
 class Statement(BaseModel):
@@ -293,15 +294,16 @@ def get_bank(ledger: LedgerDep) -> Bank:
     return Bank.model_validate(ledger.summary(), from_attributes=True)
 
 
-def ledger_bus_worker(ledger: Ledger, nats_url: str) -> BusWorker:
+def ledger_bus_worker(ledger: Ledger, nats_url: str, bus: Bus) -> BusWorker:
     """The bank's link to the clearing house: its outbox out, its inbox in."""
     return BusWorker(
         ledger,
         nats_url=nats_url,
+        bus=bus,
         name=f"bank-{ledger.bank_id}",
-        stream=TO_BANKS_STREAM,
+        stream=bus.to_banks_stream,
         durable=bank_consumer(ledger.bank_id),
-        filter_subject=to_bank(ledger.bank_id),
+        filter_subject=bus.to_bank(ledger.bank_id),
         receive=ledger.receive,
     )
 
@@ -320,7 +322,7 @@ def create_app(settings: LedgerSettings, ledger: Ledger | None = None) -> FastAP
         )
         worker = None
         if settings.nats_url:
-            worker = ledger_bus_worker(app.state.ledger, settings.nats_url)
+            worker = ledger_bus_worker(app.state.ledger, settings.nats_url, settings.bus)
             await worker.start()
         try:
             yield

@@ -13,6 +13,7 @@ from services.common.auth import (
 )
 from services.common.stores import StoreURLError, parse_store_url
 from services.ledger.application import DEFAULT_MAX_EXCHANGE_MINUTES, DEFAULT_OVERDRAFT_MINUTES
+from shared.bus import DEFAULT_BUS, DEFAULT_NAMESPACE, Bus, InvalidNamespace
 from shared.identifiers import InvalidBankId, check_bank_id
 
 # Names of environment variables, not secrets.
@@ -33,6 +34,7 @@ class LedgerSettings:
     max_exchange_minutes: int = DEFAULT_MAX_EXCHANGE_MINUTES
     # Without it the bank works alone: local exchanges only.
     nats_url: str | None = None
+    bus: Bus = DEFAULT_BUS
 
     @classmethod
     def build(
@@ -44,6 +46,7 @@ class LedgerSettings:
         default_overdraft_minutes: int = DEFAULT_OVERDRAFT_MINUTES,
         max_exchange_minutes: int = DEFAULT_MAX_EXCHANGE_MINUTES,
         nats_url: str | None = None,
+        nats_namespace: str = DEFAULT_NAMESPACE,
     ) -> LedgerSettings:
         """Check everything a ledger needs before it starts; tokens come from ``environ``."""
         try:
@@ -59,6 +62,10 @@ class LedgerSettings:
             raise SettingsError("the maximum per exchange must be > 0 minutes")
         if nats_url is not None and not nats_url.startswith(("nats://", "tls://")):
             raise SettingsError(f"--nats-url {nats_url!r} must start with nats:// or tls://")
+        try:
+            bus = Bus(nats_namespace)
+        except InvalidNamespace as e:
+            raise SettingsError(str(e)) from e
         return cls(
             bank_id=bank_id,
             store_url=url,
@@ -66,6 +73,7 @@ class LedgerSettings:
             default_overdraft_minutes=default_overdraft_minutes,
             max_exchange_minutes=max_exchange_minutes,
             nats_url=nats_url,
+            bus=bus,
         )
 
 

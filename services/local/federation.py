@@ -19,6 +19,7 @@ import httpx2 as httpx
 
 from services.local.config import FederationConfig
 from services.local.nats_server import NatsServer, free_ports
+from shared.bus import DEFAULT_NAMESPACE, Bus
 
 log = logging.getLogger(__name__)
 
@@ -35,21 +36,33 @@ class Service:
     name: str
     url: str
     token: str
+    argv: list[str] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict, repr=False)
     process: subprocess.Popen[bytes] | None = None
     log: IO[bytes] | None = field(default=None, repr=False)
 
 
 class LocalFederation:
     """Starts NATS (unless given a URL), the clearing house and each bank, on SQLite files in
-    ``data_dir``; admits every bank; writes ``federation.json``; stops it all on exit."""
+    ``data_dir``; admits every bank; writes ``federation.json``; stops it all on exit.
+
+    ``nats_namespace`` prefixes every subject and stream, so that federations can share a
+    NATS server (``--nats-url``) without seeing each other's messages.
+    """
 
     def __init__(
-        self, config: FederationConfig, data_dir: Path, *, nats_url: str | None = None
+        self,
+        config: FederationConfig,
+        data_dir: Path,
+        *,
+        nats_url: str | None = None,
+        nats_namespace: str = DEFAULT_NAMESPACE,
     ) -> None:
         self.config = config
         self.data_dir = data_dir.resolve()
         self.nats: NatsServer | None = None
         self.nats_url = nats_url or ""
+        self.bus = Bus(nats_namespace)
         self.clearing = Service("clearing", "", secrets.token_urlsafe(24))
         self.banks = {
             bank.id: Service(bank.id, "", secrets.token_urlsafe(24)) for bank in config.banks
@@ -67,19 +80,21 @@ class LocalFederation:
                 self.nats = NatsServer(self.data_dir / "nats")
                 self.nats.start()
                 self.nats_url = self.nats.url
-            self._spawn(
+            self._prepare(
                 self.clearing,
                 ["clearing", "serve", "--store", self._store("clearing")],
                 ["--deadline-seconds", str(self.config.clearing.deadline_seconds)],
                 {"TIMEBANK_ADMIN_TOKEN": self.clearing.token},
             )
             for bank in self.config.banks:
-                self._spawn(
+                self._prepare(
                     self.banks[bank.id],
                     ["ledger", "serve", "--bank", bank.id, "--store", self._store(bank.id)],
                     ["--overdraft-limit-minutes", str(bank.overdraft_limit_minutes)],
                     {"TIMEBANK_OPERATOR_TOKEN": self.banks[bank.id].token},
                 )
+            for service in (self.clearing, *self.banks.values()):
+                self._launch(service)
             for service in (self.clearing, *self.banks.values()):
                 self._wait_healthy(service)
             self._admit_banks()
@@ -94,23 +109,36 @@ class LocalFederation:
             if service.process is not None and service.process.poll() is None:
                 service.process.send_signal(signal.SIGTERM)
         for service in (*self.banks.values(), self.clearing):
-            if service.process is not None:
-                try:
-                    service.process.wait(timeout=15)
-                except subprocess.TimeoutExpired:
-                    log.warning("%s did not stop in time; killing it", service.name)
-                    service.process.kill()
-                    service.process.wait(timeout=5)
-                service.process = None
-            if service.log is not None:
-                service.log.close()
-                service.log = None
+            self._reap(service)
         if self.nats is not None:
             self.nats.stop()
+
+    def service(self, name: str) -> Service:
+        """The clearing house (``"clearing"``) or a bank, by id."""
+        if name == self.clearing.name:
+            return self.clearing
+        return self.banks[name]
+
+    def stop_service(self, name: str, *, kill: bool = False) -> None:
+        """Stop one service: SIGTERM (it finishes what it is doing), or SIGKILL (a crash)."""
+        service = self.service(name)
+        if service.process is not None and service.process.poll() is None:
+            service.process.send_signal(signal.SIGKILL if kill else signal.SIGTERM)
+        self._reap(service)
+
+    def start_service(self, name: str) -> None:
+        """Start a stopped service again, on its store and its port, and wait until it serves."""
+        service = self.service(name)
+        if service.process is not None and service.process.poll() is None:
+            raise FederationError(f"{name} is already running")
+        self._reap(service)
+        self._launch(service)
+        self._wait_healthy(service)
 
     def describe(self) -> dict[str, Any]:
         return {
             "nats_url": self.nats_url,
+            "nats_namespace": self.bus.namespace,
             "clearing": {"url": self.clearing.url, "admin_token": self.clearing.token},
             "banks": {
                 bank_id: {"url": service.url, "operator_token": service.token}
@@ -140,23 +168,42 @@ class LocalFederation:
     def _store(self, name: str) -> str:
         return f"sqlite:///{self.data_dir / (name + '.db')}"
 
-    def _spawn(
+    def _prepare(
         self, service: Service, command: list[str], options: list[str], tokens: dict[str, str]
     ) -> None:
+        """Choose the service's port and command line; it keeps both across restarts."""
         port = free_ports(HOST, 1)[0]
         service.url = f"http://{HOST}:{port}"
+        service.argv = [sys.executable, "-m", "services.cli", *command, *options]
+        service.argv += ["--host", HOST, "--port", str(port), "--nats-url", self.nats_url]
+        service.argv += ["--nats-namespace", self.bus.namespace]
+        service.env = {**os.environ, **tokens}
+
+    def _launch(self, service: Service) -> None:
         service.log = (self.data_dir / "logs" / f"{service.name}.log").open("ab")
-        argv = [sys.executable, "-m", "services.cli", *command, *options]
-        argv += ["--host", HOST, "--port", str(port), "--nats-url", self.nats_url]
         service.process = subprocess.Popen(  # noqa: S603 (this interpreter, our arguments, no shell)
-            argv,
-            env={**os.environ, **tokens},
+            service.argv,
+            env=service.env,
             stdout=service.log,
             stderr=subprocess.STDOUT,
             cwd=self.data_dir,
             # Its own session: Ctrl-C at the terminal reaches `up`, which stops them in order.
             start_new_session=True,
         )
+
+    def _reap(self, service: Service) -> None:
+        """Wait for a signalled process to end (killing it if it takes too long); close its log."""
+        if service.process is not None:
+            try:
+                service.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                log.warning("%s did not stop in time; killing it", service.name)
+                service.process.kill()
+                service.process.wait(timeout=5)
+            service.process = None
+        if service.log is not None:
+            service.log.close()
+            service.log = None
 
     def _wait_healthy(self, service: Service) -> None:
         deadline = time.monotonic() + START_TIMEOUT_SECONDS

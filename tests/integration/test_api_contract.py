@@ -259,9 +259,14 @@ def test_statement_lists_signed_entries_with_counterparty_and_memo_newest_last(
 ) -> None:
     for member_id in ("ann", "bob", "cat"):
         new_member(client, operator, member_id)
-    pay(client, operator, "ann", "bob", 60, memo="gardening")
-    pay(client, operator, "cat", "ann", 45, memo="lift to the hospital")
-    pay(client, operator, "ann", "cat", 30, memo="ironing")
+    ids = [
+        pay(client, operator, *args).json()["exchange_id"]
+        for args in (
+            ("ann", "bob", 60, "gardening"),
+            ("cat", "ann", 45, "lift to the hospital"),
+            ("ann", "cat", 30, "ironing"),
+        )
+    ]
 
     response = client.get("/v1/members/ann/statement", headers=operator)
 
@@ -271,10 +276,13 @@ def test_statement_lists_signed_entries_with_counterparty_and_memo_newest_last(
     assert statement["member_id"] == "ann"
     entries = statement["entries"]
     assert [{k: v for k, v in e.items() if k != "at"} for e in entries] == [
-        {"minutes": -60, "counterparty": "bob", "memo": "gardening", "kind": "exchange"},
-        {"minutes": 45, "counterparty": "cat", "memo": "lift to the hospital", "kind": "exchange"},
-        {"minutes": -30, "counterparty": "cat", "memo": "ironing", "kind": "exchange"},
-    ]
+        {"minutes": -60, "counterparty": "bob", "memo": "gardening", "kind": "exchange",
+         "entry_id": ids[0]},
+        {"minutes": 45, "counterparty": "cat", "memo": "lift to the hospital", "kind": "exchange",
+         "entry_id": ids[1]},
+        {"minutes": -30, "counterparty": "cat", "memo": "ironing", "kind": "exchange",
+         "entry_id": ids[2]},
+    ]  # fmt: skip
     times = [datetime.fromisoformat(e["at"]) for e in entries]
     assert all(t.tzinfo is not None for t in times)
     assert times == sorted(times)

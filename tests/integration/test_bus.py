@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -22,29 +22,13 @@ from services.ledger.application import Ledger
 from services.ledger.domain import OverdraftLimitExceeded
 from services.local.nats_server import NatsServer
 from shared.bus import (
-    DEAD_LETTER_STREAM,
     DEAD_REASON_HEADER,
-    TO_CLEARING_STREAM,
+    Bus,
     connect,
-    dead_letters,
-    ensure_streams,
-    to_clearing,
 )
 from shared.protocol import CLEARING, TransferRequested
 
 pytestmark = pytest.mark.timeout(90)
-
-
-@pytest.fixture
-def nats_server(tmp_path: Path) -> Iterator[NatsServer]:
-    """A real nats-server of the test's own (its stream counts are asserted exactly)."""
-    with NatsServer(tmp_path / "nats") as server:
-        yield server
-
-
-@pytest.fixture
-def nats_url(nats_server: NatsServer) -> str:
-    return nats_server.url
 
 
 async def eventually(check: Callable[[], bool], seconds: float = 20.0) -> None:
@@ -61,6 +45,7 @@ Scenario = Callable[[Clearing, dict[str, Ledger], str], Awaitable[None]]
 def run_federation(
     tmp_path: Path,
     nats_url: str,
+    bus: Bus,
     scenario: Scenario,
     bank_ids: tuple[str, ...] = ("gp", "college"),
     limit_minutes: int = 600,
@@ -71,8 +56,8 @@ def run_federation(
     async def main() -> None:
         clearing = Clearing(parse_store_url(f"sqlite:///{tmp_path}/clearing.db"))
         banks = {b: Ledger(b, parse_store_url(f"sqlite:///{tmp_path}/{b}.db")) for b in bank_ids}
-        workers: list[BusWorker] = [clearing_bus_worker(clearing, nats_url)]
-        workers += [ledger_bus_worker(ledger, nats_url) for ledger in banks.values()]
+        workers: list[BusWorker] = [clearing_bus_worker(clearing, nats_url, bus)]
+        workers += [ledger_bus_worker(ledger, nats_url, bus) for ledger in banks.values()]
         for worker in workers:
             await worker.start()
         try:
@@ -94,7 +79,7 @@ def run_federation(
 
 
 def test_transfer_commits_at_both_banks_and_the_clearing_over_nats(
-    tmp_path: Path, nats_url: str
+    tmp_path: Path, nats_url: str, bus: Bus
 ) -> None:
     async def scenario(clearing: Clearing, banks: dict[str, Ledger], url: str) -> None:
         gp, college = banks["gp"], banks["college"]
@@ -111,28 +96,30 @@ def test_transfer_commits_at_both_banks_and_the_clearing_over_nats(
         assert clearing.positions() == {"gp": -90, "college": 90}
         await eventually(lambda: len(clearing.get_transfer(transfer_id).acknowledged_by) == 2)
 
-    run_federation(tmp_path, nats_url, scenario)
+    run_federation(tmp_path, nats_url, bus, scenario)
 
 
 def test_garbage_on_the_bus_is_dead_lettered_with_its_reason_and_nothing_stops(
-    tmp_path: Path, nats_url: str
+    tmp_path: Path, nats_url: str, bus: Bus
 ) -> None:
     async def scenario(clearing: Clearing, banks: dict[str, Ledger], url: str) -> None:
         nc = await connect(url, "test-intruder")
         js = nc.jetstream()
-        await js.publish(to_clearing("gp"), b"\x00 not an envelope")
-        await js.publish(to_clearing("gp"), b'{"source": "gp", "seq": "one"}')
+        await js.publish(bus.to_clearing("gp"), b"\x00 not an envelope")
+        await js.publish(bus.to_clearing("gp"), b'{"source": "gp", "seq": "one"}')
         gp = banks["gp"]
         transfer_id = gp.request_transfer("maya", "college", "bob", 30, "after").value.transfer_id
         await eventually(lambda: gp.get_transfer(transfer_id).status == "committed")
 
         async def dead_count() -> int:
-            return (await js.stream_info(DEAD_LETTER_STREAM)).state.messages
+            return (await js.stream_info(bus.dead_letter_stream)).state.messages
 
         deadline = time.monotonic() + 10
         while await dead_count() < 2 and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
-        subscription = await js.pull_subscribe(dead_letters(CLEARING), stream=DEAD_LETTER_STREAM)
+        subscription = await js.pull_subscribe(
+            bus.dead_letters(CLEARING), stream=bus.dead_letter_stream
+        )
         dead = await subscription.fetch(2, timeout=5)
         assert sorted(m.data for m in dead) == sorted(
             [b"\x00 not an envelope", b'{"source": "gp", "seq": "one"}']
@@ -141,17 +128,17 @@ def test_garbage_on_the_bus_is_dead_lettered_with_its_reason_and_nothing_stops(
         assert clearing.positions() == {"gp": -30, "college": 30}
         await nc.close()
 
-    run_federation(tmp_path, nats_url, scenario)
+    run_federation(tmp_path, nats_url, bus, scenario)
 
 
 def test_a_relay_that_publishes_everything_again_is_deduplicated_by_jetstream(
-    tmp_path: Path, nats_url: str
+    tmp_path: Path, nats_url: str, bus: Bus
 ) -> None:
     async def main() -> None:
         ledger = Ledger("gp", parse_store_url(f"sqlite:///{tmp_path}/gp.db"))
         nc = await connect(nats_url, "test-relay")
         js = nc.jetstream()
-        await ensure_streams(js)
+        await bus.ensure_streams(js)
         outbox = Outbox(source="gp", destination=CLEARING)
         for n in range(5):
             outbox.queue(
@@ -166,14 +153,14 @@ def test_a_relay_that_publishes_everything_again_is_deduplicated_by_jetstream(
                 )
             )
         ledger.save(outbox)
-        first = OutboxRelay(ledger, js, name="first")
+        first = OutboxRelay(ledger, js, bus, name="first")
         assert await first.publish_batch() == 5
         # A relay that lost its position (a crash before recording it) publishes all again.
-        again = OutboxRelay(ledger, js, name="again")
+        again = OutboxRelay(ledger, js, bus, name="again")
         assert await again.publish_batch() == 5
-        assert (await js.stream_info(TO_CLEARING_STREAM)).state.messages == 5
+        assert (await js.stream_info(bus.to_clearing_stream)).state.messages == 5
         # The first relay resumes after what it recorded: nothing is published twice.
-        resumed = OutboxRelay(ledger, js, name="first")
+        resumed = OutboxRelay(ledger, js, bus, name="first")
         assert resumed.position == first.position
         assert await resumed.publish_batch() == 0
         await nc.close()
@@ -183,7 +170,7 @@ def test_a_relay_that_publishes_everything_again_is_deduplicated_by_jetstream(
 
 
 def test_transfers_survive_a_nats_restart_in_the_middle_and_settle_exactly_once(
-    tmp_path: Path, nats_server: NatsServer
+    tmp_path: Path, nats_server: NatsServer, bus: Bus
 ) -> None:
     async def scenario(clearing: Clearing, banks: dict[str, Ledger], url: str) -> None:
         gp, college = banks["gp"], banks["college"]
@@ -218,11 +205,11 @@ def test_transfers_survive_a_nats_restart_in_the_middle_and_settle_exactly_once(
             position = clearing.positions()[bank_id]
             assert ledger.get_member("federation").balance_minutes == -position
 
-    run_federation(tmp_path, nats_server.url, scenario)
+    run_federation(tmp_path, nats_server.url, bus, scenario)
 
 
 def test_500_concurrent_transfers_among_three_banks_settle_with_every_invariant(
-    tmp_path: Path, nats_url: str
+    tmp_path: Path, nats_url: str, bus: Bus
 ) -> None:
     bank_ids = ("gp", "college", "library")
     members = ("ann", "ben", "cat")
@@ -288,4 +275,4 @@ def test_500_concurrent_transfers_among_three_banks_settle_with_every_invariant(
                 view = ledger.get_member(member)
                 assert view.available_minutes >= -overdraft  # invariant 5, members
 
-    run_federation(tmp_path, nats_url, scenario, bank_ids=bank_ids, limit_minutes=10_000)
+    run_federation(tmp_path, nats_url, bus, scenario, bank_ids=bank_ids, limit_minutes=10_000)

@@ -12,17 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from shared.bus import (
-    DEAD_LETTER_STREAM,
-    STREAMS,
-    TO_BANKS_STREAM,
-    TO_CLEARING_STREAM,
-    bank_consumer,
-    dead_letters,
-    subject_for,
-    to_bank,
-    to_clearing,
-)
+from shared.bus import DEFAULT_BUS, Bus, InvalidNamespace, bank_consumer
 from shared.identifiers import BANK_ID_PATTERN
 from shared.protocol import (
     CLEARING,
@@ -498,10 +488,10 @@ def test_the_wildcard_matcher_used_here_follows_nats_rules(
     assert nats_matches(pattern, subject) is expected
 
 
-def streams_covering(subject: str) -> list[str]:
+def streams_covering(subject: str, bus: Bus = DEFAULT_BUS) -> list[str]:
     return [
         str(stream.name)
-        for stream in STREAMS
+        for stream in bus.streams()
         if any(nats_matches(p, subject) for p in stream.subjects or [])
     ]
 
@@ -510,26 +500,26 @@ def test_an_envelope_to_the_clearing_goes_to_the_senders_clearing_subject() -> N
     # The sender's bank, not any bank the message names, picks the subject: permissions key on it.
     env = envelope(SAMPLES[1], source="fair-shares", destination=CLEARING)
 
-    assert subject_for(env) == "tb.clearing.in.fair-shares"
-    assert subject_for(env) == to_clearing("fair-shares")
+    assert DEFAULT_BUS.subject_for(env) == "tb.clearing.in.fair-shares"
+    assert DEFAULT_BUS.subject_for(env) == DEFAULT_BUS.to_clearing("fair-shares")
 
 
 def test_an_envelope_to_a_bank_goes_to_that_banks_inbox() -> None:
     env = envelope(SAMPLES[5], source=CLEARING, destination="fair-shares")
 
-    assert subject_for(env) == "tb.bank.fair-shares.in"
-    assert subject_for(env) == to_bank("fair-shares")
+    assert DEFAULT_BUS.subject_for(env) == "tb.bank.fair-shares.in"
+    assert DEFAULT_BUS.subject_for(env) == DEFAULT_BUS.to_bank("fair-shares")
 
 
 @pytest.mark.parametrize(
     ("subject", "stream"),
     [
-        (to_clearing("rushey-green"), TO_CLEARING_STREAM),
-        (to_clearing("b2"), TO_CLEARING_STREAM),
-        (to_bank("rushey-green"), TO_BANKS_STREAM),
-        (to_bank(CLEARING), TO_BANKS_STREAM),
-        (dead_letters("clearing"), DEAD_LETTER_STREAM),
-        (dead_letters(bank_consumer("rushey-green")), DEAD_LETTER_STREAM),
+        (DEFAULT_BUS.to_clearing("rushey-green"), DEFAULT_BUS.to_clearing_stream),
+        (DEFAULT_BUS.to_clearing("b2"), DEFAULT_BUS.to_clearing_stream),
+        (DEFAULT_BUS.to_bank("rushey-green"), DEFAULT_BUS.to_banks_stream),
+        (DEFAULT_BUS.to_bank(CLEARING), DEFAULT_BUS.to_banks_stream),
+        (DEFAULT_BUS.dead_letters("clearing"), DEFAULT_BUS.dead_letter_stream),
+        (DEFAULT_BUS.dead_letters(bank_consumer("rushey-green")), DEFAULT_BUS.dead_letter_stream),
     ],
 )
 def test_each_federation_subject_is_stored_by_exactly_its_own_stream(
@@ -557,8 +547,30 @@ def test_subjects_outside_the_layout_are_stored_by_no_stream(subject: str) -> No
 
 
 def test_streams_have_distinct_names() -> None:
-    names = [stream.name for stream in STREAMS]
-    assert sorted(names) == sorted({TO_CLEARING_STREAM, TO_BANKS_STREAM, DEAD_LETTER_STREAM})
+    names = [stream.name for stream in DEFAULT_BUS.streams()]
+    assert names == ["TB_TO_CLEARING", "TB_TO_BANKS", "TB_DEAD_LETTERS"]
+
+
+def test_a_namespace_prefixes_every_subject_and_stream_so_federations_can_share_a_server() -> None:
+    rehearsal = Bus("rehearsal")
+    env = envelope(SAMPLES[1], source="fair-shares", destination=CLEARING)
+
+    assert rehearsal.subject_for(env) == "rehearsal.clearing.in.fair-shares"
+    assert [s.name for s in rehearsal.streams()] == [
+        "REHEARSAL_TO_CLEARING",
+        "REHEARSAL_TO_BANKS",
+        "REHEARSAL_DEAD_LETTERS",
+    ]
+    # Neither federation's streams store the other's messages.
+    assert streams_covering(rehearsal.subject_for(env)) == []
+    assert streams_covering(DEFAULT_BUS.subject_for(env), rehearsal) == []
+    assert streams_covering(rehearsal.subject_for(env), rehearsal) == ["REHEARSAL_TO_CLEARING"]
+
+
+@pytest.mark.parametrize("namespace", ["", "TB", "tb.x", "tb*", "tb>", "1tb", "tb-x", "a" * 17])
+def test_a_namespace_that_would_break_subjects_or_stream_names_is_refused(namespace: str) -> None:
+    with pytest.raises(InvalidNamespace, match="lowercase letters and digits"):
+        Bus(namespace)
 
 
 bank_ids = st.from_regex(BANK_ID_PATTERN, fullmatch=True).filter(lambda b: b != CLEARING)
@@ -570,8 +582,8 @@ def test_every_routed_envelope_lands_in_exactly_the_right_stream(bank: str, seq:
     up = envelope(SAMPLES[7], source=bank, destination=CLEARING, seq=seq)
     down = envelope(SAMPLES[5], source=CLEARING, destination=bank, seq=seq)
 
-    assert streams_covering(subject_for(up)) == [TO_CLEARING_STREAM]
-    assert streams_covering(subject_for(down)) == [TO_BANKS_STREAM]
+    assert streams_covering(DEFAULT_BUS.subject_for(up)) == [DEFAULT_BUS.to_clearing_stream]
+    assert streams_covering(DEFAULT_BUS.subject_for(down)) == [DEFAULT_BUS.to_banks_stream]
 
 
 # --- property: any valid TransferRequested round-trips ------------------------------------------

@@ -1,0 +1,198 @@
+"""Drive a running federation over its HTTP APIs, as its operators would, and check the design's
+invariants (1-5) from what the APIs show. Used by `timebank demo` and the end-to-end tests."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx2 as httpx
+
+SETTLE_SECONDS = 20.0
+# The system account that holds each bank's side of every cross-bank transfer.
+FEDERATION_ACCOUNT = "federation"
+
+
+class RequestFailed(RuntimeError):
+    """An API answered with an error where the caller needed a success."""
+
+
+@dataclass
+class FederationClient:
+    """Talks to the services named in a ``federation.json`` description, with their tokens."""
+
+    described: dict[str, Any]
+    # Every transfer asked for through this client: id -> (payer bank, payee bank).
+    transfers: dict[str, tuple[str, str]] = field(default_factory=dict)
+    timeout: float = 10.0
+
+    def bank(self, bank_id: str, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        bank = self.described["banks"][bank_id]
+        headers = {"Authorization": f"Bearer {bank['operator_token']}"}
+        return httpx.request(
+            method, bank["url"] + path, headers=headers, timeout=self.timeout, **kwargs
+        )
+
+    def clearing_request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        clearing = self.described["clearing"]
+        headers = {"Authorization": f"Bearer {clearing['admin_token']}"}
+        return httpx.request(
+            method, clearing["url"] + path, headers=headers, timeout=self.timeout, **kwargs
+        )
+
+    def clearing(self, path: str) -> Any:
+        return self.ok(self.clearing_request("GET", path))
+
+    @staticmethod
+    def ok(response: httpx.Response) -> Any:
+        if not response.is_success:
+            raise RequestFailed(f"{response.request.url}: {response.status_code} {response.text}")
+        return response.json()
+
+    def open_member(self, bank_id: str, member_id: str, name: str, **extra: Any) -> Any:
+        body = {"member_id": member_id, "name": name, "kind": "person", **extra}
+        return self.ok(self.bank(bank_id, "POST", "/v1/members", json=body))
+
+    def member(self, bank_id: str, member_id: str) -> dict[str, Any]:
+        view: dict[str, Any] = self.ok(self.bank(bank_id, "GET", f"/v1/members/{member_id}"))
+        return view
+
+    def request_transfer(
+        self,
+        payer_bank: str,
+        payer: str,
+        to_bank: str,
+        payee: str,
+        minutes: int,
+        memo: str,
+        *,
+        wait_for_bank: float = SETTLE_SECONDS,
+    ) -> httpx.Response:
+        """POST /v1/transfers; a 404 ``unknown_bank`` is retried for ``wait_for_bank`` seconds,
+        until the clearing house's directory has reached the bank (a moment after start-up)."""
+        body = {"payer": payer, "to_bank": to_bank, "payee": payee, "minutes": minutes,
+                "memo": memo}  # fmt: skip
+        deadline = time.monotonic() + wait_for_bank
+        while True:
+            response = self.bank(payer_bank, "POST", "/v1/transfers", json=body)
+            unknown_bank = (
+                response.status_code == 404 and response.json().get("code") == "unknown_bank"
+            )
+            if not unknown_bank or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        if response.status_code == 202:
+            self.transfers[response.json()["transfer_id"]] = (payer_bank, to_bank)
+        return response
+
+    def transfer(
+        self, payer_bank: str, payer: str, to_bank: str, payee: str, minutes: int, memo: str
+    ) -> str:
+        """Ask for a transfer that the payer bank must accept; returns its id."""
+        response = self.request_transfer(payer_bank, payer, to_bank, payee, minutes, memo)
+        transfer_id: str = self.ok(response)["transfer_id"]
+        return transfer_id
+
+    def outcome(
+        self, bank_id: str, transfer_id: str, seconds: float = SETTLE_SECONDS
+    ) -> dict[str, Any]:
+        """The transfer as the bank sees it, once decided (or still pending after ``seconds``)."""
+        deadline = time.monotonic() + seconds
+        while True:
+            view: dict[str, Any] = self.ok(
+                self.bank(bank_id, "GET", f"/v1/transfers/{transfer_id}")
+            )
+            if view["status"] != "pending" or time.monotonic() > deadline:
+                return view
+            time.sleep(0.05)
+
+    def wait_until_settled(
+        self, members: Mapping[str, Iterable[str]], seconds: float = SETTLE_SECONDS
+    ) -> bool:
+        """Until no account holds minutes and the clearing house reserves none: every decision
+        applied everywhere. False if that did not happen in time."""
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            held = sum(
+                self.member(bank_id, member_id)["held_minutes"]
+                for bank_id, ids in members.items()
+                for member_id in [*ids, FEDERATION_ACCOUNT]
+            )
+            reserved = sum(b["reserved_minutes"] for b in self.clearing("/v1/banks")["banks"])
+            if held == 0 and reserved == 0:
+                return True
+            time.sleep(0.1)
+        return False
+
+    def check_invariants(
+        self, members: Mapping[str, Iterable[str]], expected: Mapping[str, str] | None = None
+    ) -> list[str]:
+        """Invariants 1-5 of the design, from the APIs; returns the broken ones, described.
+
+        ``members`` names each bank's members to check; every transfer asked for through this
+        client is checked, and those in ``expected`` must have ended as given there.
+        """
+        problems: list[str] = []
+        banks = {b["bank_id"]: b for b in self.clearing("/v1/banks")["banks"]}
+        positions = self.clearing("/v1/positions")
+        if positions["sum_minutes"] != 0 or sum(positions["positions"].values()) != 0:
+            problems.append(f"3: positions sum to {positions['sum_minutes']}, not 0")
+        for bank_id, bank in banks.items():
+            if bank["reserved_minutes"] != 0:
+                problems.append(f"5: {bank_id} still has {bank['reserved_minutes']} reserved")
+            if bank["reserved_minutes"] - bank["position_minutes"] > bank["limit_minutes"]:
+                problems.append(f"5: {bank_id} owes more than its limit")
+        for bank_id, ids in members.items():
+            total = self.ok(self.bank(bank_id, "GET", "/v1/bank"))["total_posted_minutes"]
+            if total != 0:
+                problems.append(f"1: {bank_id}'s posted balances sum to {total}, not 0")
+            federation = self.member(bank_id, FEDERATION_ACCOUNT)["balance_minutes"]
+            if federation != -banks[bank_id]["position_minutes"]:
+                problems.append(
+                    f"2: {bank_id}'s federation account is {federation} but its position is "
+                    f"{banks[bank_id]['position_minutes']}"
+                )
+            for member_id in ids:
+                view = self.member(bank_id, member_id)
+                if view["available_minutes"] < -view["overdraft_limit_minutes"]:
+                    problems.append(f"5: {member_id}@{bank_id} is below its overdraft limit")
+        for transfer_id, (payer_bank, payee_bank) in self.transfers.items():
+            problems += self._check_transfer(transfer_id, payer_bank, payee_bank, expected or {})
+        return problems
+
+    def _check_transfer(
+        self, transfer_id: str, payer_bank: str, payee_bank: str, expected: Mapping[str, str]
+    ) -> list[str]:
+        """Invariant 4: one outcome everywhere; a commit posted once at each bank, an abort
+        nowhere."""
+        problems = []
+        at_payer = self.outcome(payer_bank, transfer_id, seconds=0)
+        at_clearing = self.clearing(f"/v1/transfers/{transfer_id}")["status"]
+        response = self.bank(payee_bank, "GET", f"/v1/transfers/{transfer_id}")
+        # A payee bank is never asked about a transfer refused before it (bank limit, ...).
+        at_payee = self.ok(response)["status"] if response.status_code != 404 else "aborted"
+        statuses = {at_payer["status"], at_clearing, at_payee}
+        want = expected.get(transfer_id)
+        if len(statuses) != 1 or (want is not None and statuses != {want}):
+            problems.append(
+                f"4: transfer {transfer_id} is {at_payer['status']} at {payer_bank}, "
+                f"{at_clearing} at the clearing house, {at_payee} at {payee_bank}"
+                + (f"; expected {want}" if want else "")
+            )
+        posted_once = 1 if at_clearing == "committed" else 0
+        for bank_id, member_id in (
+            (payer_bank, at_payer["payer"]),
+            (payee_bank, at_payer["payee"]),
+        ):
+            statement = self.bank(bank_id, "GET", f"/v1/members/{member_id}/statement")
+            if statement.status_code == 404:
+                continue  # an unknown payee: nothing can have been posted to it
+            entries = [e for e in self.ok(statement)["entries"] if e["entry_id"] == transfer_id]
+            if len(entries) != posted_once:
+                problems.append(
+                    f"4: transfer {transfer_id} has {len(entries)} posting(s) for "
+                    f"{member_id}@{bank_id}; expected {posted_once}"
+                )
+        return problems

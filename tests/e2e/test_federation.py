@@ -1,0 +1,219 @@
+"""The federation end to end: NATS, the clearing house and three banks as real processes
+(`LocalFederation`, as `timebank up` runs them), driven only through their HTTP APIs.
+
+Every outcome of a cross-bank transfer, then faults (the clearing house and a bank killed
+mid-transfers), each ending with invariants 1-5 of the design checked from the APIs."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from services.local.client import FederationClient
+from services.local.config import BankConfig, ClearingConfig, FederationConfig
+from services.local.federation import LocalFederation
+from shared.bus import Bus
+
+pytestmark = pytest.mark.timeout(180)
+
+GP, COLLEGE, COMMUNITY = "rushey-green", "lewisham-college", "deptford-community"
+MEMBERS = {GP: ["amara", "george"], COLLEGE: ["priya"], COMMUNITY: ["tom"]}
+GP_LIMIT = 300
+
+
+def federation_config(deadline_seconds: float) -> FederationConfig:
+    return FederationConfig(
+        clearing=ClearingConfig(deadline_seconds=deadline_seconds),
+        banks=[
+            BankConfig(id=GP, name="Rushey Green (GP surgery)", limit_minutes=GP_LIMIT),
+            BankConfig(id=COLLEGE, name="Lewisham College", limit_minutes=3000),
+            BankConfig(id=COMMUNITY, name="Deptford Community", limit_minutes=3000),
+        ],
+    )
+
+
+def start_federation(
+    tmp_path: Path, nats_url: str, bus: Bus, deadline_seconds: float
+) -> Iterator[tuple[LocalFederation, FederationClient]]:
+    federation = LocalFederation(
+        federation_config(deadline_seconds),
+        tmp_path / "federation",
+        nats_url=nats_url,
+        nats_namespace=bus.namespace,
+    )
+    with federation:
+        client = FederationClient(federation.describe())
+        for bank_id, members in MEMBERS.items():
+            for member_id in members:
+                client.open_member(bank_id, member_id, member_id.title())
+        yield federation, client
+
+
+@pytest.fixture
+def short_deadline(
+    tmp_path: Path, nats_url: str, bus: Bus
+) -> Iterator[tuple[LocalFederation, FederationClient]]:
+    """Transfers to a silent bank abort after 3 s."""
+    yield from start_federation(tmp_path, nats_url, bus, deadline_seconds=3)
+
+
+@pytest.fixture
+def long_deadline(
+    tmp_path: Path, nats_url: str, bus: Bus
+) -> Iterator[tuple[LocalFederation, FederationClient]]:
+    """No transfer aborts for its deadline while a service is down for a few seconds."""
+    yield from start_federation(tmp_path, nats_url, bus, deadline_seconds=120)
+
+
+def decided(client: FederationClient, bank_id: str, transfer_id: str) -> tuple[str, str | None]:
+    view = client.outcome(bank_id, transfer_id)
+    return view["status"], view["reason"]
+
+
+def test_every_outcome_through_the_http_apis_then_invariants_1_to_5(
+    short_deadline: tuple[LocalFederation, FederationClient],
+) -> None:
+    federation, client = short_deadline
+    lift = {"payer": "george", "payee": "amara", "minutes": 120, "memo": "lift to hospital"}
+    client.ok(client.bank(GP, "POST", "/v1/exchanges", json=lift))
+    expected: dict[str, str] = {}
+
+    # Commit: Amara spends 90 minutes at the college.
+    course = client.transfer(GP, "amara", COLLEGE, "priya", 90, "pottery course")
+    assert decided(client, GP, course) == ("committed", None)
+    assert decided(client, COLLEGE, course) == ("committed", None)
+    expected[course] = "committed"
+
+    # Unknown payee: the college refuses, so the clearing house aborts.
+    nobody = client.transfer(GP, "amara", COLLEGE, "nobody", 10, "mistyped name")
+    assert decided(client, GP, nobody) == ("aborted", "unknown_payee")
+    expected[nobody] = "aborted"
+
+    # Payer overdraft: refused by the payer's own bank at once; nothing is sent. Amara has
+    # 30 minutes and the bank's default overdraft of 600.
+    overdraft = client.request_transfer(GP, "amara", COLLEGE, "priya", 30 + 600 + 1, "too much")
+    assert overdraft.status_code == 409
+    assert overdraft.json()["code"] == "overdraft_limit_exceeded"
+
+    # An unknown bank: refused by the payer's bank from its directory.
+    unknown_bank = client.request_transfer(
+        GP, "amara", "atlantis", "priya", 5, "nowhere", wait_for_bank=0
+    )
+    assert unknown_bank.status_code == 404
+    assert unknown_bank.json()["code"] == "unknown_bank"
+
+    # Bank limit: the surgery's bank may owe at most GP_LIMIT; it owes 90 already.
+    client.open_member(GP, "olu", "Olu", overdraft_limit_minutes=1000)
+    over_limit = client.transfer(GP, "olu", COMMUNITY, "tom", GP_LIMIT - 90 + 1, "decorating")
+    assert decided(client, GP, over_limit) == ("aborted", "bank_limit_exceeded")
+    expected[over_limit] = "aborted"
+    within = client.transfer(GP, "olu", COMMUNITY, "tom", GP_LIMIT - 90, "decorating, less")
+    assert decided(client, GP, within) == ("committed", None)
+    expected[within] = "committed"
+
+    # A suspended payee bank, then a suspended payer bank; reinstated, it works again.
+    client.ok(client.clearing_request("POST", f"/v1/banks/{COLLEGE}/suspend"))
+    to_suspended = client.transfer(COMMUNITY, "tom", COLLEGE, "priya", 15, "to a suspended bank")
+    assert decided(client, COMMUNITY, to_suspended) == ("aborted", "bank_suspended")
+    from_suspended = client.transfer(COLLEGE, "priya", COMMUNITY, "tom", 15, "from it")
+    assert decided(client, COLLEGE, from_suspended) == ("aborted", "bank_suspended")
+    client.ok(client.clearing_request("POST", f"/v1/banks/{COLLEGE}/reinstate"))
+    after = client.transfer(COMMUNITY, "tom", COLLEGE, "priya", 15, "after reinstatement")
+    assert decided(client, COMMUNITY, after) == ("committed", None)
+    expected |= {to_suspended: "aborted", from_suspended: "aborted", after: "committed"}
+
+    # Deadline: the payee bank's process is stopped; the clearing house aborts after 3 s.
+    federation.stop_service(COMMUNITY)
+    silent = client.transfer(COLLEGE, "priya", COMMUNITY, "tom", 20, "to a stopped bank")
+    assert decided(client, COLLEGE, silent) == ("aborted", "deadline_exceeded")
+    assert client.clearing(f"/v1/transfers/{silent}")["reason"] == "deadline_exceeded"
+    federation.start_service(COMMUNITY)
+    # Back, the bank hears the request (too late) and then the abort: it posts nothing.
+    assert client.outcome(COMMUNITY, silent)["status"] == "aborted"
+    expected[silent] = "aborted"
+
+    assert client.wait_until_settled({**MEMBERS, GP: [*MEMBERS[GP], "olu"]})
+    assert client.check_invariants({**MEMBERS, GP: [*MEMBERS[GP], "olu"]}, expected) == []
+    assert client.clearing("/v1/positions") == {
+        "positions": {GP: -90 - (GP_LIMIT - 90), COLLEGE: 90 + 15, COMMUNITY: GP_LIMIT - 90 - 15},
+        "sum_minutes": 0,
+    }
+    assert client.member(GP, "amara")["balance_minutes"] == 120 - 90
+    assert client.member(COLLEGE, "priya")["balance_minutes"] == 90 + 15
+    assert client.member(COMMUNITY, "tom")["balance_minutes"] == GP_LIMIT - 90 - 15
+    statement = client.ok(client.bank(COLLEGE, "GET", "/v1/members/priya/statement"))
+    assert {(e["entry_id"], e["minutes"], e["counterparty"]) for e in statement["entries"]} == {
+        (course, 90, f"{GP}/amara"),
+        (after, 15, f"{COMMUNITY}/tom"),
+    }
+
+
+def test_the_invariant_check_catches_a_transfer_that_did_not_end_as_expected(
+    short_deadline: tuple[LocalFederation, FederationClient],
+) -> None:
+    """The check the other tests rely on can fail: a wrong expectation is reported."""
+    _, client = short_deadline
+    committed = client.transfer(GP, "amara", COLLEGE, "priya", 30, "course")
+    assert client.wait_until_settled(MEMBERS)
+
+    problems = client.check_invariants(MEMBERS, {committed: "aborted"})
+
+    assert len(problems) == 1
+    assert problems[0].startswith(f"4: transfer {committed} is committed")
+    assert problems[0].endswith("expected aborted")
+
+
+def test_the_clearing_house_and_a_bank_killed_mid_transfers_settle_each_exactly_once(
+    long_deadline: tuple[LocalFederation, FederationClient],
+) -> None:
+    """SIGKILL, not SIGTERM: a crash at any point (a relay that published but had not recorded
+    it, a decision saved but not sent, a message half-consumed). After restarts, every transfer
+    is committed or aborted consistently everywhere and each commit is posted exactly once."""
+    federation, client = long_deadline
+    count = 60
+    routes = [
+        (GP, COLLEGE, "amara", "priya"),
+        (COLLEGE, COMMUNITY, "priya", "tom"),
+        (COMMUNITY, GP, "tom", "george"),
+    ]
+    refused: list[tuple[int, str, str]] = []
+
+    def send() -> None:
+        # Transfers keep being asked for while the clearing house is down: the banks accept
+        # them (a hold and an outbox entry) and the relay delivers them when it is back.
+        for n in range(count):
+            payer_bank, payee_bank, payer, payee = routes[n % 3]
+            try:
+                client.transfer(payer_bank, payer, payee_bank, payee, 1, f"#{n}")
+            except Exception as e:
+                refused.append((n, payer_bank, repr(e)))
+            time.sleep(0.05)
+
+    sender = threading.Thread(target=send)
+    sender.start()
+    try:
+        time.sleep(0.5)
+        federation.stop_service("clearing", kill=True)
+        time.sleep(0.5)
+        federation.start_service("clearing")
+        federation.stop_service(COLLEGE, kill=True)
+        federation.start_service(COLLEGE)
+    finally:
+        sender.join(timeout=60)
+    assert not sender.is_alive()
+    # Only asking the college while its process was dead can fail (the connection is refused).
+    assert all(payer_bank == COLLEGE for _, payer_bank, _ in refused), refused
+    assert len(client.transfers) >= count - count // 3
+
+    assert client.wait_until_settled(MEMBERS, seconds=60)
+    expected = dict.fromkeys(client.transfers, "committed")
+    assert client.check_invariants(MEMBERS, expected) == []
+    committed = dict.fromkeys(MEMBERS, 0)
+    for payer_bank, payee_bank in client.transfers.values():
+        committed[payer_bank] -= 1
+        committed[payee_bank] += 1
+    assert client.clearing("/v1/positions")["positions"] == committed
