@@ -266,6 +266,83 @@ def demo(
     raise typer.Exit(0 if ok else 1)
 
 
+settle_app = typer.Typer(
+    help="Settle the banks' net positions in cycles (partner institutions).",
+    no_args_is_help=False,
+)
+app.add_typer(settle_app, name="settle")
+DataDir = Annotated[
+    Path,
+    typer.Option(help="The running federation's data dir (`timebank up`): its federation.json."),
+]
+
+
+def federation_client(data_dir: Path) -> Any:
+    """A client for the federation described in DATA_DIR/federation.json (URLs and tokens)."""
+    import json
+
+    from services.local.client import FederationClient
+
+    path = data_dir / "federation.json"
+    try:
+        described = json.loads(path.read_text())
+    except OSError as e:
+        raise fail(f"cannot read {path} ({e.strerror}); is `timebank up` running there?") from None
+    except ValueError as e:
+        raise fail(f"{path} is not JSON: {e}") from None
+    return FederationClient(described)
+
+
+@settle_app.callback(invoke_without_command=True)
+def settle(ctx: typer.Context, data_dir: DataDir = Path("timebank-data")) -> None:
+    """Close a settlement cycle now on a running federation and print its obligations: who
+    pays whom, outside the system. Each creditor bank then confirms what it received."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from rich.console import Console
+
+    from services.local.client import RequestFailed
+    from services.local.demo import show_obligations
+
+    client = federation_client(data_dir)
+    try:
+        cycle = client.open_settlement()
+    except (RequestFailed, OSError) as e:
+        raise fail(str(e), 1) from None
+    console = Console()
+    show_obligations(console, cycle)
+    if cycle["status"] == "completed":
+        console.print("Nothing to settle: every position nets to zero. The cycle is complete.")
+        return
+    console.print(
+        f"When a creditor has been paid: timebank settle confirm {cycle['settlement_id']} "
+        "<number> --bank <creditor>"
+    )
+
+
+@settle_app.command("confirm")
+def settle_confirm(
+    settlement_id: Annotated[int, typer.Argument(help="The cycle's number.")],
+    number: Annotated[int, typer.Argument(help="The obligation's number in the cycle.")],
+    bank: Annotated[str, typer.Option(help="The creditor bank that was paid.")],
+    data_dir: DataDir = Path("timebank-data"),
+) -> None:
+    """Confirm, as the creditor bank (with its own clearing token), that an obligation was
+    paid. The last confirmation completes the cycle."""
+    from services.local.client import RequestFailed
+
+    client = federation_client(data_dir)
+    if bank not in client.described.get("banks", {}):
+        raise fail(f"{bank} is not a bank of this federation")
+    try:
+        cycle = client.ok(client.confirm_obligation(settlement_id, number, bank))
+    except (RequestFailed, OSError) as e:
+        raise fail(str(e), 1) from None
+    typer.echo(
+        f"settlement {settlement_id}: obligation {number} confirmed; cycle {cycle['status']}"
+    )
+
+
 def main() -> None:
     app()
 

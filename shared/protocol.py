@@ -126,6 +126,16 @@ class DirectoryChanged(Message, frozen=True, kw_only=True, tag="directory.change
     banks: list[BankEntry]
 
 
+class SettlementCompleted(Message, frozen=True, kw_only=True, tag="settlement.completed.v1"):
+    """Clearing -> a bank: a settlement cycle is confirmed. The bank paid ``paid_minutes`` and
+    was paid ``received_minutes`` outside the system; it posts the difference from its
+    ``federation`` account to its ``settlement`` account, as its position moves by as much."""
+
+    settlement_id: Annotated[int, msgspec.Meta(ge=1)]
+    paid_minutes: Annotated[int, msgspec.Meta(ge=0, le=10**12)]
+    received_minutes: Annotated[int, msgspec.Meta(ge=0, le=10**12)]
+
+
 AnyMessage = (
     DirectoryChanged
     | TransferRequested
@@ -135,6 +145,7 @@ AnyMessage = (
     | TransferCommitted
     | TransferAborted
     | DecisionApplied
+    | SettlementCompleted
 )
 
 

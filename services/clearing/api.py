@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import secrets
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import datetime
@@ -17,14 +18,23 @@ from services.clearing.application import (
     BankExists,
     Clearing,
     UnknownBank,
+    UnknownSettlement,
     UnknownTransfer,
 )
 from services.clearing.domain import InvalidRequest
 from services.clearing.settings import ClearingSettings
-from services.common.auth import READ_ROLES, WRITE_ROLES, TokenRegistry, role_guard
+from services.clearing.settlement import NotCreditor, SettlementOpen, UnknownObligation
+from services.common.auth import (
+    READ_ROLES,
+    WRITE_ROLES,
+    TokenRegistry,
+    bearer_token,
+    digest,
+    role_guard,
+)
 from services.common.bus_worker import BusWorker
 from services.common.http import JSONBodyGuard
-from services.common.problems import install_problem_handlers
+from services.common.problems import Problem, install_problem_handlers
 from services.common.stores import parse_store_url
 from shared.bus import CLEARING_CONSUMER, Bus
 
@@ -38,6 +48,10 @@ CLEARING_ERRORS: dict[type[Exception], tuple[int, str]] = {
     UnknownBank: (404, "unknown_bank"),
     UnknownTransfer: (404, "unknown_transfer"),
     BankExists: (409, "bank_exists"),
+    UnknownSettlement: (404, "unknown_settlement"),
+    UnknownObligation: (404, "unknown_obligation"),
+    SettlementOpen: (409, "settlement_open"),
+    NotCreditor: (403, "not_creditor"),
 }
 
 
@@ -56,6 +70,13 @@ class Bank(BaseModel):
     limit_minutes: int
     position_minutes: int = Field(description="What the federation owes the bank (< 0: owes).")
     reserved_minutes: int = Field(description="Held for transfers not yet decided.")
+
+
+class AdmittedBank(Bank):
+    clearing_token: str = Field(
+        description="The bank's token at this API (to confirm settlement receipts). Shown "
+        "once: the clearing house keeps only its digest."
+    )
 
 
 class Banks(BaseModel):
@@ -82,6 +103,28 @@ class Transfer(BaseModel):
     acknowledged_by: list[str]
 
 
+class Obligation(BaseModel):
+    number: int = Field(description="Its place in the cycle, from 1.")
+    debtor: str = Field(description="The bank that pays, outside the system.")
+    creditor: str = Field(description="The bank paid; it confirms receipt.")
+    minutes: int
+    status: Literal["pending", "confirmed"]
+    confirmed_at: datetime | None
+
+
+class Settlement(BaseModel):
+    settlement_id: int
+    status: Literal["open", "completed"]
+    cut_off_at: datetime = Field(description="Transfers committed after it are the next cycle's.")
+    completed_at: datetime | None
+    positions: dict[str, int] = Field(description="Each bank's position at the cut-off.")
+    obligations: list[Obligation]
+
+
+class Settlements(BaseModel):
+    settlements: list[Settlement]
+
+
 class Health(BaseModel):
     status: Literal["ok"]
     service: Literal["clearing"]
@@ -98,6 +141,23 @@ def _tokens(request: Request) -> TokenRegistry:
 
 
 ClearingDep = Annotated[Clearing, Depends(get_clearing)]
+
+
+def calling_bank(request: Request, clearing: ClearingDep) -> str:
+    """The member bank whose clearing-house token (given at admission) the caller presented."""
+    token = bearer_token(request)
+    bank_id = clearing.bank_with_token_digest(digest(token).hex()) if token else None
+    if bank_id is None:
+        raise Problem(
+            401,
+            "unauthorized",
+            "a member bank's clearing token is required",
+            headers={"WWW-Authenticate": 'Bearer realm="timebank"'},
+        )
+    return bank_id
+
+
+CallingBank = Annotated[str, Depends(calling_bank)]
 Reader = Depends(role_guard(READ_ROLES, _tokens))
 Admin = Depends(role_guard(WRITE_ROLES, _tokens))
 
@@ -105,6 +165,7 @@ health = APIRouter(tags=["health"])
 banks = APIRouter(prefix="/v1/banks", tags=["banks"])
 positions = APIRouter(prefix="/v1/positions", tags=["positions"])
 transfers = APIRouter(prefix="/v1/transfers", tags=["transfers"])
+settlements = APIRouter(prefix="/v1/settlements", tags=["settlements"])
 
 
 @health.get("/healthz")
@@ -114,10 +175,13 @@ def healthz() -> Health:
 
 
 @banks.post("", status_code=201, dependencies=[Admin])
-def admit_bank(body: NewBank, clearing: ClearingDep) -> Bank:
-    """Admit a bank to the federation with a limit on what it may owe."""
-    view = clearing.admit_bank(body.bank_id, body.name, body.limit_minutes)
-    return Bank.model_validate(view, from_attributes=True)
+def admit_bank(body: NewBank, clearing: ClearingDep) -> AdmittedBank:
+    """Admit a bank to the federation with a limit on what it may owe. The answer holds the
+    bank's own token at this API, shown this once."""
+    token = secrets.token_urlsafe(32)
+    view = clearing.admit_bank(body.bank_id, body.name, body.limit_minutes, digest(token).hex())
+    bank = Bank.model_validate(view, from_attributes=True)
+    return AdmittedBank(**bank.model_dump(), clearing_token=token)
 
 
 @banks.get("", dependencies=[Reader])
@@ -149,6 +213,42 @@ def get_positions(clearing: ClearingDep) -> Positions:
 def get_transfer(transfer_id: str, clearing: ClearingDep) -> Transfer:
     """A cross-bank transfer as the coordinator sees it."""
     return Transfer.model_validate(clearing.get_transfer(transfer_id), from_attributes=True)
+
+
+@settlements.post("", status_code=201, dependencies=[Admin])
+def open_settlement(clearing: ClearingDep) -> Settlement:
+    """Close a settlement cycle now: each bank's position from the transfers committed so far,
+    and the fewest obligations (debtor bank pays creditor bank) that settle them. One cycle is
+    open at a time; a cycle with nothing to settle completes at once."""
+    return Settlement.model_validate(clearing.open_settlement(), from_attributes=True)
+
+
+@settlements.get("", dependencies=[Reader])
+def list_settlements(clearing: ClearingDep) -> Settlements:
+    """Every settlement cycle, oldest first."""
+    return Settlements(
+        settlements=[
+            Settlement.model_validate(s, from_attributes=True) for s in clearing.settlements()
+        ]
+    )
+
+
+@settlements.get("/{settlement_id}", dependencies=[Reader])
+def get_settlement(settlement_id: int, clearing: ClearingDep) -> Settlement:
+    """A cycle: positions at its cut-off, its obligations, and each one's status."""
+    return Settlement.model_validate(clearing.get_settlement(settlement_id), from_attributes=True)
+
+
+@settlements.post("/{settlement_id}/obligations/{number}/confirm")
+def confirm_obligation(
+    settlement_id: int, number: int, clearing: ClearingDep, bank_id: CallingBank
+) -> Settlement:
+    """The creditor bank, with its clearing token, records that it was paid. Confirming again
+    changes nothing. When every obligation is confirmed, the cycle completes: positions move
+    by the settled amounts and each bank posts the same between its federation and
+    settlement accounts."""
+    view = clearing.confirm_obligation(settlement_id, number, bank_id)
+    return Settlement.model_validate(view, from_attributes=True)
 
 
 def clearing_bus_worker(clearing: Clearing, nats_url: str, bus: Bus) -> BusWorker:
@@ -217,6 +317,6 @@ def create_app(settings: ClearingSettings, clearing: Clearing | None = None) -> 
     app.state.settings = settings
     app.add_middleware(JSONBodyGuard)
     install_problem_handlers(app, CLEARING_ERRORS)
-    for router in (health, banks, positions, transfers):
+    for router in (health, banks, positions, transfers, settlements):
         app.include_router(router)
     return app

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import hmac
 import threading
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -27,6 +28,13 @@ from services.clearing.domain import (
     bank_id_to_uuid,
     transfer_id_to_uuid,
 )
+from services.clearing.settlement import (
+    CONFIRMED,
+    PENDING,
+    SettlementBook,
+    SettlementCycle,
+    settlement_uuid,
+)
 from services.common.inbox import (
     MessageRejected,
     Outcome,
@@ -48,6 +56,7 @@ from shared.protocol import (
     DecisionApplied,
     DirectoryChanged,
     Envelope,
+    SettlementCompleted,
     TransferAborted,
     TransferCommitted,
     TransferRequested,
@@ -72,6 +81,10 @@ class BankExists(ClearingError):
 
 
 class UnknownTransfer(ClearingError):
+    pass
+
+
+class UnknownSettlement(ClearingError):
     pass
 
 
@@ -110,6 +123,26 @@ class TransferView:
     memo: str
     deadline: datetime
     acknowledged_by: list[str]
+
+
+@dataclass(frozen=True)
+class ObligationView:
+    number: int
+    debtor: str
+    creditor: str
+    minutes: int
+    status: str
+    confirmed_at: datetime | None
+
+
+@dataclass(frozen=True)
+class SettlementView:
+    settlement_id: int
+    status: str
+    cut_off_at: datetime
+    completed_at: datetime | None
+    positions: dict[str, int]
+    obligations: list[ObligationView]
 
 
 @dataclass
@@ -186,7 +219,9 @@ class Clearing(Application[UUID]):
 
     # The directory.
 
-    def admit_bank(self, bank_id: str, name: str, limit_minutes: int) -> BankView:
+    def admit_bank(
+        self, bank_id: str, name: str, limit_minutes: int, token_digest: str = ""
+    ) -> BankView:
         try:
             check_bank_id(bank_id)
         except InvalidBankId as e:
@@ -194,7 +229,7 @@ class Clearing(Application[UUID]):
         with self._lock:
             if self._find(bank_id_to_uuid(bank_id), MemberBank) is not None:
                 raise BankExists(f"bank {bank_id} is already a member", bank_id=bank_id)
-            bank = MemberBank.admit(bank_id, name, limit_minutes)
+            bank = MemberBank.admit(bank_id, name, limit_minutes, token_digest)
             directory = self._directory()
             directory.list_bank(bank_id)
             uow = UnitOfWork(self, CLEARING)
@@ -234,6 +269,103 @@ class Clearing(Application[UUID]):
             memo=transfer.memo,
             deadline=transfer.deadline,
             acknowledged_by=list(transfer.acknowledged_by),
+        )
+
+    def bank_with_token_digest(self, token_digest: str) -> str | None:
+        """The bank whose clearing-house token has this SHA-256 digest (hex), if any. Every
+        bank is compared, always, so timing says nothing about which matched."""
+        found = None
+        with self._lock:
+            for bank_id in self._directory().bank_ids:
+                expected = self._bank(bank_id).token_digest
+                if expected and hmac.compare_digest(expected, token_digest):
+                    found = bank_id
+        return found
+
+    # Settlement.
+
+    def open_settlement(self) -> SettlementView:
+        """Close a cycle now: every bank's position from the transfers committed so far, and
+        the fewest obligations that settle them. What commits later is the next cycle's."""
+        with self._lock:
+            uow = UnitOfWork(self, CLEARING)
+            book = uow.get(SettlementBook.create_id(), SettlementBook)
+            book = book or uow.add(SettlementBook())
+            settlement_id = book.open_next()
+            positions = {
+                bank_id: member_bank(uow, bank_id).position_minutes
+                for bank_id in self._directory().bank_ids
+            }
+            cycle = uow.add(SettlementCycle.open(settlement_id, self.clock(), positions))
+            if cycle.all_confirmed:  # nothing to settle: positions were square, or net out
+                self._complete(uow, book, cycle)
+            self.save(*uow.aggregates)
+            return self._settlement_view(cycle)
+
+    def confirm_obligation(self, settlement_id: int, number: int, bank_id: str) -> SettlementView:
+        """The creditor bank ``bank_id`` received what obligation ``number`` owes it. When the
+        last obligation is confirmed, the cycle completes and every bank is told."""
+        with self._lock:
+            uow = UnitOfWork(self, CLEARING)
+            cycle = uow.get(settlement_uuid(settlement_id), SettlementCycle)
+            if cycle is None:
+                raise UnknownSettlement(f"no settlement {settlement_id}")
+            if cycle.confirm(number, bank_id, self.clock()) and cycle.all_confirmed:
+                book = uow.get(SettlementBook.create_id(), SettlementBook)
+                self._complete(uow, book or uow.add(SettlementBook()), cycle)
+            self.save(*uow.aggregates)
+            return self._settlement_view(cycle)
+
+    def get_settlement(self, settlement_id: int) -> SettlementView:
+        cycle = self._find(settlement_uuid(settlement_id), SettlementCycle)
+        if cycle is None:
+            raise UnknownSettlement(f"no settlement {settlement_id}")
+        return self._settlement_view(cycle)
+
+    def settlements(self) -> list[SettlementView]:
+        book = self._find(SettlementBook.create_id(), SettlementBook)
+        count = book.count if book is not None else 0
+        return [self.get_settlement(n) for n in range(1, count + 1)]
+
+    def _complete(self, uow: UnitOfWork, book: SettlementBook, cycle: SettlementCycle) -> None:
+        """Positions move by the settled amounts; each bank is told, to post the same."""
+        cycle.complete(self.clock())
+        book.close(cycle.settlement_id)
+        paid = dict.fromkeys(cycle.positions, 0)
+        received = dict.fromkeys(cycle.positions, 0)
+        for o in cycle.obligations:
+            paid[o["debtor"]] += o["minutes"]
+            received[o["creditor"]] += o["minutes"]
+        for bank_id, moved in cycle.settled_minutes().items():
+            if not moved:
+                continue
+            member_bank(uow, bank_id).settle(cycle.settlement_id, moved)
+            message = SettlementCompleted(
+                settlement_id=cycle.settlement_id,
+                paid_minutes=paid[bank_id],
+                received_minutes=received[bank_id],
+            )
+            uow.send(bank_id, message, sender=CLEARING)
+
+    @staticmethod
+    def _settlement_view(cycle: SettlementCycle) -> SettlementView:
+        return SettlementView(
+            settlement_id=cycle.settlement_id,
+            status=cycle.status,
+            cut_off_at=cycle.cut_off_at,
+            completed_at=cycle.completed_at,
+            positions=dict(cycle.positions),
+            obligations=[
+                ObligationView(
+                    number=n,
+                    debtor=o["debtor"],
+                    creditor=o["creditor"],
+                    minutes=o["minutes"],
+                    status=CONFIRMED if n in cycle.confirmed_at else PENDING,
+                    confirmed_at=cycle.confirmed_at.get(n),
+                )
+                for n, o in enumerate(cycle.obligations, start=1)
+            ],
         )
 
     # Receiving from banks.

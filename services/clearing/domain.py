@@ -64,25 +64,33 @@ class MemberBank(Aggregate):
         return bank_id_to_uuid(bank_id)
 
     @classmethod
-    def admit(cls, bank_id: str, name: str, limit_minutes: int) -> MemberBank:
+    def admit(
+        cls, bank_id: str, name: str, limit_minutes: int, token_digest: str = ""
+    ) -> MemberBank:
         if not name.strip() or len(name) > 200:
             raise InvalidRequest("name must be 1-200 characters")
         if isinstance(limit_minutes, bool) or not isinstance(limit_minutes, int):
             raise InvalidRequest("limit_minutes must be a whole number of minutes")
         if limit_minutes < 0:
             raise InvalidRequest("limit_minutes must be >= 0")
-        return cls(bank_id=bank_id, name=name, limit_minutes=limit_minutes)
+        return cls(
+            bank_id=bank_id, name=name, limit_minutes=limit_minutes, token_digest=token_digest
+        )
 
     class Admitted(Aggregate.Created):
         bank_id: str
         name: str
         limit_minutes: int
+        # SHA-256 (hex) of the token the bank uses at the clearing house's API (to confirm
+        # settlement receipts); the token itself is shown once, at admission.
+        token_digest: str = ""
 
     @event(Admitted)
-    def __init__(self, bank_id: str, name: str, limit_minutes: int) -> None:
+    def __init__(self, bank_id: str, name: str, limit_minutes: int, token_digest: str = "") -> None:
         self.bank_id = bank_id
         self.name = name
         self.limit_minutes = limit_minutes
+        self.token_digest = token_digest
         self.status = ACTIVE
         self.position_minutes = 0
         self.reserved_minutes = 0
@@ -176,6 +184,20 @@ class MemberBank(Aggregate):
 
     @event(Credited)
     def _credited(self, transfer_id: str, minutes: int) -> None:
+        self.position_minutes += minutes
+
+    class Settled(Aggregate.Event):
+        settlement_id: int
+        minutes: int
+
+    def settle(self, settlement_id: int, minutes: int) -> None:
+        """A completed settlement cycle: the bank paid (``minutes`` > 0) or was paid (< 0)
+        outside the system, so its position moves by that much towards zero."""
+        if minutes:
+            self._settled(settlement_id=settlement_id, minutes=minutes)
+
+    @event(Settled)
+    def _settled(self, settlement_id: int, minutes: int) -> None:
         self.position_minutes += minutes
 
     def _reservation(self, transfer_id: str) -> int:

@@ -87,10 +87,15 @@ class TokenRegistry:
         return found
 
 
+def bearer_token(request: Request) -> str:
+    """The request's bearer token, or "" when it has none."""
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    return token.strip() if scheme.lower() == "bearer" else ""
+
+
 def bearer_role(request: Request, registry: TokenRegistry) -> str:
-    header = request.headers.get("authorization", "")
-    scheme, _, token = header.partition(" ")
-    role = registry.role_of(token.strip()) if scheme.lower() == "bearer" and token else None
+    token = bearer_token(request)
+    role = registry.role_of(token) if token else None
     if role is None:
         raise Problem(
             401,

@@ -48,6 +48,7 @@ from services.ledger.domain import (
     check_amount,
     check_memo,
     post_hold_to_counterparty,
+    post_settlement,
     transfer_id_to_uuid,
 )
 from shared.protocol import (
@@ -59,6 +60,7 @@ from shared.protocol import (
     DecisionApplied,
     DirectoryChanged,
     Envelope,
+    SettlementCompleted,
     TransferAborted,
     TransferCommitted,
     TransferRequested,
@@ -484,6 +486,15 @@ class Ledger(Application[UUID]):
                 self._on_credit_requested(message, uow)
             case TransferCommitted() | TransferAborted():
                 self._on_decision(message, uow)
+            case SettlementCompleted(
+                settlement_id=settlement_id, paid_minutes=paid, received_minutes=received
+            ):
+                post_settlement(
+                    self._uow_account(uow, SYSTEM_ACCOUNTS[0]),
+                    self._uow_account(uow, SYSTEM_ACCOUNTS[1]),
+                    settlement_id,
+                    paid - received,
+                )
             case _:
                 raise MessageRejected(f"a bank does not accept {type(message).__name__}")
 

@@ -13,6 +13,7 @@ MEMBER_KINDS = ("person", "organisation")
 SYSTEM_KIND = "system"
 # The bank's side of the clearing house, and where settled amounts land.
 SYSTEM_ACCOUNTS = ("federation", "settlement")
+SETTLEMENT_KIND = "settlement"
 
 MEMBER_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 MAX_NAME_LENGTH = 200
@@ -327,6 +328,23 @@ def post_hold_to_counterparty(
         hold.get("party", ""),
     )
     return counterparty
+
+
+def post_settlement(
+    federation: Account, settlement: Account, settlement_id: int, moved_minutes: int
+) -> None:
+    """A completed settlement cycle, as one double entry: the bank paid (``moved_minutes`` > 0)
+    or was paid (< 0) outside the system, so that much moves from its ``federation`` account
+    to its ``settlement`` account (or back), and ``federation`` keeps mirroring the position."""
+    if not moved_minutes:
+        return
+    entry_id = f"settlement-{settlement_id}"
+    memo = f"Settlement cycle {settlement_id}"
+    source, target = (federation, settlement) if moved_minutes > 0 else (settlement, federation)
+    minutes = abs(moved_minutes)
+    # System accounts have no overdraft limit, so the bank default does not apply.
+    source.debit(entry_id, minutes, target.member_id, memo, SETTLEMENT_KIND, 0)
+    target.credit(entry_id, minutes, source.member_id, memo, SETTLEMENT_KIND)
 
 
 PENDING = "pending"

@@ -126,6 +126,34 @@ class FederationClient:
             time.sleep(0.1)
         return False
 
+    def open_settlement(self) -> dict[str, Any]:
+        """POST /v1/settlements as the clearing house's admin: the cycle and its obligations."""
+        cycle: dict[str, Any] = self.ok(self.clearing_request("POST", "/v1/settlements"))
+        return cycle
+
+    def confirm_obligation(self, settlement_id: int, number: int, creditor: str) -> httpx.Response:
+        """The creditor bank, with its own clearing token, confirms it was paid."""
+        token = self.described["banks"][creditor]["clearing_token"]
+        url = (
+            f"{self.described['clearing']['url']}/v1/settlements/{settlement_id}"
+            f"/obligations/{number}/confirm"
+        )
+        return httpx.post(url, headers={"Authorization": f"Bearer {token}"}, timeout=self.timeout)
+
+    def wait_until_mirrored(self, seconds: float = SETTLE_SECONDS) -> bool:
+        """Until every bank's federation account mirrors its position at the clearing house
+        (invariant 2): every decision and settlement applied. False if not in time."""
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            positions = self.clearing("/v1/positions")["positions"]
+            if all(
+                self.member(bank_id, FEDERATION_ACCOUNT)["balance_minutes"] == -position
+                for bank_id, position in positions.items()
+            ):
+                return True
+            time.sleep(0.1)
+        return False
+
     def check_invariants(
         self, members: Mapping[str, Iterable[str]], expected: Mapping[str, str] | None = None
     ) -> list[str]:

@@ -36,6 +36,8 @@ class Service:
     name: str
     url: str
     token: str
+    # A bank's own token at the clearing house's API (to confirm settlement receipts).
+    clearing_token: str | None = None
     argv: list[str] = field(default_factory=list)
     env: dict[str, str] = field(default_factory=dict, repr=False)
     process: subprocess.Popen[bytes] | None = None
@@ -141,7 +143,11 @@ class LocalFederation:
             "nats_namespace": self.bus.namespace,
             "clearing": {"url": self.clearing.url, "admin_token": self.clearing.token},
             "banks": {
-                bank_id: {"url": service.url, "operator_token": service.token}
+                bank_id: {
+                    "url": service.url,
+                    "operator_token": service.token,
+                    "clearing_token": service.clearing_token,
+                }
                 for bank_id, service in self.banks.items()
             },
         }
@@ -221,12 +227,28 @@ class LocalFederation:
 
     def _admit_banks(self) -> None:
         headers = {"Authorization": f"Bearer {self.clearing.token}"}
+        earlier = self._earlier_clearing_tokens()
         for bank in self.config.banks:
             body = {"bank_id": bank.id, "name": bank.name, "limit_minutes": bank.limit_minutes}
             response = httpx.post(f"{self.clearing.url}/v1/banks", json=body, headers=headers)
-            # A bank admitted by an earlier run on the same data dir is already a member.
-            if response.status_code not in (201, 409):
+            if response.status_code == 201:
+                self.banks[bank.id].clearing_token = response.json()["clearing_token"]
+            elif response.status_code == 409:
+                # Admitted by an earlier run on the same data dir: its token was shown then.
+                self.banks[bank.id].clearing_token = earlier.get(bank.id)
+            else:
                 raise FederationError(f"admitting {bank.id} failed: {response.text}")
+
+    def _earlier_clearing_tokens(self) -> dict[str, str]:
+        try:
+            banks = json.loads(self.description_path.read_text())["banks"]
+        except (OSError, ValueError, KeyError, TypeError):
+            return {}
+        return {
+            bank_id: bank["clearing_token"]
+            for bank_id, bank in banks.items()
+            if isinstance(bank, dict) and bank.get("clearing_token")
+        }
 
     def _write_description(self) -> None:
         path = self.description_path

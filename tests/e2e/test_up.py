@@ -111,11 +111,54 @@ def test_up_runs_a_federation_that_commits_a_transfer_and_stops_cleanly(tmp_path
             "positions": {"rushey-green": -60, "lewisham-college": 60},
             "sum_minutes": 0,
         }
+
+        # The partner institutions settle, from the command line.
+        settle = run_timebank("settle", "--data-dir", str(data_dir))
+        assert settle.returncode == 0, settle.stderr
+        assert "rushey-green" in settle.stdout
+        assert "lewisham-college" in settle.stdout
+        assert "1h 00m" in settle.stdout
+        not_creditor = run_timebank(
+            "settle", "confirm", "1", "1", "--bank", "rushey-green", "--data-dir", str(data_dir)
+        )
+        assert not_creditor.returncode == 1
+        assert "not_creditor" in not_creditor.stderr
+        confirm = run_timebank(
+            "settle", "confirm", "1", "1", "--bank", "lewisham-college", "--data-dir", str(data_dir)
+        )
+        assert confirm.returncode == 0, confirm.stderr
+        assert "cycle completed" in confirm.stdout
+
+        def mirrored() -> bool:
+            federation = httpx.get(f"{gp['url']}/v1/members/federation", headers=auth(gp)).json()[
+                "balance_minutes"
+            ]
+            settlement = httpx.get(f"{gp['url']}/v1/members/settlement", headers=auth(gp)).json()[
+                "balance_minutes"
+            ]
+            return bool(federation == 0 and settlement == 60)
+
+        wait_for(mirrored, 20, "the surgery's bank to post the settlement")
     finally:
         up.send_signal(signal.SIGTERM)
         code = up.wait(timeout=40)
     assert code == 0, (up.stdout.read() if up.stdout else b"").decode()
     assert processes_using(data_dir) == []
+
+
+def run_timebank(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(TIMEBANK), *args], capture_output=True, text=True, timeout=60, check=False
+    )
+
+
+def test_settle_without_a_running_federation_says_where_it_looked(tmp_path: Path) -> None:
+    result = run_timebank("settle", "--data-dir", str(tmp_path / "nowhere"))
+
+    assert result.returncode == 2
+    assert "federation.json" in result.stderr
+    assert "timebank up" in result.stderr
+    assert "Traceback" not in result.stderr
 
 
 def test_up_with_a_bad_config_names_the_line_and_starts_nothing(tmp_path: Path) -> None:

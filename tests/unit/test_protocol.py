@@ -27,6 +27,7 @@ from shared.protocol import (
     Envelope,
     Message,
     ProtocolError,
+    SettlementCompleted,
     TransferAborted,
     TransferCommitted,
     TransferRequested,
@@ -67,6 +68,7 @@ SAMPLES: list[Message] = [
     ),
     TransferAborted(transfer_id="t-1", reason="deadline_exceeded"),
     DecisionApplied(transfer_id="t-1", committed=True),
+    SettlementCompleted(settlement_id=3, paid_minutes=0, received_minutes=45),
 ]
 
 # The wire names are the contract other implementations code against.
@@ -79,6 +81,7 @@ EXPECTED_TAGS = {
     TransferCommitted: "transfer.committed.v1",
     TransferAborted: "transfer.aborted.v1",
     DecisionApplied: "decision.applied.v1",
+    SettlementCompleted: "settlement.completed.v1",
 }
 
 
@@ -243,6 +246,20 @@ def test_the_largest_allowed_amount_is_accepted() -> None:
     data["message"]["minutes"] = 1_000_000
 
     assert decode(data).message.minutes == 1_000_000  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("paid_minutes", -1), ("received_minutes", -45), ("settlement_id", 0), ("paid_minutes", 1.5)],
+)
+def test_a_settlement_with_negative_minutes_or_no_cycle_number_is_rejected(
+    field: str, value: object
+) -> None:
+    data = wire(SAMPLES[-1])
+    data["message"][field] = value
+
+    with pytest.raises(ProtocolError, match=rf"\$\.message\.{field}"):
+        decode(data)
 
 
 @pytest.mark.parametrize("seq", [0, -1])
