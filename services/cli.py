@@ -15,6 +15,7 @@ from typing import Annotated, Any
 import typer
 
 from services.ledger.application import DEFAULT_MAX_EXCHANGE_MINUTES, DEFAULT_OVERDRAFT_MINUTES
+from services.ledger.checkpoints import DEFAULT_CHECKPOINT_SECONDS
 from shared.bus import DEFAULT_NAMESPACE
 
 app = typer.Typer(
@@ -61,6 +62,16 @@ def ledger_serve(
         str,
         typer.Option(help="Prefix of the federation's NATS subjects and streams."),
     ] = DEFAULT_NAMESPACE,
+    signing_key: Annotated[
+        Path | None,
+        typer.Option(
+            help="The bank's Ed25519 key (`timebank keys new`): with it, the bank sends the "
+            "clearing house signed checkpoints of its log for audits."
+        ),
+    ] = None,
+    checkpoint_seconds: Annotated[
+        float, typer.Option(help="How often a checkpoint is sent, when anything is new.")
+    ] = DEFAULT_CHECKPOINT_SECONDS,
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
 ) -> None:
     """Serve one bank's ledger over HTTP. Tokens come from TIMEBANK_OPERATOR_TOKEN
@@ -80,6 +91,8 @@ def ledger_serve(
             max_exchange_minutes=max_exchange_minutes,
             nats_url=nats_url,
             nats_namespace=nats_namespace,
+            signing_key_path=signing_key,
+            checkpoint_seconds=checkpoint_seconds,
         )
     except SettingsError as e:
         raise fail(str(e)) from None
@@ -264,6 +277,31 @@ def demo(
         except (RequestFailed, FederationError) as e:
             raise fail(str(e), 1) from None
     raise typer.Exit(0 if ok else 1)
+
+
+keys_app = typer.Typer(help="Ed25519 keys that sign each bank's log checkpoints.")
+app.add_typer(keys_app, name="keys")
+
+
+@keys_app.command("new")
+def keys_new(
+    out: Annotated[
+        Path, typer.Option(help="Where to write the private key (PEM, readable by you only).")
+    ],
+) -> None:
+    """Make a bank's key pair: the private key goes to OUT (never overwritten) for
+    `timebank ledger serve --signing-key OUT`; the public key is printed, for the bank's
+    admission at the clearing house (`"public_key"` in POST /v1/banks)."""
+    from shared.signing import SigningKey
+
+    key = SigningKey.generate()
+    try:
+        key.save(out)
+    except FileExistsError:
+        raise fail(f"{out} exists; a signing key is never overwritten") from None
+    except OSError as e:
+        raise fail(f"cannot write {out}: {e.strerror}") from None
+    typer.echo(key.public_key)
 
 
 settle_app = typer.Typer(

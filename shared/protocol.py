@@ -136,6 +136,17 @@ class SettlementCompleted(Message, frozen=True, kw_only=True, tag="settlement.co
     received_minutes: Annotated[int, msgspec.Meta(ge=0, le=10**12)]
 
 
+class CheckpointPublished(Message, frozen=True, kw_only=True, tag="checkpoint.published.v1"):
+    """A bank -> clearing: the bank's event log up to ``position`` hashes to ``chain_hash``
+    (services/audit/chain.py), signed with the bank's Ed25519 key
+    (shared/signing.checkpoint_payload). The clearing house keeps it, so an audit can tell a
+    rewritten log even when the bank's own records were rewritten to match."""
+
+    position: Annotated[int, msgspec.Meta(ge=1)]
+    chain_hash: Annotated[str, msgspec.Meta(pattern=r"^[0-9a-f]{64}\Z")]
+    signature: Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
+
+
 AnyMessage = (
     DirectoryChanged
     | TransferRequested
@@ -146,6 +157,7 @@ AnyMessage = (
     | TransferAborted
     | DecisionApplied
     | SettlementCompleted
+    | CheckpointPublished
 )
 
 

@@ -61,6 +61,13 @@ class NewBank(BaseModel):
     bank_id: str = Field(min_length=1, max_length=32, examples=["rushey-green"])
     name: str = Field(min_length=1, max_length=200, examples=["Rushey Green Time Bank"])
     limit_minutes: int = Field(ge=0, description="How far the bank may owe the federation.")
+    public_key: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=64,
+        description="The bank's Ed25519 public key, base64 (`timebank keys new`): the "
+        "clearing house accepts the bank's log checkpoints only when signed by its key.",
+    )
 
 
 class Bank(BaseModel):
@@ -179,7 +186,9 @@ def admit_bank(body: NewBank, clearing: ClearingDep) -> AdmittedBank:
     """Admit a bank to the federation with a limit on what it may owe. The answer holds the
     bank's own token at this API, shown this once."""
     token = secrets.token_urlsafe(32)
-    view = clearing.admit_bank(body.bank_id, body.name, body.limit_minutes, digest(token).hex())
+    view = clearing.admit_bank(
+        body.bank_id, body.name, body.limit_minutes, digest(token).hex(), body.public_key or ""
+    )
     bank = Bank.model_validate(view, from_attributes=True)
     return AdmittedBank(**bank.model_dump(), clearing_token=token)
 

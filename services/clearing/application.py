@@ -19,6 +19,8 @@ from eventsourcing.utils import get_topic
 from services.clearing.domain import (
     ACTIVE,
     PREPARING,
+    CheckpointConflict,
+    CheckpointLog,
     ClearingError,
     Directory,
     InvalidRequest,
@@ -50,6 +52,7 @@ from shared.protocol import (
     CLEARING,
     AnyMessage,
     BankEntry,
+    CheckpointPublished,
     CreditPrepared,
     CreditRefused,
     CreditRequested,
@@ -61,6 +64,7 @@ from shared.protocol import (
     TransferCommitted,
     TransferRequested,
 )
+from shared.signing import SigningKeyError, check_public_key, checkpoint_payload, verify
 
 DEFAULT_DEADLINE_SECONDS = 30.0
 DEFAULT_RESEND_SECONDS = 10.0
@@ -220,7 +224,12 @@ class Clearing(Application[UUID]):
     # The directory.
 
     def admit_bank(
-        self, bank_id: str, name: str, limit_minutes: int, token_digest: str = ""
+        self,
+        bank_id: str,
+        name: str,
+        limit_minutes: int,
+        token_digest: str = "",
+        public_key: str = "",
     ) -> BankView:
         try:
             check_bank_id(bank_id)
@@ -229,7 +238,12 @@ class Clearing(Application[UUID]):
         with self._lock:
             if self._find(bank_id_to_uuid(bank_id), MemberBank) is not None:
                 raise BankExists(f"bank {bank_id} is already a member", bank_id=bank_id)
-            bank = MemberBank.admit(bank_id, name, limit_minutes, token_digest)
+            if public_key:
+                try:
+                    check_public_key(public_key)
+                except SigningKeyError as e:
+                    raise InvalidRequest(str(e)) from None
+            bank = MemberBank.admit(bank_id, name, limit_minutes, token_digest, public_key)
             directory = self._directory()
             directory.list_bank(bank_id)
             uow = UnitOfWork(self, CLEARING)
@@ -439,8 +453,39 @@ class Clearing(Application[UUID]):
                 self._on_credit_refused(source, message, uow)
             case DecisionApplied():
                 self._on_decision_applied(source, message, uow)
+            case CheckpointPublished():
+                self._on_checkpoint(source, message, uow)
             case _:
                 raise MessageRejected(f"a bank may not send {type(message).__name__}")
+
+    def _on_checkpoint(self, source: str, message: CheckpointPublished, uow: UnitOfWork) -> None:
+        """Keep a bank's signed checkpoint of its log, if its signature verifies against the
+        public key given at the bank's admission."""
+        public_key = member_bank(uow, source).public_key
+        if not public_key:
+            raise MessageRejected(f"{source} has no public key here: its checkpoint is unsigned")
+        payload = checkpoint_payload(source, message.position, message.chain_hash)
+        if not verify(public_key, payload, message.signature):
+            raise MessageRejected(
+                f"the signature of {source}'s checkpoint at {message.position} does not verify"
+            )
+        log = uow.get(CheckpointLog.create_id(source), CheckpointLog)
+        log = log or uow.add(CheckpointLog(source))
+        try:
+            log.record(message.position, message.chain_hash, message.signature)
+        except CheckpointConflict as e:
+            raise MessageRejected(e.detail) from None
+
+    def checkpoints(self, bank_id: str) -> list[tuple[int, str, str]]:
+        """A bank's signed checkpoints, oldest first: (log position, chain hash, signature)."""
+        log = self._find(CheckpointLog.create_id(bank_id), CheckpointLog)
+        if log is None:
+            return []
+        return [
+            (ev.position, ev.chain_hash, ev.signature)
+            for ev in self.events.get(log.id)
+            if isinstance(ev, CheckpointLog.Recorded)
+        ]
 
     def _on_transfer_requested(
         self, source: str, message: TransferRequested, uow: UnitOfWork

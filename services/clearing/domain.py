@@ -65,7 +65,12 @@ class MemberBank(Aggregate):
 
     @classmethod
     def admit(
-        cls, bank_id: str, name: str, limit_minutes: int, token_digest: str = ""
+        cls,
+        bank_id: str,
+        name: str,
+        limit_minutes: int,
+        token_digest: str = "",
+        public_key: str = "",
     ) -> MemberBank:
         if not name.strip() or len(name) > 200:
             raise InvalidRequest("name must be 1-200 characters")
@@ -74,7 +79,11 @@ class MemberBank(Aggregate):
         if limit_minutes < 0:
             raise InvalidRequest("limit_minutes must be >= 0")
         return cls(
-            bank_id=bank_id, name=name, limit_minutes=limit_minutes, token_digest=token_digest
+            bank_id=bank_id,
+            name=name,
+            limit_minutes=limit_minutes,
+            token_digest=token_digest,
+            public_key=public_key,
         )
 
     class Admitted(Aggregate.Created):
@@ -84,13 +93,23 @@ class MemberBank(Aggregate):
         # SHA-256 (hex) of the token the bank uses at the clearing house's API (to confirm
         # settlement receipts); the token itself is shown once, at admission.
         token_digest: str = ""
+        # The bank's Ed25519 public key (base64), for its signed log checkpoints.
+        public_key: str = ""
 
     @event(Admitted)
-    def __init__(self, bank_id: str, name: str, limit_minutes: int, token_digest: str = "") -> None:
+    def __init__(
+        self,
+        bank_id: str,
+        name: str,
+        limit_minutes: int,
+        token_digest: str = "",
+        public_key: str = "",
+    ) -> None:
         self.bank_id = bank_id
         self.name = name
         self.limit_minutes = limit_minutes
         self.token_digest = token_digest
+        self.public_key = public_key
         self.status = ACTIVE
         self.position_minutes = 0
         self.reserved_minutes = 0
@@ -352,3 +371,47 @@ class Directory(Aggregate):
     @event(Listed)
     def _listed(self, bank_id: str) -> None:
         self.bank_ids.append(bank_id)
+
+
+class CheckpointConflict(ClearingError):
+    """A bank signed two different hashes for one position of its log: a fork or a rewrite."""
+
+
+class CheckpointLog(Aggregate):
+    """The signed checkpoints of one bank's hash chain, in log order (one log per bank)."""
+
+    @staticmethod
+    def create_id(bank_id: str, **_: Any) -> UUID:
+        return uuid5(_BANK_NAMESPACE, f"checkpoints:{bank_id}")
+
+    class Started(Aggregate.Created):
+        bank_id: str
+
+    @event(Started)
+    def __init__(self, bank_id: str) -> None:
+        self.bank_id = bank_id
+        self.last_position = 0
+        self.last_hash = ""
+
+    class Recorded(Aggregate.Event):
+        position: int
+        chain_hash: str
+        signature: str
+
+    def record(self, position: int, chain_hash: str, signature: str) -> bool:
+        """Keep a checkpoint (its signature already verified). One at or before the last is
+        a repeat (ignored, False) unless it contradicts the last one, which is refused."""
+        if position == self.last_position and chain_hash != self.last_hash:
+            raise CheckpointConflict(
+                f"bank {self.bank_id} signed two hashes for position {position}",
+                bank_id=self.bank_id,
+            )
+        if position <= self.last_position:
+            return False
+        self._recorded(position=position, chain_hash=chain_hash, signature=signature)
+        return True
+
+    @event(Recorded)
+    def _recorded(self, position: int, chain_hash: str, signature: str) -> None:
+        self.last_position = position
+        self.last_hash = chain_hash

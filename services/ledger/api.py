@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import datetime
@@ -31,6 +33,7 @@ from services.ledger.application import (
     UnknownMember,
     UnknownTransfer,
 )
+from services.ledger.checkpoints import Checkpointer
 from services.ledger.domain import (
     MAX_MEMO_LENGTH,
     MAX_NAME_LENGTH,
@@ -321,12 +324,20 @@ def create_app(settings: LedgerSettings, ledger: Ledger | None = None) -> FastAP
             max_exchange_minutes=settings.max_exchange_minutes,
         )
         worker = None
+        checkpoints = None
         if settings.nats_url:
             worker = ledger_bus_worker(app.state.ledger, settings.nats_url, settings.bus)
             await worker.start()
+            if settings.signing_key is not None:
+                checkpointer = Checkpointer(app.state.ledger, settings.signing_key)
+                checkpoints = asyncio.create_task(checkpointer.run(settings.checkpoint_seconds))
         try:
             yield
         finally:
+            if checkpoints is not None:
+                checkpoints.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await checkpoints
             if worker is not None:
                 await worker.stop()
             if owned:

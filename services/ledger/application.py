@@ -54,6 +54,7 @@ from services.ledger.domain import (
 from shared.protocol import (
     CLEARING,
     AnyMessage,
+    CheckpointPublished,
     CreditPrepared,
     CreditRefused,
     CreditRequested,
@@ -442,6 +443,16 @@ class Ledger(Application[UUID]):
             return [account, transfer, outbox], receipt
 
         return self._execute(command, idempotency, TransferReceipt)
+
+    def send_checkpoint(self, checkpoint: CheckpointPublished) -> None:
+        """Queue a signed checkpoint of this bank's log for the clearing house."""
+
+        def command() -> tuple[list[Aggregate], None]:
+            outbox = self._outbox()
+            outbox.queue(checkpoint)
+            return [outbox], None
+
+        self._execute(command, None, lambda **_: None)
 
     def get_transfer(self, transfer_id: str) -> TransferView:
         try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 from services.common.auth import (
     AUDITOR_TOKEN_VAR,
@@ -13,8 +14,10 @@ from services.common.auth import (
 )
 from services.common.stores import StoreURLError, parse_store_url
 from services.ledger.application import DEFAULT_MAX_EXCHANGE_MINUTES, DEFAULT_OVERDRAFT_MINUTES
+from services.ledger.checkpoints import DEFAULT_CHECKPOINT_SECONDS
 from shared.bus import DEFAULT_BUS, DEFAULT_NAMESPACE, Bus, InvalidNamespace
 from shared.identifiers import InvalidBankId, check_bank_id
+from shared.signing import SigningKey, SigningKeyError
 
 # Names of environment variables, not secrets.
 OPERATOR_TOKEN_VAR = "TIMEBANK_OPERATOR_TOKEN"  # noqa: S105
@@ -35,6 +38,9 @@ class LedgerSettings:
     # Without it the bank works alone: local exchanges only.
     nats_url: str | None = None
     bus: Bus = DEFAULT_BUS
+    # With a key, the bank sends the clearing house signed checkpoints of its log's hash chain.
+    signing_key: SigningKey | None = None
+    checkpoint_seconds: float = DEFAULT_CHECKPOINT_SECONDS
 
     @classmethod
     def build(
@@ -47,6 +53,8 @@ class LedgerSettings:
         max_exchange_minutes: int = DEFAULT_MAX_EXCHANGE_MINUTES,
         nats_url: str | None = None,
         nats_namespace: str = DEFAULT_NAMESPACE,
+        signing_key_path: Path | None = None,
+        checkpoint_seconds: float = DEFAULT_CHECKPOINT_SECONDS,
     ) -> LedgerSettings:
         """Check everything a ledger needs before it starts; tokens come from ``environ``."""
         try:
@@ -66,6 +74,12 @@ class LedgerSettings:
             bus = Bus(nats_namespace)
         except InvalidNamespace as e:
             raise SettingsError(str(e)) from e
+        try:
+            signing_key = SigningKey.load(signing_key_path) if signing_key_path else None
+        except SigningKeyError as e:
+            raise SettingsError(str(e)) from e
+        if not 0 < checkpoint_seconds <= 24 * 3600:
+            raise SettingsError("the checkpoint interval must be between 0 and 86400 seconds")
         return cls(
             bank_id=bank_id,
             store_url=url,
@@ -74,6 +88,8 @@ class LedgerSettings:
             max_exchange_minutes=max_exchange_minutes,
             nats_url=nats_url,
             bus=bus,
+            signing_key=signing_key,
+            checkpoint_seconds=checkpoint_seconds,
         )
 
 

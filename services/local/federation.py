@@ -17,9 +17,11 @@ from typing import IO, Any, Self
 
 import httpx2 as httpx
 
+from services.ledger.checkpoints import DEFAULT_CHECKPOINT_SECONDS
 from services.local.config import FederationConfig
 from services.local.nats_server import NatsServer, free_ports
 from shared.bus import DEFAULT_NAMESPACE, Bus
+from shared.signing import SigningKey
 
 log = logging.getLogger(__name__)
 
@@ -59,8 +61,10 @@ class LocalFederation:
         *,
         nats_url: str | None = None,
         nats_namespace: str = DEFAULT_NAMESPACE,
+        checkpoint_seconds: float = DEFAULT_CHECKPOINT_SECONDS,
     ) -> None:
         self.config = config
+        self.checkpoint_seconds = checkpoint_seconds
         self.data_dir = data_dir.resolve()
         self.nats: NatsServer | None = None
         self.nats_url = nats_url or ""
@@ -74,9 +78,17 @@ class LocalFederation:
     def description_path(self) -> Path:
         return self.data_dir / "federation.json"
 
+    def key_path(self, bank_id: str) -> Path:
+        """The bank's signing key (made at its first start, kept across runs)."""
+        return self.data_dir / "keys" / f"{bank_id}.key"
+
     def start(self) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         (self.data_dir / "logs").mkdir(exist_ok=True)
+        (self.data_dir / "keys").mkdir(mode=0o700, exist_ok=True)
+        for bank in self.config.banks:
+            if not self.key_path(bank.id).exists():
+                SigningKey.generate().save(self.key_path(bank.id))
         try:
             if not self.nats_url:
                 self.nats = NatsServer(self.data_dir / "nats")
@@ -92,7 +104,14 @@ class LocalFederation:
                 self._prepare(
                     self.banks[bank.id],
                     ["ledger", "serve", "--bank", bank.id, "--store", self._store(bank.id)],
-                    ["--overdraft-limit-minutes", str(bank.overdraft_limit_minutes)],
+                    [
+                        "--overdraft-limit-minutes",
+                        str(bank.overdraft_limit_minutes),
+                        "--signing-key",
+                        str(self.key_path(bank.id)),
+                        "--checkpoint-seconds",
+                        str(self.checkpoint_seconds),
+                    ],
                     {"TIMEBANK_OPERATOR_TOKEN": self.banks[bank.id].token},
                 )
             for service in (self.clearing, *self.banks.values()):
@@ -229,7 +248,12 @@ class LocalFederation:
         headers = {"Authorization": f"Bearer {self.clearing.token}"}
         earlier = self._earlier_clearing_tokens()
         for bank in self.config.banks:
-            body = {"bank_id": bank.id, "name": bank.name, "limit_minutes": bank.limit_minutes}
+            body = {
+                "bank_id": bank.id,
+                "name": bank.name,
+                "limit_minutes": bank.limit_minutes,
+                "public_key": SigningKey.load(self.key_path(bank.id)).public_key,
+            }
             response = httpx.post(f"{self.clearing.url}/v1/banks", json=body, headers=headers)
             if response.status_code == 201:
                 self.banks[bank.id].clearing_token = response.json()["clearing_token"]

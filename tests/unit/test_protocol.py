@@ -18,6 +18,7 @@ from shared.protocol import (
     CLEARING,
     AnyMessage,
     BankEntry,
+    CheckpointPublished,
     Codec,
     CreditPrepared,
     CreditRefused,
@@ -69,6 +70,7 @@ SAMPLES: list[Message] = [
     TransferAborted(transfer_id="t-1", reason="deadline_exceeded"),
     DecisionApplied(transfer_id="t-1", committed=True),
     SettlementCompleted(settlement_id=3, paid_minutes=0, received_minutes=45),
+    CheckpointPublished(position=41, chain_hash="ab" * 32, signature="c2lnbmF0dXJl"),
 ]
 
 # The wire names are the contract other implementations code against.
@@ -82,6 +84,7 @@ EXPECTED_TAGS = {
     TransferAborted: "transfer.aborted.v1",
     DecisionApplied: "decision.applied.v1",
     SettlementCompleted: "settlement.completed.v1",
+    CheckpointPublished: "checkpoint.published.v1",
 }
 
 
@@ -255,7 +258,7 @@ def test_the_largest_allowed_amount_is_accepted() -> None:
 def test_a_settlement_with_negative_minutes_or_no_cycle_number_is_rejected(
     field: str, value: object
 ) -> None:
-    data = wire(SAMPLES[-1])
+    data = wire(SAMPLES[-2])
     data["message"][field] = value
 
     with pytest.raises(ProtocolError, match=rf"\$\.message\.{field}"):

@@ -1,0 +1,1 @@
+"""Audits by replay: every balance rebuilt from a log's first event, every invariant checked."""

@@ -1,0 +1,81 @@
+"""The clearing house's HTTP API: admission (with the bank's token and public key), the
+directory, and who may do what."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from services.clearing.api import create_app
+from services.clearing.settings import ClearingSettings
+from shared.signing import SigningKey
+from tests.helpers import AUDITOR_TOKEN, assert_problem
+
+ADMIN_TOKEN = "admin-" + "x" * 24
+ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+AUDITOR = {"Authorization": f"Bearer {AUDITOR_TOKEN}"}
+
+
+@pytest.fixture
+def client(tmp_path: Path) -> Iterator[TestClient]:
+    settings = ClearingSettings.build(
+        {"TIMEBANK_ADMIN_TOKEN": ADMIN_TOKEN, "TIMEBANK_AUDITOR_TOKEN": AUDITOR_TOKEN},
+        store_url=f"sqlite:///{tmp_path}/clearing.db",
+    )
+    with TestClient(create_app(settings)) as client:
+        yield client
+
+
+def admit(client: TestClient, bank_id: str = "rushey-green", **extra: object) -> dict[str, object]:
+    body = {"bank_id": bank_id, "name": "Rushey Green", "limit_minutes": 600, **extra}
+    response = client.post("/v1/banks", json=body, headers=ADMIN)
+    assert response.status_code == 201, response.text
+    admitted: dict[str, object] = response.json()
+    return admitted
+
+
+def test_admission_answers_the_bank_with_its_own_clearing_token_once(client: TestClient) -> None:
+    admitted = admit(client, public_key=SigningKey.generate().public_key)
+
+    token = admitted.pop("clearing_token")
+    assert isinstance(token, str)
+    assert len(token) >= 32
+    assert admitted == {
+        "bank_id": "rushey-green",
+        "name": "Rushey Green",
+        "status": "active",
+        "limit_minutes": 600,
+        "position_minutes": 0,
+        "reserved_minutes": 0,
+    }
+    listed = client.get("/v1/banks", headers=ADMIN).json()["banks"]
+    assert listed == [admitted]  # the token is not shown again
+    assert token not in client.get("/v1/banks", headers=AUDITOR).text
+
+
+def test_each_bank_gets_a_different_token(client: TestClient) -> None:
+    assert admit(client, "a1")["clearing_token"] != admit(client, "b2")["clearing_token"]
+
+
+@pytest.mark.parametrize(
+    "public_key", ["not base64!", "c2hvcnQ=", "", "A" * 65], ids=["text", "short", "empty", "long"]
+)
+def test_admission_with_an_unusable_public_key_is_refused_and_admits_nothing(
+    client: TestClient, public_key: str
+) -> None:
+    body = {"bank_id": "b1", "name": "B", "limit_minutes": 1, "public_key": public_key}
+    response = client.post("/v1/banks", json=body, headers=ADMIN)
+
+    assert response.status_code == 422
+    assert client.get("/v1/banks", headers=ADMIN).json() == {"banks": []}
+
+
+def test_only_the_admin_admits_banks(client: TestClient) -> None:
+    body = {"bank_id": "b1", "name": "B", "limit_minutes": 1}
+
+    assert_problem(client.post("/v1/banks", json=body), 401, "unauthorized")
+    assert_problem(client.post("/v1/banks", json=body, headers=AUDITOR), 403, "forbidden")
+    assert client.get("/v1/banks", headers=AUDITOR).json() == {"banks": []}
