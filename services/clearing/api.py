@@ -21,7 +21,7 @@ from services.clearing.application import (
     UnknownSettlement,
     UnknownTransfer,
 )
-from services.clearing.domain import InvalidRequest
+from services.clearing.domain import InvalidRequest, SettlementBlocked
 from services.clearing.settings import ClearingSettings
 from services.clearing.settlement import NotCreditor, SettlementOpen, UnknownObligation
 from services.common.auth import (
@@ -51,6 +51,7 @@ CLEARING_ERRORS: dict[type[Exception], tuple[int, str]] = {
     UnknownSettlement: (404, "unknown_settlement"),
     UnknownObligation: (404, "unknown_obligation"),
     SettlementOpen: (409, "settlement_open"),
+    SettlementBlocked: (409, "transfers_in_flight"),
     NotCreditor: (403, "not_creditor"),
 }
 
@@ -191,6 +192,19 @@ def admit_bank(body: NewBank, clearing: ClearingDep) -> AdmittedBank:
     )
     bank = Bank.model_validate(view, from_attributes=True)
     return AdmittedBank(**bank.model_dump(), clearing_token=token)
+
+
+class BankToken(BaseModel):
+    bank_id: str
+    clearing_token: str = Field(description="Shown once; the previous token stops working.")
+
+
+@banks.post("/{bank_id}/token", dependencies=[Admin])
+def issue_bank_token(bank_id: str, clearing: ClearingDep) -> BankToken:
+    """Give a bank a new token at this API, when its token was lost or leaked."""
+    token = secrets.token_urlsafe(32)
+    clearing.issue_token(bank_id, digest(token).hex())
+    return BankToken(bank_id=bank_id, clearing_token=token)
 
 
 @banks.get("", dependencies=[Reader])

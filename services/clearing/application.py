@@ -285,6 +285,13 @@ class Clearing(Application[UUID]):
             acknowledged_by=list(transfer.acknowledged_by),
         )
 
+    def issue_token(self, bank_id: str, token_digest: str) -> None:
+        """Give a bank a new clearing-house token (lost, leaked, or never issued)."""
+        with self._lock:
+            bank = self._bank(bank_id)
+            bank.issue_token(token_digest)
+            self.save(bank)
+
     def bank_with_token_digest(self, token_digest: str) -> str | None:
         """The bank whose clearing-house token has this SHA-256 digest (hex), if any. Every
         bank is compared, always, so timing says nothing about which matched."""
@@ -311,6 +318,9 @@ class Clearing(Application[UUID]):
                 for bank_id in self._directory().bank_ids
             }
             cycle = uow.add(SettlementCycle.open(settlement_id, self.clock(), positions))
+            for bank_id, moved in cycle.settled_minutes().items():
+                if moved < 0:
+                    member_bank(uow, bank_id).expect_settlement(settlement_id, -moved)
             if cycle.all_confirmed:  # nothing to settle: positions were square, or net out
                 self._complete(uow, book, cycle)
             self.save(*uow.aggregates)

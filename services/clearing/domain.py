@@ -39,6 +39,10 @@ class ReservationRefused(ClearingError):
         self.reason = reason
 
 
+class SettlementBlocked(ClearingError):
+    """A settlement cycle cannot open yet: transfers in flight could break a limit."""
+
+
 class TransferDecided(ClearingError):
     """The transfer already has its decision; it cannot change."""
 
@@ -113,11 +117,25 @@ class MemberBank(Aggregate):
         self.status = ACTIVE
         self.position_minutes = 0
         self.reserved_minutes = 0
+        # Credit an open settlement cycle will pay this bank outside the system: it leaves
+        # the position when the cycle completes, so it cannot be spent inside meanwhile.
+        self.settling_minutes = 0
         self.reservations: dict[str, int] = {}
 
     @property
     def net_debit_after_reservations(self) -> int:
-        return self.reserved_minutes - self.position_minutes
+        return self.reserved_minutes + self.settling_minutes - self.position_minutes
+
+    class TokenIssued(Aggregate.Event):
+        token_digest: str
+
+    def issue_token(self, token_digest: str) -> None:
+        """A new clearing-house token for the bank (the old one stops working)."""
+        self._token_issued(token_digest=token_digest)
+
+    @event(TokenIssued)
+    def _token_issued(self, token_digest: str) -> None:
+        self.token_digest = token_digest
 
     class Suspended(Aggregate.Event):
         pass
@@ -205,6 +223,30 @@ class MemberBank(Aggregate):
     def _credited(self, transfer_id: str, minutes: int) -> None:
         self.position_minutes += minutes
 
+    class SettlementExpected(Aggregate.Event):
+        settlement_id: int
+        minutes: int
+
+    def expect_settlement(self, settlement_id: int, minutes: int) -> None:
+        """An open cycle will pay this creditor bank ``minutes`` outside the system: from now
+        on that credit counts as gone for its limit. Refused if transfers already reserved
+        would then take it past its limit."""
+        if self.reserved_minutes + self.settling_minutes + minutes - self.position_minutes > (
+            self.limit_minutes
+        ):
+            raise SettlementBlocked(
+                f"bank {self.bank_id} has {self.reserved_minutes} minutes reserved for "
+                "transfers not yet decided; once its credit is settled they could take it past "
+                f"its limit of {self.limit_minutes}. Open the cycle when they are decided.",
+                bank_id=self.bank_id,
+                reserved_minutes=self.reserved_minutes,
+            )
+        self._settlement_expected(settlement_id=settlement_id, minutes=minutes)
+
+    @event(SettlementExpected)
+    def _settlement_expected(self, settlement_id: int, minutes: int) -> None:
+        self.settling_minutes += minutes
+
     class Settled(Aggregate.Event):
         settlement_id: int
         minutes: int
@@ -218,6 +260,8 @@ class MemberBank(Aggregate):
     @event(Settled)
     def _settled(self, settlement_id: int, minutes: int) -> None:
         self.position_minutes += minutes
+        if minutes < 0:  # the credit it expected is paid: no longer held back
+            self.settling_minutes += minutes
 
     def _reservation(self, transfer_id: str) -> int:
         try:

@@ -79,3 +79,29 @@ def test_only_the_admin_admits_banks(client: TestClient) -> None:
     assert_problem(client.post("/v1/banks", json=body), 401, "unauthorized")
     assert_problem(client.post("/v1/banks", json=body, headers=AUDITOR), 403, "forbidden")
     assert client.get("/v1/banks", headers=AUDITOR).json() == {"banks": []}
+
+
+def test_a_new_bank_token_replaces_the_old_one(client: TestClient) -> None:
+    old = admit(client)["clearing_token"]
+    assert client.post("/v1/settlements", headers=ADMIN).status_code == 201  # nothing to settle
+
+    issued = client.post("/v1/banks/rushey-green/token", headers=ADMIN)
+
+    assert issued.status_code == 200
+    new = issued.json()["clearing_token"]
+    assert new != old
+    confirm = "/v1/settlements/1/obligations/1/confirm"
+    # The old token is no bank's any more; the new one is the bank's (no such obligation: 404).
+    assert_problem(
+        client.post(confirm, headers={"Authorization": f"Bearer {old}"}), 401, "unauthorized"
+    )
+    assert_problem(
+        client.post(confirm, headers={"Authorization": f"Bearer {new}"}), 404, "unknown_obligation"
+    )
+
+
+def test_only_the_admin_issues_bank_tokens_and_only_for_members(client: TestClient) -> None:
+    admit(client)
+
+    assert_problem(client.post("/v1/banks/rushey-green/token", headers=AUDITOR), 403, "forbidden")
+    assert_problem(client.post("/v1/banks/atlantis/token", headers=ADMIN), 404, "unknown_bank")

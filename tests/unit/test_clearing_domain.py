@@ -17,6 +17,7 @@ from services.clearing.domain import (
     InvalidRequest,
     MemberBank,
     ReservationRefused,
+    SettlementBlocked,
     Transfer,
     TransferDecided,
 )
@@ -415,3 +416,31 @@ def test_directory_refuses_a_duplicate_bank_and_records_nothing() -> None:
 
 def test_there_is_only_one_directory() -> None:
     assert Directory().id == Directory().id
+
+
+def test_credit_an_open_settlement_will_pay_out_cannot_be_spent_meanwhile() -> None:
+    bank = admitted(limit=50)
+    bank.credit("t1", 100)
+    bank.expect_settlement(1, 100)
+
+    with pytest.raises(ReservationRefused, match="limit"):
+        bank.reserve("t2", 51)
+    bank.reserve("t3", 50)
+    bank.debit("t3")
+    bank.settle(1, -100)
+
+    assert bank.position_minutes == -50
+    assert bank.settling_minutes == 0
+    assert bank.net_debit_after_reservations == 50  # exactly its limit, never past it
+
+
+def test_a_cycle_cannot_count_on_credit_that_transfers_in_flight_may_spend() -> None:
+    bank = admitted(limit=50)
+    bank.credit("t1", 100)
+    bank.reserve("t2", 120)  # within the limit while the 100 is the bank's
+    bank.collect_events()
+
+    with pytest.raises(SettlementBlocked, match="reserved for transfers not yet decided"):
+        bank.expect_settlement(1, 100)
+    assert bank.collect_events() == []
+    assert bank.settling_minutes == 0
