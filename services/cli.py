@@ -14,6 +14,7 @@ from typing import Annotated, Any
 
 import typer
 
+from services.audit.cli import audit_app
 from services.ledger.application import DEFAULT_MAX_EXCHANGE_MINUTES, DEFAULT_OVERDRAFT_MINUTES
 from services.ledger.checkpoints import DEFAULT_CHECKPOINT_SECONDS
 from shared.bus import DEFAULT_NAMESPACE
@@ -25,6 +26,7 @@ app = typer.Typer(
 )
 ledger_app = typer.Typer(help="Run and inspect one bank's ledger service.", no_args_is_help=True)
 app.add_typer(ledger_app, name="ledger")
+app.add_typer(audit_app, name="audit")
 
 
 def fail(message: str, code: int = 2) -> typer.Exit:

@@ -1,0 +1,321 @@
+"""A bank's event log opened for reading only: never a store, a schema or a table created.
+
+The log is read through eventsourcing's own recorder (``select_notifications``, in notification
+order, batch by batch) and decoded by a mapper configured like the ledger's, so the audit sees
+exactly what the ledger wrote and what it would read back.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator, Mapping
+from contextlib import closing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from uuid import UUID
+
+import msgspec
+import psycopg
+from eventsourcing.application import Application
+from eventsourcing.persistence import JSONTranscoder, Mapper, Notification, PersistenceError
+from eventsourcing.sqlite import SQLiteApplicationRecorder, SQLiteDatastore
+from eventsourcing.utils import Environment, get_topic, resolve_topic
+from psycopg import sql
+
+from services.common.stores import Store, StoreURLError, parse_store_url
+from services.ledger.application import Ledger
+
+# What the ledger's recorder calls its events table on each kind of store (on PostgreSQL the
+# table is named after the application: another one's log, the clearing house's, is elsewhere).
+SQLITE_EVENTS_TABLE = "stored_events"
+POSTGRES_EVENTS_TABLE = f"{Ledger.name.lower()}_events"
+DEFAULT_BATCH_SIZE = 2_000
+
+
+class UnusableStore(Exception):
+    """The store cannot be audited: a one-line reason, fit to show an operator."""
+
+
+class _LogReader(Application[UUID]):
+    """An application's store seen through eventsourcing, configured only by the given settings.
+
+    It has the application's name (PostgreSQL tables are named after it) and eventsourcing's
+    default transcodings, as the ledger and the clearing house do; it never creates tables,
+    and unlike an eventsourcing Application by default it ignores the process environment, so
+    the audit reads the store it was told to and no other. Neither application sets a cipher or
+    a compressor, so none is configured here either.
+    """
+
+    def __init__(self, name: str, env: Mapping[str, str]) -> None:
+        self.name = name
+        super().__init__(env=env)
+
+    def construct_env(self, name: str, env: Mapping[str, str] | None = None) -> Environment:
+        return Environment(name, dict(env or {}))
+
+
+class _SQLiteLogRecorder(SQLiteApplicationRecorder):
+    """The ledger's SQLite recorder, as eventsourcing makes it, but quicker to read a long log.
+
+    Each row's originator id is text, turned into a UUID; a log names the same few accounts
+    over and over, so the last few thousand conversions are remembered.
+    """
+
+    def __init__(self, datastore: SQLiteDatastore, events_table_name: str = "stored_events"):
+        super().__init__(datastore, events_table_name)
+        self._ids: dict[str, UUID | str] = {}
+
+    def convert_originator_id(self, originator_id: str) -> UUID | str:
+        converted = self._ids.get(originator_id)
+        if converted is None:
+            converted = super().convert_originator_id(originator_id)
+            if len(self._ids) >= _REMEMBERED_IDS:
+                self._ids.clear()
+            self._ids[originator_id] = converted
+        return converted
+
+
+_REMEMBERED_IDS = 10_000
+
+
+@dataclass
+class EventLog:
+    """One bank's notification log, open for reading."""
+
+    description: str
+    reader: _LogReader
+    # SQLite numbers rows 1, 2, 3 ... and never skips one; PostgreSQL's sequence skips a
+    # number whenever a transaction that took it rolls back, so a gap there means nothing.
+    contiguous_ids: bool
+
+    def __post_init__(self) -> None:
+        self.decode = StateDecoder(self.reader.mapper)
+
+    def max_position(self) -> int:
+        """The highest notification id now in the log (0 when it is empty)."""
+        try:
+            return self.reader.recorder.max_notification_id() or 0
+        except PersistenceError as e:
+            raise UnusableStore(f"cannot read {self.description}: {_first_line(e)}") from None
+
+    def batches(
+        self, start: int = 1, batch_size: int = DEFAULT_BATCH_SIZE
+    ) -> Iterator[list[Notification | UnreadableRow]]:
+        """The log from ``start`` on, in notification order, one batch at a time.
+
+        A row the recorder cannot even turn into a notification (a garbled originator id,
+        say) fails its whole batch; that batch is then read one position at a time, so the
+        bad row comes back as an UnreadableRow and the rest as usual.
+        """
+        while True:
+            try:
+                rows: list[Notification | UnreadableRow] = list(
+                    self.reader.recorder.select_notifications(start=start, limit=batch_size)
+                )
+            except PersistenceError as e:
+                raise UnusableStore(f"cannot read {self.description}: {_first_line(e)}") from None
+            except Exception:
+                rows = self._one_by_one(start, start + batch_size - 1)
+                if not rows:
+                    # Nothing readable in that stretch: go on after it.
+                    start += batch_size
+                    if start > self.max_position():
+                        return
+                    continue
+            if not rows:
+                return
+            yield rows
+            start = rows[-1].id + 1
+
+    def _one_by_one(self, start: int, stop: int) -> list[Notification | UnreadableRow]:
+        rows: list[Notification | UnreadableRow] = []
+        for position in range(start, stop + 1):
+            try:
+                found = self.reader.recorder.select_notifications(
+                    start=position, limit=1, stop=position
+                )
+            except PersistenceError as e:
+                raise UnusableStore(f"cannot read {self.description}: {_first_line(e)}") from None
+            except Exception as e:
+                rows.append(UnreadableRow(position, _first_line(e)))
+                continue
+            rows.extend(found)
+        return rows
+
+    def close(self) -> None:
+        self.reader.close()
+
+
+class StateDecoder:
+    """A stored event's attributes, decoded exactly as the application's mapper decodes them.
+
+    The mapper is the authority, but it is most of a replay's cost. For the usual event (plain
+    JSON, no cipher or compressor, a class at its first version, flat fields besides its
+    timestamp), the same values come from msgspec's much faster JSON parser, with the mapper's
+    transcoding of the timestamp (a ``_type_`` / ``_data_`` object) applied; msgspec accepts
+    only strict JSON, a subset of what the mapper's parser accepts, and parses it to the same
+    values. Anything else (another nested value, an unknown topic, a class with upcasting, JSON
+    msgspec refuses) goes to the mapper itself, and so does every failure: its error is the
+    one shown.
+    """
+
+    def __init__(self, mapper: Mapper[Any]) -> None:
+        self._mapper = mapper
+        transcoder = mapper.transcoder
+        self._transcodings = (
+            transcoder.names
+            if isinstance(transcoder, JSONTranscoder)
+            and mapper.cipher is None
+            and mapper.compressor is None
+            else None
+        )
+        self._json = msgspec.json.Decoder()
+        # Topic -> whether events of it may take the fast way.
+        self._plain_topics: dict[str, bool] = {}
+
+    def __call__(self, notification: Notification) -> dict[str, Any]:
+        state = notification.state
+        if self._transcodings is not None and type(state) is bytes:
+            plain = self._plain_topics.get(notification.topic)
+            if plain is None:
+                plain = self._plain_topics[notification.topic] = self._is_plain(notification.topic)
+            if plain:
+                decoded = self._fast(state)
+                if decoded is not None:
+                    return decoded
+        return dict(vars(self._mapper.to_domain_event(notification)))
+
+    @staticmethod
+    def _is_plain(topic: str) -> bool:
+        try:
+            cls = resolve_topic(topic)
+        except Exception:
+            return False
+        return isinstance(cls, type) and getattr(cls, "class_version", 1) == 1
+
+    def _fast(self, state: bytes) -> dict[str, Any] | None:
+        assert self._transcodings is not None
+        # At most one object inside the event (its timestamp) and no array, counted on the
+        # raw bytes: a brace or bracket inside a string only sends the event the slow way.
+        if state.count(b"{") != 2 or b"[" in state:
+            return None
+        try:
+            decoded = self._json.decode(state)
+        except msgspec.DecodeError:
+            return None
+        if type(decoded) is not dict or "class_version" in decoded:
+            return None
+        stamp = decoded.get("timestamp")
+        if type(stamp) is not dict or len(stamp) != 2 or "_data_" not in stamp:
+            return None
+        name = stamp.get("_type_")
+        transcoding = self._transcodings.get(name) if type(name) is str else None
+        if transcoding is None:
+            return None
+        try:
+            decoded["timestamp"] = transcoding.decode(stamp["_data_"])
+        except Exception:
+            return None
+        return decoded
+
+
+@dataclass(frozen=True)
+class UnreadableRow:
+    """A row of the events table that the recorder could not read."""
+
+    id: int
+    reason: str
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip() or type(error).__name__
+    return text.splitlines()[0]
+
+
+def open_event_log(url: str, application: str = Ledger.name) -> EventLog:
+    """Open the log of the store at ``url`` for reading; UnusableStore says why it cannot be.
+
+    ``application``: whose log it is, by the eventsourcing application's name (a bank's
+    ``Ledger`` unless told otherwise, e.g. ``Clearing``).
+    """
+    try:
+        store = parse_store_url(url)
+    except StoreURLError as e:
+        raise UnusableStore(str(e)) from None
+    module = store.env["PERSISTENCE_MODULE"]
+    if module == "eventsourcing.sqlite":
+        return _open_sqlite(store, application)
+    if module == "eventsourcing.postgres":
+        return _open_postgres(store, application)
+    raise UnusableStore(f"{store.description}: an in-memory store keeps no log to audit")
+
+
+def _open_sqlite(store: Store, application: str) -> EventLog:
+    path = Path(store.env["SQLITE_DBNAME"])
+    if not path.is_file():
+        raise UnusableStore(f"no SQLite file at {path}")
+    # Read-only: neither this check nor the recorder below can create or change anything.
+    uri = f"{path.as_uri()}?mode=ro"
+    try:
+        with closing(sqlite3.connect(uri, uri=True)) as conn:
+            journal_mode = conn.execute("PRAGMA journal_mode").fetchone()[0]
+            has_table = conn.execute(
+                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?",
+                (SQLITE_EVENTS_TABLE,),
+            ).fetchone()
+    except sqlite3.Error as e:
+        raise UnusableStore(f"{store.description} cannot be read: {_first_line(e)}") from None
+    if not has_table:
+        raise UnusableStore(
+            f"{store.description} has no {SQLITE_EVENTS_TABLE} table: not an event store"
+        )
+    if str(journal_mode).lower() != "wal":
+        # eventsourcing puts every store it opens in WAL mode and would switch this one,
+        # which a read-only audit must not do.
+        raise UnusableStore(
+            f"{store.description} is not in WAL mode, as the ledger leaves its stores; "
+            "audit a copy made with `sqlite3 bank.db '.backup copy.db'`"
+        )
+    env = {
+        "PERSISTENCE_MODULE": "eventsourcing.sqlite",
+        "SQLITE_DBNAME": uri,
+        "CREATE_TABLE": "no",
+        "APPLICATION_RECORDER_TOPIC": get_topic(_SQLiteLogRecorder),
+    }
+    return EventLog(store.description, _open_reader(store, application, env), contiguous_ids=True)
+
+
+def _open_postgres(store: Store, application: str) -> EventLog:
+    env = store.env
+    schema = env.get("POSTGRES_SCHEMA") or "public"
+    events_table = f"{application.lower()}_events"
+    try:
+        with psycopg.connect(
+            dbname=env["POSTGRES_DBNAME"],
+            host=env["POSTGRES_HOST"],
+            port=env["POSTGRES_PORT"],
+            user=env["POSTGRES_USER"],
+            password=env["POSTGRES_PASSWORD"],
+            connect_timeout=int(env["POSTGRES_CONNECT_TIMEOUT"]),
+        ) as conn:
+            table = sql.Identifier(schema, events_table).as_string(conn)
+            row = conn.execute("SELECT to_regclass(%s)", (table,)).fetchone()
+    except psycopg.Error as e:
+        raise UnusableStore(f"cannot use {store.description}: {_first_line(e)}") from None
+    if row is None or row[0] is None:
+        raise UnusableStore(
+            f"{store.description} has no {events_table} table: no {application} log there"
+        )
+    return EventLog(
+        store.description,
+        _open_reader(store, application, {**env, "CREATE_TABLE": "no"}),
+        contiguous_ids=False,
+    )
+
+
+def _open_reader(store: Store, application: str, env: dict[str, str]) -> _LogReader:
+    try:
+        return _LogReader(application, env)
+    except (PersistenceError, OSError, sqlite3.Error, psycopg.Error) as e:
+        raise UnusableStore(f"cannot open {store.description}: {_first_line(e)}") from None
