@@ -29,6 +29,11 @@ HOST = "127.0.0.1"
 START_TIMEOUT_SECONDS = 30.0
 
 
+def local_store_url(data_dir: Path, name: str) -> str:
+    """Where `timebank up` keeps the clearing house's (``clearing``) or a bank's events."""
+    return f"sqlite:///{data_dir.resolve() / (name + '.db')}"
+
+
 class FederationError(RuntimeError):
     """A part of the local federation failed to start; the message says which and why."""
 
@@ -160,14 +165,20 @@ class LocalFederation:
         return {
             "nats_url": self.nats_url,
             "nats_namespace": self.bus.namespace,
-            "clearing": {"url": self.clearing.url, "admin_token": self.clearing.token},
+            "clearing": {
+                "url": self.clearing.url,
+                "admin_token": self.clearing.token,
+                "store": self._store("clearing"),
+            },
             "banks": {
-                bank_id: {
-                    "url": service.url,
-                    "operator_token": service.token,
-                    "clearing_token": service.clearing_token,
+                bank.id: {
+                    "url": self.banks[bank.id].url,
+                    "operator_token": self.banks[bank.id].token,
+                    "clearing_token": self.banks[bank.id].clearing_token,
+                    "store": self._store(bank.id),
+                    "overdraft_limit_minutes": bank.overdraft_limit_minutes,
                 }
-                for bank_id, service in self.banks.items()
+                for bank in self.config.banks
             },
         }
 
@@ -191,7 +202,7 @@ class LocalFederation:
         self.stop()
 
     def _store(self, name: str) -> str:
-        return f"sqlite:///{self.data_dir / (name + '.db')}"
+        return local_store_url(self.data_dir, name)
 
     def _prepare(
         self, service: Service, command: list[str], options: list[str], tokens: dict[str, str]

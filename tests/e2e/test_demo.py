@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -31,6 +32,23 @@ def test_demo_tells_the_story_and_exits_zero_with_every_invariant_holding(
     assert "aborted (bank_limit_exceeded)" in out
     assert "All invariants hold" in out
     assert "Positions at the clearing house" in out
+    assert "Settlement cycle 1: completed" in out
     # Everything it started has stopped; its data stays where it was asked to keep it.
     assert processes_using(data) == []
     assert (data / "federation.json").exists()
+
+    # The logs it wrote pass the audit: every bank's rules, invariants 2-4, every checkpoint.
+    audit = subprocess.run(
+        [str(Path(sys.executable).parent / "timebank"), "audit", "federation", "--data-dir",
+         str(data), "--format", "json"],
+        capture_output=True,
+        text=True,
+        timeout=90,
+        check=False,
+    )  # fmt: skip
+    assert audit.returncode == 0, audit.stdout + audit.stderr
+    verdict = json.loads(audit.stdout)
+    assert verdict["ok"] is True
+    assert set(verdict["banks"]) == {"rushey-green", "lewisham-college", "deptford-community"}
+    assert all(position == 0 for position in verdict["positions"].values())  # settled
+    assert all(count >= 1 for count in verdict["checkpoints"].values())  # and checked
