@@ -109,6 +109,30 @@ def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     return url
 
 
+StoreURLFactory = Callable[[str], str]
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def new_store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StoreURLFactory]:
+    """A store per application, by name: SQLite files, or PostgreSQL schemas of their own
+    (dropped after the test). Asking again for the same name gives the same store (a restart)."""
+    if request.param == "sqlite":
+        yield lambda name: f"sqlite:///{tmp_path / f'{name}.db'}"
+        return
+    server: str = request.getfixturevalue("postgres_url")
+    prefix = f"tb_test_{secrets.token_hex(4)}"
+    schemas: set[str] = set()
+
+    def factory(name: str) -> str:
+        schemas.add(f"{prefix}_{name}")
+        return f"{server}?schema={prefix}_{name}"
+
+    yield factory
+    with psycopg.connect(server, autocommit=True) as conn:
+        for schema in schemas:
+            conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))
+
+
 LedgerFactory = Callable[..., Ledger]
 
 

@@ -33,6 +33,11 @@ class OutputFormat(enum.StrEnum):
     json = "json"
 
 
+FormatOption = Annotated[
+    OutputFormat, typer.Option("--format", help="A table for people, or one JSON object.")
+]
+
+
 def _unusable(message: str) -> typer.Exit:
     typer.secho(f"error: {message}", err=True, fg=typer.colors.RED)
     return typer.Exit(EXIT_UNUSABLE)
@@ -64,9 +69,7 @@ def audit_bank_command(
             help="Replay only up to this moment (ISO 8601; UTC unless an offset is given)."
         ),
     ] = None,
-    output: Annotated[
-        OutputFormat, typer.Option("--format", help="A table for people, or one JSON object.")
-    ] = OutputFormat.table,
+    output: FormatOption = OutputFormat.table,
     overdraft_limit_minutes: Annotated[
         int,
         typer.Option(
@@ -205,9 +208,7 @@ def audit_federation_command(
             help="A bank's store, as ID=URL (repeat for each bank; with --clearing-store)."
         ),
     ] = None,
-    output: Annotated[
-        OutputFormat, typer.Option("--format", help="A table for people, or one JSON object.")
-    ] = OutputFormat.table,
+    output: FormatOption = OutputFormat.table,
     overdraft_limit_minutes: Annotated[
         int,
         typer.Option(min=0, help="The banks' default overdraft limit (with --clearing-store)."),

@@ -6,10 +6,14 @@ mid-transfers), each ending with invariants 1-5 of the design checked from the A
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -23,6 +27,7 @@ pytestmark = pytest.mark.timeout(180)
 GP, COLLEGE, COMMUNITY = "rushey-green", "lewisham-college", "deptford-community"
 MEMBERS = {GP: ["amara", "george"], COLLEGE: ["priya"], COMMUNITY: ["tom"]}
 GP_LIMIT = 300
+TIMEBANK = Path(sys.executable).parent / "timebank"
 
 
 def federation_config(deadline_seconds: float) -> FederationConfig:
@@ -67,6 +72,22 @@ def long_deadline(
 ) -> Iterator[tuple[LocalFederation, FederationClient]]:
     """No transfer aborts for its deadline while a service is down for a few seconds."""
     yield from start_federation(tmp_path, nats_url, bus, deadline_seconds=120)
+
+
+def audited_at_rest(federation: LocalFederation) -> dict[str, Any]:
+    """Stop the federation and audit the logs it wrote (`timebank audit federation`)."""
+    federation.stop()
+    audit = subprocess.run(
+        [str(TIMEBANK), "audit", "federation", "--data-dir", str(federation.data_dir),
+         "--format", "json"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )  # fmt: skip
+    assert audit.returncode == 0, audit.stdout + audit.stderr
+    verdict: dict[str, Any] = json.loads(audit.stdout)
+    return verdict
 
 
 def decided(client: FederationClient, bank_id: str, transfer_id: str) -> tuple[str, str | None]:
@@ -138,6 +159,7 @@ def test_every_outcome_through_the_http_apis_then_invariants_1_to_5(
 
     assert client.wait_until_settled({**MEMBERS, GP: [*MEMBERS[GP], "olu"]})
     assert client.check_invariants({**MEMBERS, GP: [*MEMBERS[GP], "olu"]}, expected) == []
+    client_positions = client.clearing("/v1/positions")["positions"]
     assert client.clearing("/v1/positions") == {
         "positions": {GP: -90 - (GP_LIMIT - 90), COLLEGE: 90 + 15, COMMUNITY: GP_LIMIT - 90 - 15},
         "sum_minutes": 0,
@@ -150,6 +172,10 @@ def test_every_outcome_through_the_http_apis_then_invariants_1_to_5(
         (course, 90, f"{GP}/amara"),
         (after, 15, f"{COMMUNITY}/tom"),
     }
+    # The logs replayed from their first events tell the same story.
+    verdict = audited_at_rest(federation)
+    assert verdict["ok"] is True
+    assert verdict["positions"] == client_positions
 
 
 def test_the_invariant_check_catches_a_transfer_that_did_not_end_as_expected(
@@ -217,3 +243,7 @@ def test_the_clearing_house_and_a_bank_killed_mid_transfers_settle_each_exactly_
         committed[payer_bank] -= 1
         committed[payee_bank] += 1
     assert client.clearing("/v1/positions")["positions"] == committed
+    # After the crashes, the logs still pass the audit: nothing posted twice, nothing lost.
+    verdict = audited_at_rest(federation)
+    assert verdict["ok"] is True
+    assert verdict["positions"] == committed

@@ -10,7 +10,7 @@ import json
 import secrets
 import sqlite3
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import closing
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -51,28 +51,7 @@ from shared.protocol import (
     TransferAborted,
     TransferCommitted,
 )
-
-StoreURLFactory = Callable[[str], str]
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def new_store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StoreURLFactory]:
-    """Separate stores, one per bank: SQLite files, or PostgreSQL schemas dropped after."""
-    if request.param == "sqlite":
-        yield lambda name: f"sqlite:///{tmp_path / f'{name}.db'}"
-        return
-    server: str = request.getfixturevalue("postgres_url")
-    prefix = f"tb_audit_{secrets.token_hex(4)}"
-    schemas: list[str] = []
-
-    def factory(name: str) -> str:
-        schemas.append(f"{prefix}_{name}")
-        return f"{server}?schema={schemas[-1]}"
-
-    yield factory
-    with psycopg.connect(server, autocommit=True) as conn:
-        for schema in schemas:
-            conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))
+from tests.conftest import StoreURLFactory
 
 
 @dataclass

@@ -5,18 +5,14 @@ from __future__ import annotations
 
 import contextlib
 import random
-import secrets
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
-import psycopg
 import pytest
 from eventsourcing.application import Application
-from psycopg import sql
 
 from services.clearing.application import Clearing
 from services.clearing.application import UnknownTransfer as ClearingUnknownTransfer
@@ -232,27 +228,6 @@ class Federation:
 
 def transfer_of(envelope: Envelope) -> str | None:
     return getattr(envelope.message, "transfer_id", None)
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def new_store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Callable[[str], str]]:
-    """A factory of separate stores, one per application: SQLite files, or PostgreSQL schemas
-    of their own (dropped after the test)."""
-    if request.param == "sqlite":
-        yield lambda name: f"sqlite:///{tmp_path / f'{name}.db'}"
-        return
-    server: str = request.getfixturevalue("postgres_url")
-    prefix = f"tb_fed_{secrets.token_hex(4)}"
-    schemas: list[str] = []
-
-    def factory(name: str) -> str:
-        schemas.append(f"{prefix}_{name}")
-        return f"{server}?schema={schemas[-1]}"
-
-    yield factory
-    with psycopg.connect(server, autocommit=True) as conn:
-        for schema in schemas:
-            conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))
 
 
 FederationFactory = Callable[..., Federation]

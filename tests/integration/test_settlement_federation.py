@@ -5,18 +5,14 @@ each bank posting the settlement once, restarts mid-cycle, and invariants 1-5 th
 from __future__ import annotations
 
 import random
-import secrets
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
-import psycopg
 import pytest
 from eventsourcing.application import Application
-from psycopg import sql
 
 from services.clearing.application import Clearing, SettlementView, UnknownSettlement
 from services.clearing.domain import MemberBank, bank_id_to_uuid
@@ -148,27 +144,6 @@ class Federation:
                 self.clock.advance()
                 view = self.clearing.confirm_obligation(view.settlement_id, o.number, o.creditor)
         return view
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def new_store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Callable[[str], str]]:
-    """A store per application: SQLite files, or PostgreSQL schemas of their own (dropped
-    after the test). Asking again for the same name gives the same store (a restart)."""
-    if request.param == "sqlite":
-        yield lambda name: f"sqlite:///{tmp_path / f'{name}.db'}"
-        return
-    server: str = request.getfixturevalue("postgres_url")
-    prefix = f"tb_set_{secrets.token_hex(4)}"
-    schemas: set[str] = set()
-
-    def factory(name: str) -> str:
-        schemas.add(f"{prefix}_{name}")
-        return f"{server}?schema={prefix}_{name}"
-
-    yield factory
-    with psycopg.connect(server, autocommit=True) as conn:
-        for schema in schemas:
-            conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))
 
 
 FederationFactory = Callable[..., Federation]
