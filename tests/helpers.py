@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import pty
+import select
+import subprocess
+import time
+from pathlib import Path
 from typing import Any
 
 import httpx2 as httpx
@@ -48,3 +54,33 @@ def ledger_state(client: TestClient, operator: dict[str, str], *member_ids: str)
             client.get(f"/v1/members/{member_id}/statement", headers=operator).json(),
         )
     return state
+
+
+def run_in_terminal(argv: list[str], cwd: Path, seconds: float = 60.0) -> tuple[int, bytes]:
+    """Run a command on a pseudo-terminal (as if a person ran it); its exit code and output."""
+    leader, follower = pty.openpty()
+    process = subprocess.Popen(
+        argv,
+        cwd=cwd,
+        stdin=follower,
+        stdout=follower,
+        stderr=follower,
+        env={**os.environ, "COLUMNS": "120", "TERM": "xterm"},
+    )
+    os.close(follower)
+    output = b""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([leader], [], [], 0.5)
+        if ready:
+            try:
+                chunk = os.read(leader, 65536)
+            except OSError:
+                break
+            if not chunk:
+                break
+            output += chunk
+        elif process.poll() is not None:
+            break
+    os.close(leader)
+    return process.wait(timeout=seconds), output

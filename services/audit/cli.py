@@ -233,10 +233,15 @@ def audit_federation_command(
         logs["clearing"] = clearing_log
         bank_logs = {bank_id: open_event_log(url) for bank_id, url in stores.items()}
         logs.update(bank_logs)
+        tty = sys.stdout.isatty()
         result = audit_federation(
             clearing_log,
             bank_logs,
-            lambda bank_id, log: audit_bank(log, default_overdraft_minutes=limits[bank_id]),
+            lambda bank_id, log: (
+                _with_progress(log, limits[bank_id], None)
+                if tty
+                else audit_bank(log, default_overdraft_minutes=limits[bank_id])
+            ),
         )
     except UnusableStore as e:
         raise _unusable(str(e)) from None

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import pty
-import select
 import socket
 import sqlite3
 import subprocess
@@ -22,6 +20,7 @@ import pytest
 
 from services.common.stores import parse_store_url
 from services.ledger.application import Ledger
+from tests.helpers import run_in_terminal
 
 TIMEBANK = Path(sys.executable).parent / "timebank"
 TIMEOUT_SECONDS = 60
@@ -237,32 +236,10 @@ def test_no_progress_bar_when_piped(sqlite_bank: Path, tmp_path: Path) -> None:
 
 
 def test_a_progress_bar_on_a_terminal(sqlite_bank: Path, tmp_path: Path) -> None:
-    leader, follower = pty.openpty()
-    process = subprocess.Popen(
-        [str(TIMEBANK), "audit", "bank", "--store", f"sqlite:///{sqlite_bank}"],
-        cwd=tmp_path,
-        stdin=follower,
-        stdout=follower,
-        stderr=follower,
-        env={**os.environ, "COLUMNS": "120", "TERM": "xterm"},
+    code, output = run_in_terminal(
+        [str(TIMEBANK), "audit", "bank", "--store", f"sqlite:///{sqlite_bank}"], tmp_path
     )
-    os.close(follower)
-    output = b""
-    deadline = time.monotonic() + TIMEOUT_SECONDS
-    while time.monotonic() < deadline:
-        ready, _, _ = select.select([leader], [], [], 0.5)
-        if ready:
-            try:
-                chunk = os.read(leader, 65536)
-            except OSError:
-                break
-            if not chunk:
-                break
-            output += chunk
-        elif process.poll() is not None:
-            break
-    os.close(leader)
-    assert process.wait(timeout=TIMEOUT_SECONDS) == 0
+    assert code == 0
     assert b"replaying" in output
     assert b"OK" in output
 

@@ -36,6 +36,7 @@ from services.ledger.application import DEFAULT_OVERDRAFT_MINUTES, Ledger
 from services.ledger.checkpoints import Checkpointer
 from shared.protocol import CLEARING
 from shared.signing import SigningKey, checkpoint_payload
+from tests.helpers import run_in_terminal
 
 TIMEBANK = Path(sys.executable).parent / "timebank"
 BANKS = ("gp", "college")
@@ -342,3 +343,14 @@ def _notifications(conn: sqlite3.Connection) -> list[Any]:
             "ORDER BY rowid"
         )
     ]
+
+
+def test_a_federation_audit_in_a_terminal_shows_progress_and_a_verdict(stores: Path) -> None:
+    argv = [str(TIMEBANK), "audit", "federation", "--clearing-store", store(stores, "clearing")]
+    argv += [arg for b in BANKS for arg in ("--bank", f"{b}={store(stores, b)}")]
+
+    code, output = run_in_terminal(argv, stores)
+
+    assert code == 0, output
+    assert b"replaying" in output
+    assert b"every checkpoint hold" in output
