@@ -74,8 +74,8 @@ def audit_bank_command(
         int,
         typer.Option(
             min=0,
-            help="The bank's default overdraft limit, as given to `timebank ledger serve` "
-            "(the log records only members' own limits).",
+            help="The bank's default overdraft limit until its log records one (the ledger "
+            "records it at start; older logs do not have it).",
         ),
     ] = DEFAULT_OVERDRAFT_MINUTES,
 ) -> None:
@@ -211,7 +211,7 @@ def audit_federation_command(
     output: FormatOption = OutputFormat.table,
     overdraft_limit_minutes: Annotated[
         int,
-        typer.Option(min=0, help="The banks' default overdraft limit (with --clearing-store)."),
+        typer.Option(min=0, help="The banks' default overdraft limit until their logs record one."),
     ] = DEFAULT_OVERDRAFT_MINUTES,
 ) -> None:
     """Replay the clearing house's log and every bank's from their first events, check each

@@ -30,7 +30,9 @@ Each rule it checks has a stable name, used in the problems it reports:
 ``invariant-1``
     the posted balances of all accounts sum to zero (see ``BankReplay`` for when).
 ``invariant-5``
-    no member's available balance (posted - held) is ever below minus its overdraft limit.
+    no spending (a debit, a hold) takes a member's available balance (posted - held) below
+    minus its overdraft limit in force then: its own, or the bank's default as the log records
+    it (``BankPolicy``; for a log older than that record, the default the audit is given).
 ``hold``
     a hold is placed once and ended once, by a post or a void of its own minutes; no post or
     void of a hold that is not open. (An id may be used again once its hold has ended, as the
@@ -70,6 +72,7 @@ from services.ledger.domain import (
     SYSTEM_KIND,
     Account,
     BankDirectory,
+    BankPolicy,
     CrossBankTransfer,
     account_id,
     transfer_id_to_uuid,
@@ -198,12 +201,15 @@ class _Half(NamedTuple):
 class _Account:
     member_id: str
     kind: str
+    # Its own overdraft limit; None: none of its own (a member follows the bank's default, a
+    # system account has no limit).
     limit: int | None
     posted: int = 0
     held: int = 0
     holds: dict[str, _Hold] = field(default_factory=dict)
     # Reported below its limit, and not back above it since: one problem per excursion.
     over_limit: bool = False
+    follows_default: bool = False
 
 
 @dataclass(slots=True)
@@ -351,6 +357,8 @@ class BankReplay:
             _topic(Outbox.Opened): self._outbox_opened,
             _topic(Outbox.Queued): self._ignored,
             _topic(BankDirectory.Opened): self._ignored,
+            _topic(BankPolicy.Adopted): self._policy,
+            _topic(BankPolicy.DefaultOverdraftChanged): self._policy,
             _topic(BankDirectory.Replaced): self._ignored,
             _IDEMPOTENCY_RECORDED: self._ignored,
         }
@@ -544,7 +552,7 @@ class BankReplay:
                 posted_minutes=a.posted,
                 held_minutes=a.held,
                 available_minutes=a.posted - a.held,
-                overdraft_limit_minutes=a.limit,
+                overdraft_limit_minutes=self.limit_of(a),
             )
             for a in sorted(self._accounts.values(), key=lambda a: a.member_id)
         }
@@ -583,11 +591,9 @@ class BankReplay:
             return
         if ref.originator_id != account_id(member_id):
             self._problem(ref, IDENTITY, f"this aggregate is not the account of {member_id}", label)
-        if kind == SYSTEM_KIND:
-            limit = None
-        else:
-            limit = own_limit if own_limit is not None else self.default_overdraft_minutes
-        self._accounts[ref.key] = _Account(member_id, kind, limit)
+        follows_default = kind != SYSTEM_KIND and own_limit is None
+        limit = own_limit if kind != SYSTEM_KIND else None
+        self._accounts[ref.key] = _Account(member_id, kind, limit, follows_default=follows_default)
 
     def _debited(self, d: dict[str, Any], ref: _Ref) -> None:
         entry_id = _str(d, "entry_id")
@@ -595,7 +601,7 @@ class BankReplay:
         counterparty = _str(d, "counterparty")
         account = self._account(ref)
         account.posted -= minutes
-        self._check_available(account, ref)
+        self._check_available(account, ref, spending=True)
         self._post(entry_id, account.member_id, counterparty, minutes, True, ref)
 
     def _credited(self, d: dict[str, Any], ref: _Ref) -> None:
@@ -630,7 +636,7 @@ class BankReplay:
             account.held -= earlier.minutes
         account.holds[hold_id] = _Hold(minutes, counterparty, party, ref)
         account.held += minutes
-        self._check_available(account, ref)
+        self._check_available(account, ref, spending=True)
         if party:
             transfer = self._transfer(hold_id, ref)
             transfer.holds.append((account.member_id, minutes))
@@ -680,14 +686,20 @@ class BankReplay:
             transfer.voided += 1
             self._review(transfer, ref)
 
-    def _check_available(self, account: _Account, ref: _Ref) -> None:
-        limit = account.limit
+    def limit_of(self, account: _Account) -> int | None:
+        """The account's overdraft limit now: its own, or the bank's default as recorded."""
+        return self.default_overdraft_minutes if account.follows_default else account.limit
+
+    def _check_available(self, account: _Account, ref: _Ref, *, spending: bool = False) -> None:
+        """Invariant 5. Only spending (a debit, a hold) can break it: a member left below a
+        limit that was lowered later, then credited, broke no rule."""
+        limit = self.limit_of(account)
         if limit is None:
             return
         available = account.posted - account.held
         if available >= -limit:
             account.over_limit = False
-        elif not account.over_limit:
+        elif spending and not account.over_limit:
             account.over_limit = True
             self._problem(
                 ref,
@@ -903,6 +915,12 @@ class BankReplay:
     def _outbox_opened(self, d: dict[str, Any], ref: _Ref) -> None:
         if _str(d, "destination") == CLEARING:
             self.bank = _str(d, "source")
+
+    def _policy(self, d: dict[str, Any], ref: _Ref) -> None:
+        """The bank's default overdraft limit from here on, as the ledger recorded it."""
+        self.default_overdraft_minutes = _int(d, "default_overdraft_minutes", positive=False)
+        if self.default_overdraft_minutes < 0:
+            raise _Malformed("default_overdraft_minutes must be >= 0")
 
     def _ignored(self, d: dict[str, Any], ref: _Ref) -> None:
         pass

@@ -34,6 +34,7 @@ from services.common.auth import (
 )
 from services.common.bus_worker import BusWorker
 from services.common.http import JSONBodyGuard
+from services.common.offload import Offload
 from services.common.problems import Problem, install_problem_handlers
 from services.common.stores import parse_store_url
 from shared.bus import CLEARING_CONSUMER, Bus
@@ -287,14 +288,14 @@ def clearing_bus_worker(clearing: Clearing, nats_url: str, bus: Bus) -> BusWorke
     )
 
 
-async def housekeeping_forever(clearing: Clearing) -> None:
+async def housekeeping_forever(clearing: Clearing, offload: Offload) -> None:
     """Abort transfers past their deadline; repeat decisions not yet acknowledged."""
     while True:
         try:
-            expired = await asyncio.to_thread(clearing.expire_overdue)
+            expired = await offload(clearing.expire_overdue)
             if expired:
                 log.info("aborted %d transfer(s) past their deadline", len(expired))
-            resent = await asyncio.to_thread(clearing.resend_unacknowledged)
+            resent = await offload(clearing.resend_unacknowledged)
             if resent:
                 log.info("sent %d unacknowledged decision(s) again", len(resent))
         except asyncio.CancelledError:
@@ -315,10 +316,11 @@ def create_app(settings: ClearingSettings, clearing: Clearing | None = None) -> 
         )
         worker = None
         expiry = None
+        offload = Offload("clearing-housekeeping")
         if settings.nats_url:
             worker = clearing_bus_worker(app.state.clearing, settings.nats_url, settings.bus)
             await worker.start()
-            expiry = asyncio.create_task(housekeeping_forever(app.state.clearing))
+            expiry = asyncio.create_task(housekeeping_forever(app.state.clearing, offload))
         try:
             yield
         finally:
@@ -326,6 +328,7 @@ def create_app(settings: ClearingSettings, clearing: Clearing | None = None) -> 
                 expiry.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await expiry
+            await offload.drain()  # nothing may still be using the store when it closes
             if worker is not None:
                 await worker.stop()
             if owned:

@@ -16,6 +16,7 @@ from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
 
 from services.common.inbox import Outcome, Received
+from services.common.offload import Offload
 from services.common.outbox import OutboxRelay
 from shared.bus import (
     DEAD_REASON_HEADER,
@@ -65,15 +66,20 @@ class BusWorker:
         self.receive = receive
         self.codec = Codec()
         self.relay: OutboxRelay | None = None
+        # Every store call of the relay and the consumer: stop() waits for the last to end.
+        self._offload = Offload(name)
         self._nc: NATS | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
 
     async def start(self) -> None:
+        self._offload = Offload(self.name)
         self._nc = await connect(self.nats_url, self.name)
         js = self._nc.jetstream()
         await self.bus.ensure_streams(js)
-        self.relay = OutboxRelay(self.app, js, self.bus, name=f"relay:{self.name}")
+        self.relay = OutboxRelay(
+            self.app, js, self.bus, name=f"relay:{self.name}", offload=self._offload
+        )
         subscription = await js.pull_subscribe(
             self.filter_subject,
             durable=self.durable,
@@ -109,6 +115,9 @@ class BusWorker:
             for task in still_running:
                 log.warning("%s: %s did not stop in time", self.name, task.get_name())
         self._tasks = []
+        # A cancelled task may have left a batch being saved on a thread: the application
+        # must not be closed under it.
+        await self._offload.drain()
         if self._nc is not None:
             # The tasks are stopped and every publish was acknowledged: flush the last acks
             # and close (a drain would wait on the pull subscription's open fetch).
@@ -152,7 +161,7 @@ class BusWorker:
             by_envelope[id(envelope)] = msg
         if not envelopes:
             return
-        results = await asyncio.to_thread(self.receive, envelopes)
+        results = await self._offload(self.receive, envelopes)
         for result in results:
             msg = by_envelope[id(result.envelope)]
             match result.outcome:

@@ -17,6 +17,7 @@ from eventsourcing.persistence import Tracking
 from eventsourcing.utils import get_topic
 from nats.js import JetStreamContext
 
+from services.common.offload import Offload
 from shared.bus import Bus
 from shared.protocol import AnyMessage, Codec, Envelope
 
@@ -99,8 +100,10 @@ class OutboxRelay:
         batch_size: int = 256,
         idle_seconds: float = 0.5,
         ack_timeout: float = 10.0,
+        offload: Offload | None = None,
     ) -> None:
         self._app = app
+        self._offload = offload or Offload(name)
         self._js = js
         self._bus = bus
         self._name = name
@@ -147,7 +150,7 @@ class OutboxRelay:
 
     async def publish_batch(self) -> int:
         """Publish the next batch and record the position; returns how many were published."""
-        notifications = await asyncio.to_thread(
+        notifications = await self._offload(
             self._app.recorder.select_notifications,
             start=self.position + 1,
             limit=self._batch_size,
@@ -173,6 +176,6 @@ class OutboxRelay:
             for ack in acks:
                 ack.cancel()
         last = notifications[-1].id
-        await asyncio.to_thread(self._tracking.insert_tracking, Tracking(self._name, last))
+        await self._offload(self._tracking.insert_tracking, Tracking(self._name, last))
         self.position = last
         return len(notifications)

@@ -21,6 +21,7 @@ from services.common.idempotency import (
     check_key,
     fingerprint,
 )
+from services.common.offload import Offload
 from services.common.problems import install_problem_handlers
 from services.common.stores import parse_store_url
 from services.ledger.application import (
@@ -325,12 +326,15 @@ def create_app(settings: LedgerSettings, ledger: Ledger | None = None) -> FastAP
         )
         worker = None
         checkpoints = None
+        offload = Offload("checkpoints")
         if settings.nats_url:
             worker = ledger_bus_worker(app.state.ledger, settings.nats_url, settings.bus)
             await worker.start()
             if settings.signing_key is not None:
                 checkpointer = Checkpointer(app.state.ledger, settings.signing_key)
-                checkpoints = asyncio.create_task(checkpointer.run(settings.checkpoint_seconds))
+                checkpoints = asyncio.create_task(
+                    checkpointer.run(settings.checkpoint_seconds, offload)
+                )
         try:
             yield
         finally:
@@ -338,6 +342,7 @@ def create_app(settings: LedgerSettings, ledger: Ledger | None = None) -> FastAP
                 checkpoints.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await checkpoints
+            await offload.drain()  # nothing may still be using the store when it closes
             if worker is not None:
                 await worker.stop()
             if owned:

@@ -41,6 +41,7 @@ from services.ledger.domain import (
     SYSTEM_KIND,
     Account,
     BankDirectory,
+    BankPolicy,
     CrossBankTransfer,
     InvalidRequest,
     LedgerError,
@@ -215,6 +216,7 @@ class Ledger(Application[UUID]):
         store.prepare()
         super().__init__(env={**store.env, "AGGREGATE_CACHE_MAXSIZE": str(cache_size)})
         self._open_system_accounts()
+        self._record_policy()
 
     def construct_recorder(self) -> ApplicationRecorder:
         # A process recorder keeps tracking records with events, for exactly-once receipt.
@@ -645,6 +647,17 @@ class Ledger(Application[UUID]):
                 # Another process may open it first; then it exists, which is all we need.
                 with contextlib.suppress(IntegrityError):
                     self.save(Account.open(member_id, member_id.title(), SYSTEM_KIND))
+
+    def _record_policy(self) -> None:
+        """Record the default overdraft limit in the log when it is new or has changed."""
+        try:
+            policy: BankPolicy = self.repository.get(BankPolicy.create_id())
+        except AggregateNotFoundError:
+            policy = BankPolicy(self.default_overdraft_minutes)
+        policy.set_default_overdraft(self.default_overdraft_minutes)
+        # Another process may record it first; then the policy is recorded, which is enough.
+        with contextlib.suppress(IntegrityError):
+            self.save(policy)
 
     def _exists(self, aggregate_id: UUID) -> bool:
         try:

@@ -12,6 +12,7 @@ import threading
 from eventsourcing.utils import get_topic
 
 from services.audit.chain import ZERO_HASH, next_head
+from services.common.offload import Offload
 from services.common.outbox import Outbox
 from services.ledger.application import Ledger
 from shared.protocol import CheckpointPublished
@@ -85,11 +86,12 @@ class Checkpointer:
         position: int = message["position"]
         return position
 
-    async def run(self, every_seconds: float) -> None:
-        """Checkpoint every ``every_seconds`` until cancelled; a failure is retried next time."""
+    async def run(self, every_seconds: float, offload: Offload) -> None:
+        """Checkpoint every ``every_seconds`` until cancelled (then drain ``offload`` before
+        closing the ledger); a failure is retried next time."""
         while True:
             try:
-                sent = await asyncio.to_thread(self.checkpoint)
+                sent = await offload(self.checkpoint)
                 if sent is not None:
                     log.info("checkpoint at position %d sent", sent.position)
             except asyncio.CancelledError:

@@ -355,6 +355,7 @@ PAYEE = "payee"
 
 _TRANSFER_NAMESPACE = uuid5(NAMESPACE_URL, "urn:timebank-federation:bank-transfer")
 _DIRECTORY_ID = uuid5(NAMESPACE_URL, "urn:timebank-federation:bank-directory")
+_POLICY_ID = uuid5(NAMESPACE_URL, "urn:timebank-federation:bank-policy")
 
 
 class TransferDecided(LedgerError):
@@ -441,6 +442,34 @@ class CrossBankTransfer(Aggregate):
     def _aborted(self, reason: str) -> None:
         self.status = ABORTED
         self.reason = reason
+
+
+class BankPolicy(Aggregate):
+    """The bank's own rules that its events do not carry: the default overdraft limit of
+    members without one of their own. Recorded in the log, so that an audit replaying it
+    applies the limit in force at each moment, without being told (there is one policy)."""
+
+    @staticmethod
+    def create_id(**_: Any) -> UUID:
+        return _POLICY_ID
+
+    class Adopted(Aggregate.Created):
+        default_overdraft_minutes: int
+
+    @event(Adopted)
+    def __init__(self, default_overdraft_minutes: int) -> None:
+        self.default_overdraft_minutes = default_overdraft_minutes
+
+    class DefaultOverdraftChanged(Aggregate.Event):
+        default_overdraft_minutes: int
+
+    def set_default_overdraft(self, minutes: int) -> None:
+        if minutes != self.default_overdraft_minutes:
+            self._default_overdraft_changed(default_overdraft_minutes=minutes)
+
+    @event(DefaultOverdraftChanged)
+    def _default_overdraft_changed(self, default_overdraft_minutes: int) -> None:
+        self.default_overdraft_minutes = default_overdraft_minutes
 
 
 class BankDirectory(Aggregate):

@@ -154,11 +154,28 @@ def test_an_until_without_an_offset_is_taken_as_utc(sqlite_bank: Path, tmp_path:
     assert verdict["events"] == 0
 
 
-def test_the_bank_default_overdraft_limit_can_be_given(sqlite_bank: Path, tmp_path: Path) -> None:
+def test_the_banks_default_overdraft_limit_comes_from_its_log(
+    sqlite_bank: Path, tmp_path: Path
+) -> None:
+    """The ledger records its default at start: a wrong one given to the audit changes nothing."""
     url = f"sqlite:///{sqlite_bank}"
     result = run_audit("--store", url, "--overdraft-limit-minutes", "30", cwd=tmp_path)
-    assert result.returncode == 1
-    assert "invariant-5" in result.stdout
+    assert result.returncode == 0, result.stdout
+    assert "OK" in result.stdout
+
+
+def test_the_default_given_applies_to_a_log_that_does_not_record_one(
+    sqlite_bank: Path, tmp_path: Path
+) -> None:
+    # A log written before the ledger recorded its default: remove the record.
+    with closing(sqlite3.connect(sqlite_bank)) as conn:
+        conn.execute("DELETE FROM stored_events WHERE topic LIKE '%BankPolicy.%'")
+        conn.commit()
+    url = f"sqlite:///{sqlite_bank}"
+    too_low = run_audit("--store", url, "--overdraft-limit-minutes", "30", "--format", "json",
+                        cwd=tmp_path)  # fmt: skip
+    assert too_low.returncode == 1
+    assert {p["rule"] for p in json.loads(too_low.stdout)["problems"]} >= {"invariant-5"}
 
 
 def _free_port() -> int:

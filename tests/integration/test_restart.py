@@ -12,7 +12,13 @@ from eventsourcing.utils import get_topic
 
 from services.common.stores import parse_store_url
 from services.ledger.application import Ledger
-from services.ledger.domain import SYSTEM_ACCOUNTS, Account, UnknownHold, account_id
+from services.ledger.domain import (
+    SYSTEM_ACCOUNTS,
+    Account,
+    BankPolicy,
+    UnknownHold,
+    account_id,
+)
 
 LedgerFactory = Callable[..., Ledger]
 MEMBERS = ("maya", "tom", "ali")
@@ -183,3 +189,17 @@ def test_sqlite_hold_placed_before_a_snapshot_can_be_posted_after_reopening(
     assert posted.balance_minutes == -sum(amounts) - 15
     with open_sqlite(sqlite_url) as ledger:
         assert ledger.get_member("tom").balance_minutes == sum(amounts) + 15
+
+
+def test_the_default_overdraft_is_recorded_at_start_and_again_only_when_it_changes(
+    open_ledger: LedgerFactory,
+) -> None:
+    def policy_events(ledger: Ledger) -> list[int]:
+        events = ledger.events.get(BankPolicy.create_id())
+        return [e.default_overdraft_minutes for e in events]  # type: ignore[attr-defined]
+
+    first = open_ledger(default_overdraft_minutes=600)
+    assert policy_events(first) == [600]
+    assert policy_events(open_ledger(default_overdraft_minutes=600)) == [600]
+    lowered = open_ledger(default_overdraft_minutes=300)
+    assert policy_events(lowered) == [600, 300]

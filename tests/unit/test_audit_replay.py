@@ -46,6 +46,7 @@ from services.ledger.domain import (
     PAYER,
     SYSTEM_ACCOUNTS,
     Account,
+    BankPolicy,
     CrossBankTransfer,
     post_hold_to_counterparty,
 )
@@ -665,6 +666,36 @@ def test_the_bank_default_limit_applies_to_members_without_their_own(log: Log) -
     assert log.audit(default_overdraft_minutes=120).ok
     result = log.audit(default_overdraft_minutes=100)
     assert positions(result, INVARIANT_5) == [log.position(Account.Debited, "maya", 1)]
+
+
+def test_the_default_recorded_in_the_log_wins_over_the_one_given() -> None:
+    log = Log()
+    policy = BankPolicy(100)  # as the ledger records it when it starts
+    log.save(policy)
+    log.open("maya")
+    log.open("tom")
+    debit, _ = log.exchange("maya", "tom", 101)
+    assert positions(log.audit(default_overdraft_minutes=10_000), INVARIANT_5) == [debit]
+    policy.set_default_overdraft(500)
+    log.save(policy)
+    log.exchange("maya", "tom", 300)  # 401 below zero: within the new default
+    assert positions(log.audit(default_overdraft_minutes=0), INVARIANT_5) == [debit]
+
+
+def test_a_member_left_below_a_lowered_default_breaks_nothing_until_spending(log: Log) -> None:
+    """maya spent 120 under a default of 600; the bank then lowers its default to 60. Being
+    below it, and being credited, is no breach; spending again is."""
+    policy = BankPolicy(LIMIT)
+    log.save(policy)
+    policy.set_default_overdraft(60)
+    log.save(policy)
+    log.exchange("tom", "maya", 10)
+    assert log.audit().ok
+    debit, _ = log.exchange("maya", "ali", 1)
+    [(position, detail)] = problems(log.audit(), INVARIANT_5)
+    assert position == debit
+    assert "overdraft limit of 60" in detail
+    assert log.audit().balances["maya"].overdraft_limit_minutes == 60
 
 
 def test_a_held_amount_counts_against_the_limit(log: Log) -> None:
