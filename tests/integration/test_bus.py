@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import random
+import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -15,6 +16,7 @@ import pytest
 from services.clearing.api import clearing_bus_worker
 from services.clearing.application import Clearing
 from services.common.bus_worker import BusWorker
+from services.common.inbox import Outcome, Received
 from services.common.outbox import Outbox, OutboxRelay
 from services.common.stores import parse_store_url
 from services.ledger.api import ledger_bus_worker
@@ -26,7 +28,7 @@ from shared.bus import (
     Bus,
     connect,
 )
-from shared.protocol import CLEARING, TransferRequested
+from shared.protocol import CLEARING, Codec, DecisionApplied, Envelope, TransferRequested
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -276,3 +278,39 @@ def test_500_concurrent_transfers_among_three_banks_settle_with_every_invariant(
                 assert view.available_minutes >= -overdraft  # invariant 5, members
 
     run_federation(tmp_path, nats_url, bus, scenario, bank_ids=bank_ids, limit_minutes=10_000)
+
+
+def test_stopping_a_bus_worker_waits_for_the_batch_being_saved(
+    tmp_path: Path, nats_url: str, bus: Bus
+) -> None:
+    """A batch is saved on a thread; stop() must not return (and let the application be
+    closed under it) until that thread is done with the store."""
+    started, finished = threading.Event(), threading.Event()
+
+    def slow_receive(envelopes: Sequence[Envelope]) -> list[Received]:
+        started.set()
+        time.sleep(0.5)
+        finished.set()
+        return [Received(e, Outcome.APPLIED) for e in envelopes]
+
+    async def main() -> None:
+        clearing = Clearing(parse_store_url(f"sqlite:///{tmp_path}/clearing.db"))
+        worker = clearing_bus_worker(clearing, nats_url, bus)
+        worker.receive = slow_receive
+        await worker.start()
+        nc = await connect(nats_url, "test-sender")
+        envelope = Envelope(
+            source="gp", destination=CLEARING, seq=1, message=DecisionApplied(
+                transfer_id="t1", committed=True)
+        )  # fmt: skip
+        await nc.jetstream().publish(bus.to_clearing("gp"), Codec().encode(envelope))
+        await asyncio.to_thread(started.wait, 10)
+        assert started.is_set()
+
+        await worker.stop()
+
+        assert finished.is_set()
+        clearing.close()
+        await nc.close()
+
+    asyncio.run(main())
