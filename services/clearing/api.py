@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import secrets
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import datetime
+from functools import partial
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, FastAPI, Request
@@ -34,7 +33,7 @@ from services.common.auth import (
 )
 from services.common.bus_worker import BusWorker
 from services.common.http import JSONBodyGuard
-from services.common.offload import Offload
+from services.common.offload import Periodic
 from services.common.problems import Problem, install_problem_handlers
 from services.common.stores import parse_store_url
 from shared.bus import CLEARING_CONSUMER, Bus
@@ -288,21 +287,14 @@ def clearing_bus_worker(clearing: Clearing, nats_url: str, bus: Bus) -> BusWorke
     )
 
 
-async def housekeeping_forever(clearing: Clearing, offload: Offload) -> None:
+def housekeeping(clearing: Clearing) -> None:
     """Abort transfers past their deadline; repeat decisions not yet acknowledged."""
-    while True:
-        try:
-            expired = await offload(clearing.expire_overdue)
-            if expired:
-                log.info("aborted %d transfer(s) past their deadline", len(expired))
-            resent = await offload(clearing.resend_unacknowledged)
-            if resent:
-                log.info("sent %d unacknowledged decision(s) again", len(resent))
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            log.exception("housekeeping failed; trying again")
-        await asyncio.sleep(EXPIRY_INTERVAL_SECONDS)
+    expired = clearing.expire_overdue()
+    if expired:
+        log.info("aborted %d transfer(s) past their deadline", len(expired))
+    resent = clearing.resend_unacknowledged()
+    if resent:
+        log.info("sent %d unacknowledged decision(s) again", len(resent))
 
 
 def create_app(settings: ClearingSettings, clearing: Clearing | None = None) -> FastAPI:
@@ -315,20 +307,19 @@ def create_app(settings: ClearingSettings, clearing: Clearing | None = None) -> 
             parse_store_url(settings.store_url), deadline_seconds=settings.deadline_seconds
         )
         worker = None
-        expiry = None
-        offload = Offload("clearing-housekeeping")
+        chores = Periodic(
+            "clearing-housekeeping",
+            partial(housekeeping, app.state.clearing),
+            EXPIRY_INTERVAL_SECONDS,
+        )
         if settings.nats_url:
             worker = clearing_bus_worker(app.state.clearing, settings.nats_url, settings.bus)
             await worker.start()
-            expiry = asyncio.create_task(housekeeping_forever(app.state.clearing, offload))
+            chores.start()
         try:
             yield
         finally:
-            if expiry is not None:
-                expiry.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await expiry
-            await offload.drain()  # nothing may still be using the store when it closes
+            await chores.stop()  # nothing may still be using the store when it closes
             if worker is not None:
                 await worker.stop()
             if owned:

@@ -6,10 +6,14 @@ and a cancelled coroutine does not stop the thread it was waiting on."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
+import logging
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import ParamSpec, TypeVar
+
+log = logging.getLogger(__name__)
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -28,3 +32,36 @@ class Offload:
     async def drain(self) -> None:
         """Wait until every call already started has finished; none may start after."""
         await asyncio.to_thread(self._executor.shutdown, wait=True)
+
+
+class Periodic:
+    """A blocking job (a store's housekeeping) run every so often on a thread, until stopped.
+    A failed run is logged and tried again next time; stop() waits for a run in progress."""
+
+    def __init__(self, name: str, job: Callable[[], object], every_seconds: float) -> None:
+        self.name = name
+        self.job = job
+        self.every_seconds = every_seconds
+        self._offload = Offload(name, workers=1)
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name=self.name)
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        await self._offload.drain()
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                await self._offload(self.job)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("%s failed; trying again", self.name)
+            await asyncio.sleep(self.every_seconds)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import datetime
@@ -21,7 +19,7 @@ from services.common.idempotency import (
     check_key,
     fingerprint,
 )
-from services.common.offload import Offload
+from services.common.offload import Periodic
 from services.common.problems import install_problem_handlers
 from services.common.stores import parse_store_url
 from services.ledger.application import (
@@ -325,24 +323,21 @@ def create_app(settings: LedgerSettings, ledger: Ledger | None = None) -> FastAP
             max_exchange_minutes=settings.max_exchange_minutes,
         )
         worker = None
-        checkpoints = None
-        offload = Offload("checkpoints")
+        checkpoints: Periodic | None = None
         if settings.nats_url:
             worker = ledger_bus_worker(app.state.ledger, settings.nats_url, settings.bus)
             await worker.start()
             if settings.signing_key is not None:
                 checkpointer = Checkpointer(app.state.ledger, settings.signing_key)
-                checkpoints = asyncio.create_task(
-                    checkpointer.run(settings.checkpoint_seconds, offload)
+                checkpoints = Periodic(
+                    "checkpoints", checkpointer.checkpoint_and_log, settings.checkpoint_seconds
                 )
+                checkpoints.start()
         try:
             yield
         finally:
             if checkpoints is not None:
-                checkpoints.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await checkpoints
-            await offload.drain()  # nothing may still be using the store when it closes
+                await checkpoints.stop()  # nothing may still be using the store when it closes
             if worker is not None:
                 await worker.stop()
             if owned:

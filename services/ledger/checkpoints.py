@@ -5,14 +5,12 @@ house's copies, so a log rewritten along with the bank's own records still shows
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import threading
 
 from eventsourcing.utils import get_topic
 
 from services.audit.chain import ZERO_HASH, next_head
-from services.common.offload import Offload
 from services.common.outbox import Outbox
 from services.ledger.application import Ledger
 from shared.protocol import CheckpointPublished
@@ -86,16 +84,8 @@ class Checkpointer:
         position: int = message["position"]
         return position
 
-    async def run(self, every_seconds: float, offload: Offload) -> None:
-        """Checkpoint every ``every_seconds`` until cancelled (then drain ``offload`` before
-        closing the ledger); a failure is retried next time."""
-        while True:
-            try:
-                sent = await offload(self.checkpoint)
-                if sent is not None:
-                    log.info("checkpoint at position %d sent", sent.position)
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("checkpointing failed; trying again")
-            await asyncio.sleep(every_seconds)
+    def checkpoint_and_log(self) -> None:
+        """One turn of the periodic job (``Periodic``): checkpoint, and say so."""
+        sent = self.checkpoint()
+        if sent is not None:
+            log.info("checkpoint at position %d sent", sent.position)
