@@ -8,8 +8,8 @@ from dataclasses import dataclass
 from services.clearing.application import DEFAULT_DEADLINE_SECONDS
 from services.common.auth import TokenError, TokenRegistry, tokens_from_environ
 from services.common.stores import StoreURLError, parse_store_url
-from services.ledger.settings import SettingsError
-from shared.bus import DEFAULT_BUS, DEFAULT_NAMESPACE, Bus, InvalidNamespace
+from services.ledger.settings import SettingsError, bus_settings
+from shared.bus import DEFAULT_BUS, DEFAULT_NAMESPACE, Bus
 
 ADMIN_TOKEN_VAR = "TIMEBANK_ADMIN_TOKEN"  # noqa: S105 (a variable's name, not a secret)
 DEFAULT_STORE_URL = "sqlite:///timebank-data/clearing.db"
@@ -42,12 +42,7 @@ class ClearingSettings:
             raise SettingsError(str(e)) from e
         if not 0 < deadline_seconds <= 24 * 3600:
             raise SettingsError("the deadline must be between 0 and 86400 seconds")
-        if nats_url is not None and not nats_url.startswith(("nats://", "tls://")):
-            raise SettingsError(f"--nats-url {nats_url!r} must start with nats:// or tls://")
-        try:
-            bus = Bus(nats_namespace)
-        except InvalidNamespace as e:
-            raise SettingsError(str(e)) from e
+        bus = bus_settings(nats_url, nats_namespace)
         return cls(
             store_url=url,
             tokens=tokens,

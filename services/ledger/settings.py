@@ -68,12 +68,7 @@ class LedgerSettings:
             raise SettingsError("the default overdraft limit must be >= 0 minutes")
         if max_exchange_minutes <= 0:
             raise SettingsError("the maximum per exchange must be > 0 minutes")
-        if nats_url is not None and not nats_url.startswith(("nats://", "tls://")):
-            raise SettingsError(f"--nats-url {nats_url!r} must start with nats:// or tls://")
-        try:
-            bus = Bus(nats_namespace)
-        except InvalidNamespace as e:
-            raise SettingsError(str(e)) from e
+        bus = bus_settings(nats_url, nats_namespace)
         try:
             signing_key = SigningKey.load(signing_key_path) if signing_key_path else None
         except SigningKeyError as e:
@@ -91,6 +86,16 @@ class LedgerSettings:
             signing_key=signing_key,
             checkpoint_seconds=checkpoint_seconds,
         )
+
+
+def bus_settings(nats_url: str | None, nats_namespace: str) -> Bus:
+    """Check a service's NATS options; the federation's subjects and streams on that server."""
+    if nats_url is not None and not nats_url.startswith(("nats://", "tls://")):
+        raise SettingsError(f"--nats-url {nats_url!r} must start with nats:// or tls://")
+    try:
+        return Bus(nats_namespace)
+    except InvalidNamespace as e:
+        raise SettingsError(str(e)) from e
 
 
 def default_store_url(bank_id: str) -> str:
