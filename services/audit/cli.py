@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 
     from services.audit.eventlog import EventLog
     from services.audit.federation import FederationAudit
-    from services.audit.replay import BankAudit
+    from services.audit.replay import BankAudit, Observer
 
 audit_app = typer.Typer(
     help="Replay event logs from their first event and check every invariant.",
@@ -118,7 +118,10 @@ def audit_bank_command(
 
 
 def _with_progress(
-    log: EventLog, overdraft_limit_minutes: int, until: datetime | None
+    log: EventLog,
+    overdraft_limit_minutes: int,
+    until: datetime | None,
+    observe: Observer | None = None,
 ) -> BankAudit:
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
@@ -145,6 +148,7 @@ def _with_progress(
             default_overdraft_minutes=overdraft_limit_minutes,
             until=until,
             on_progress=advance,
+            observe=observe,
         )
 
 
@@ -237,10 +241,10 @@ def audit_federation_command(
         result = audit_federation(
             clearing_log,
             bank_logs,
-            lambda bank_id, log: (
-                _with_progress(log, limits[bank_id], None)
+            lambda bank_id, log, observe: (
+                _with_progress(log, limits[bank_id], None, observe)
                 if tty
-                else audit_bank(log, default_overdraft_minutes=limits[bank_id])
+                else audit_bank(log, default_overdraft_minutes=limits[bank_id], observe=observe)
             ),
         )
     except UnusableStore as e:

@@ -31,9 +31,8 @@ from uuid import UUID
 from eventsourcing.persistence import Notification
 from eventsourcing.utils import get_topic
 
-from services.audit.chain import ZERO_HASH, next_head
 from services.audit.eventlog import EventLog, UnreadableRow
-from services.audit.replay import BankAudit, Problem
+from services.audit.replay import BankAudit, Observer, Problem
 from services.clearing.domain import CheckpointLog, MemberBank, Transfer
 from services.ledger.domain import Account, CrossBankTransfer
 from shared.signing import checkpoint_payload, verify
@@ -168,52 +167,35 @@ _CLEARING_TOPICS = frozenset(
 
 @dataclass
 class BankTransfers:
-    """A bank's side of every cross-bank transfer, and its log's hash chain."""
+    """A bank's side of every cross-bank transfer, and its log's hash chain, gathered while
+    the bank's replay passes over its log (``observe``)."""
 
+    # The positions the clearing house checkpointed: the chain's head is kept at those.
+    wanted_heads: set[int] = field(default_factory=set)
     status: dict[str, str] = field(default_factory=dict)
     # Transfer id -> how often its hold was posted here (payer's or pending credit's).
     posted: Counter[str] = field(default_factory=Counter)
-    # Position -> the chain's head after it, at the positions the clearing house checkpointed.
     heads: dict[int, str] = field(default_factory=dict)
     last_position: int = 0
+    _transfers: dict[UUID, str] = field(default_factory=dict)
 
-
-def scan_bank(
-    batches: Iterable[Iterable[Notification | UnreadableRow]],
-    decode: Callable[[Notification], dict[str, Any]],
-    wanted_heads: set[int],
-) -> BankTransfers:
-    """One pass over a bank's log: transfer outcomes and postings, and the chain's heads at
-    the positions in ``wanted_heads``."""
-    found = BankTransfers()
-    head = ZERO_HASH
-    transfers: dict[UUID, str] = {}
-    for batch in batches:
-        for row in batch:
-            if isinstance(row, UnreadableRow):
-                continue  # the bank's replay reports it; the chain breaks at the next head
-            head = next_head(head, row)
-            found.last_position = row.id
-            if row.id in wanted_heads:
-                found.heads[row.id] = head.hex()
-            topic = row.topic
-            if topic not in _BANK_TOPICS:
-                continue
-            try:
-                d = decode(row)
-            except Exception:  # noqa: S112 (the bank's replay reports it)
-                continue
-            origin = UUID(str(row.originator_id))
-            if topic == _TRANSFER_STARTED:
-                transfers[origin] = d["transfer_id"]
-                found.status[d["transfer_id"]] = "pending"
-            elif topic == _TRANSFER_COMMITTED and origin in transfers:
-                found.status[transfers[origin]] = "committed"
-            elif topic == _TRANSFER_ABORTED and origin in transfers:
-                found.status[transfers[origin]] = "aborted"
-            elif topic == _HOLD_POSTED and d.get("kind") == "transfer":
-                found.posted[d["hold_id"]] += 1
-    return found
+    def observe(self, row: Notification, d: dict[str, Any] | None, head: bytes) -> None:
+        self.last_position = row.id
+        if row.id in self.wanted_heads:
+            self.heads[row.id] = head.hex()
+        topic = row.topic
+        if d is None or topic not in _BANK_TOPICS:
+            return  # an undecodable event is the bank's replay's to report
+        origin = UUID(str(row.originator_id))
+        if topic == _TRANSFER_STARTED:
+            self._transfers[origin] = d["transfer_id"]
+            self.status[d["transfer_id"]] = "pending"
+        elif topic == _TRANSFER_COMMITTED and origin in self._transfers:
+            self.status[self._transfers[origin]] = "committed"
+        elif topic == _TRANSFER_ABORTED and origin in self._transfers:
+            self.status[self._transfers[origin]] = "aborted"
+        elif topic == _HOLD_POSTED and d.get("kind") == "transfer":
+            self.posted[d["hold_id"]] += 1
 
 
 _BANK_TOPICS = frozenset({_TRANSFER_STARTED, _TRANSFER_COMMITTED, _TRANSFER_ABORTED, _HOLD_POSTED})
@@ -387,16 +369,16 @@ def wanted_positions(clearing: ClearingBooks, bank_id: str) -> set[int]:
 def audit_federation(
     clearing_log: EventLog,
     bank_logs: dict[str, EventLog],
-    bank_audit: Callable[[str, EventLog], BankAudit],
+    bank_audit: Callable[[str, EventLog, Observer], BankAudit],
 ) -> FederationAudit:
-    """Replay the clearing house's log and each bank's (``bank_audit`` replays one bank), then
-    cross-check them."""
+    """Replay the clearing house's log and each bank's, then cross-check them. ``bank_audit``
+    replays one bank, showing every event to the observer it is given: one pass per log."""
     clearing = fold_clearing(clearing_log.batches(), clearing_log.decode)
     audits: dict[str, BankAudit] = {}
     sides: dict[str, BankTransfers] = {}
     for bank_id, log in bank_logs.items():
-        audits[bank_id] = bank_audit(bank_id, log)
-        sides[bank_id] = scan_bank(log.batches(), log.decode, wanted_positions(clearing, bank_id))
+        sides[bank_id] = BankTransfers(wanted_positions(clearing, bank_id))
+        audits[bank_id] = bank_audit(bank_id, log, sides[bank_id].observe)
     return FederationAudit(
         clearing_events=clearing.events,
         positions=dict(clearing.positions),

@@ -167,6 +167,10 @@ class BankAudit:
         }
 
 
+# Called with each event replayed, its decoded state (None if undecodable) and the chain's head.
+Observer = Callable[[Notification, "dict[str, Any] | None", bytes], None]
+
+
 class _Malformed(Exception):
     """An event that decoded but cannot be folded: a field is missing or of the wrong kind."""
 
@@ -311,8 +315,10 @@ class BankReplay:
         until: datetime | None = None,
         contiguous_ids: bool = True,
         entry_span: int = DEFAULT_ENTRY_SPAN,
+        observe: Observer | None = None,
     ) -> None:
         self._decode = decode
+        self._observe = observe
         self.default_overdraft_minutes = default_overdraft_minutes
         self.until = until
         self.contiguous_ids = contiguous_ids
@@ -417,6 +423,8 @@ class BankReplay:
         self.events += 1
         self.position = row.id
         self.head = hashlib.sha256(self.head + canonical_bytes(row)).digest()
+        if self._observe is not None:
+            self._observe(row, state, self.head)
         if row.id != self._next_id:
             self._check_gap(ref)
         self._next_id = row.id + 1
@@ -940,6 +948,7 @@ def replay_events(
     contiguous_ids: bool = True,
     entry_span: int = DEFAULT_ENTRY_SPAN,
     on_progress: Callable[[int, int], None] | None = None,
+    observe: Observer | None = None,
 ) -> BankAudit:
     """Replay batches of stored events; ``on_progress(events, position)`` after each batch."""
     replay = BankReplay(
@@ -948,6 +957,7 @@ def replay_events(
         until=until,
         contiguous_ids=contiguous_ids,
         entry_span=entry_span,
+        observe=observe,
     )
     feed = replay.feed
     for batch in rows:
@@ -969,8 +979,11 @@ def audit_bank(
     until: datetime | None = None,
     batch_size: int = DEFAULT_BATCH_SIZE,
     on_progress: Callable[[int, int], None] | None = None,
+    observe: Observer | None = None,
 ) -> BankAudit:
-    """Replay a bank's log from its first event (up to ``until``), streaming, and check it."""
+    """Replay a bank's log from its first event (up to ``until``), streaming, and check it.
+    ``observe`` sees every event replayed, decoded (None if it cannot be), with the chain's
+    head after it: what a wider audit needs of the log, in the same single pass."""
     return replay_events(
         log.batches(batch_size=batch_size),
         log.decode,
@@ -978,4 +991,5 @@ def audit_bank(
         until=until,
         contiguous_ids=log.contiguous_ids,
         on_progress=on_progress,
+        observe=observe,
     )

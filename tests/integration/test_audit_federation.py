@@ -123,7 +123,9 @@ def run_audit(directory: Path) -> FederationAudit:
         return audit_federation(
             clearing_log,
             bank_logs,
-            lambda _, log: audit_bank(log, default_overdraft_minutes=DEFAULT_OVERDRAFT_MINUTES),
+            lambda _, log, observe: audit_bank(
+                log, default_overdraft_minutes=DEFAULT_OVERDRAFT_MINUTES, observe=observe
+            ),
         )
     finally:
         for log in (clearing_log, *bank_logs.values()):
