@@ -319,17 +319,16 @@ DataDir = Annotated[
 
 def federation_client(data_dir: Path) -> Any:
     """A client for the federation described in DATA_DIR/federation.json (URLs and tokens)."""
-    import json
-
     from services.local.client import FederationClient
+    from services.local.federation import DESCRIPTION_FILE, read_description
 
-    path = data_dir / "federation.json"
+    path = data_dir / DESCRIPTION_FILE
     try:
-        described = json.loads(path.read_text())
+        described = read_description(data_dir)
     except OSError as e:
         raise fail(f"cannot read {path} ({e.strerror}); is `timebank up` running there?") from None
     except ValueError as e:
-        raise fail(f"{path} is not JSON: {e}") from None
+        raise fail(f"{path} is not a federation's description: {e}") from None
     return FederationClient(described)
 
 

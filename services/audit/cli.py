@@ -297,9 +297,11 @@ def _federation_stores(
 
 def _described_stores(data_dir: Path) -> tuple[dict[str, str], dict[str, int]]:
     """The stores named in DATA_DIR/federation.json, as `timebank up` and the demo write it."""
-    path = data_dir / "federation.json"
+    from services.local.federation import DESCRIPTION_FILE, read_description
+
+    path = data_dir / DESCRIPTION_FILE
     try:
-        described = json.loads(path.read_text())
+        described = read_description(data_dir)
         stores = {"clearing": described["clearing"]["store"]}
         stores |= {bank_id: bank["store"] for bank_id, bank in described["banks"].items()}
         limits = {

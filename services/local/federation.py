@@ -38,6 +38,19 @@ class FederationError(RuntimeError):
     """A part of the local federation failed to start; the message says which and why."""
 
 
+DESCRIPTION_FILE = "federation.json"
+
+
+def read_description(data_dir: Path) -> dict[str, Any]:
+    """DATA_DIR/federation.json, as `timebank up` and the demo write it (URLs, tokens, stores);
+    OSError if it cannot be read, ValueError if it is not a JSON object."""
+    path = data_dir / DESCRIPTION_FILE
+    described = json.loads(path.read_text())
+    if not isinstance(described, dict):
+        raise ValueError(f"{path} holds no JSON object")
+    return described
+
+
 @dataclass
 class Service:
     name: str
@@ -81,7 +94,7 @@ class LocalFederation:
 
     @property
     def description_path(self) -> Path:
-        return self.data_dir / "federation.json"
+        return self.data_dir / DESCRIPTION_FILE
 
     def key_path(self, bank_id: str) -> Path:
         """The bank's signing key (made at its first start, kept across runs)."""
@@ -276,7 +289,7 @@ class LocalFederation:
 
     def _earlier_clearing_tokens(self) -> dict[str, str]:
         try:
-            banks = json.loads(self.description_path.read_text())["banks"]
+            banks = read_description(self.data_dir)["banks"]
         except (OSError, ValueError, KeyError, TypeError):
             return {}
         return {
