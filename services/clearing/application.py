@@ -355,19 +355,12 @@ class Clearing(Application[UUID]):
         """Positions move by the settled amounts; each bank is told, to post the same."""
         cycle.complete(self.clock())
         book.close(cycle.settlement_id)
-        paid = dict.fromkeys(cycle.positions, 0)
-        received = dict.fromkeys(cycle.positions, 0)
-        for o in cycle.obligations:
-            paid[o["debtor"]] += o["minutes"]
-            received[o["creditor"]] += o["minutes"]
-        for bank_id, moved in cycle.settled_minutes().items():
-            if not moved:
+        for bank_id, (paid, received) in cycle.paid_and_received().items():
+            if paid == received:
                 continue
-            member_bank(uow, bank_id).settle(cycle.settlement_id, moved)
+            member_bank(uow, bank_id).settle(cycle.settlement_id, paid - received)
             message = SettlementCompleted(
-                settlement_id=cycle.settlement_id,
-                paid_minutes=paid[bank_id],
-                received_minutes=received[bank_id],
+                settlement_id=cycle.settlement_id, paid_minutes=paid, received_minutes=received
             )
             uow.send(bank_id, message, sender=CLEARING)
 

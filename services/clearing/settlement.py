@@ -177,14 +177,19 @@ class SettlementCycle(Aggregate):
             )
         return self.obligations[number - 1]
 
+    def paid_and_received(self) -> dict[str, tuple[int, int]]:
+        """What each bank pays and is paid, outside the system, by this cycle's obligations."""
+        paid = dict.fromkeys(self.positions, 0)
+        received = dict.fromkeys(self.positions, 0)
+        for o in self.obligations:
+            paid[o["debtor"]] += o["minutes"]
+            received[o["creditor"]] += o["minutes"]
+        return {bank_id: (paid[bank_id], received[bank_id]) for bank_id in self.positions}
+
     def settled_minutes(self) -> dict[str, int]:
         """How far each bank's position moves when the cycle completes: by what it paid,
         less what it received (so every position at the cut-off comes back to zero)."""
-        moves = dict.fromkeys(self.positions, 0)
-        for o in self.obligations:
-            moves[o["debtor"]] += o["minutes"]
-            moves[o["creditor"]] -= o["minutes"]
-        return moves
+        return {b: paid - received for b, (paid, received) in self.paid_and_received().items()}
 
     class ObligationConfirmed(Aggregate.Event):
         number: int
