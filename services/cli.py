@@ -15,8 +15,8 @@ from typing import Annotated, Any
 import typer
 
 from services.audit.cli import audit_app
-from services.ledger.application import DEFAULT_MAX_EXCHANGE_MINUTES, DEFAULT_OVERDRAFT_MINUTES
-from services.ledger.checkpoints import DEFAULT_CHECKPOINT_SECONDS
+from services.ledger.domain import DEFAULT_MAX_EXCHANGE_MINUTES, DEFAULT_OVERDRAFT_MINUTES
+from services.ledger.settings import DEFAULT_CHECKPOINT_SECONDS
 from shared.bus import DEFAULT_NAMESPACE
 
 app = typer.Typer(
@@ -161,8 +161,8 @@ def clearing_serve(
     from services.clearing.api import create_app
     from services.clearing.application import Clearing
     from services.clearing.settings import ClearingSettings
+    from services.common.settings import SettingsError
     from services.common.stores import parse_store_url
-    from services.ledger.settings import SettingsError
 
     configure_logging(log_level)
     try:

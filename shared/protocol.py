@@ -138,7 +138,7 @@ class SettlementCompleted(Message, frozen=True, kw_only=True, tag="settlement.co
 
 class CheckpointPublished(Message, frozen=True, kw_only=True, tag="checkpoint.published.v1"):
     """A bank -> clearing: the bank's event log up to ``position`` hashes to ``chain_hash``
-    (services/audit/chain.py), signed with the bank's Ed25519 key
+    (services/common/chain.py), signed with the bank's Ed25519 key
     (shared/signing.checkpoint_payload). The clearing house keeps it, so an audit can tell a
     rewritten log even when the bank's own records were rewritten to match."""
 

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from services.ledger.application import DEFAULT_OVERDRAFT_MINUTES
+from services.ledger.domain import DEFAULT_OVERDRAFT_MINUTES
 
 if TYPE_CHECKING:
     from rich.console import Console

@@ -57,8 +57,8 @@ from uuid import UUID
 from eventsourcing.persistence import Notification
 from eventsourcing.utils import get_topic
 
-from services.audit.chain import ZERO_HASH, canonical_bytes
 from services.audit.eventlog import DEFAULT_BATCH_SIZE, EventLog, UnreadableRow
+from services.common.chain import ZERO_HASH, canonical_bytes
 from services.common.idempotency import IdempotencyRecord
 from services.common.outbox import Outbox
 from services.ledger.domain import (
@@ -134,7 +134,7 @@ class BankAudit:
     balances: dict[str, Balance]
     problems: list[Problem]
     problems_omitted: int
-    # The rolling hash over every event replayed (services.audit.chain), and where it ends.
+    # The rolling hash over every event replayed (services.common.chain), and where it ends.
     chain_position: int
     chain_head: str
 

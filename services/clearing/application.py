@@ -11,13 +11,13 @@ from datetime import UTC, datetime, timedelta
 from typing import TypeVar
 from uuid import UUID
 
-from eventsourcing.application import AggregateNotFoundError, Application
 from eventsourcing.domain import Aggregate
-from eventsourcing.persistence import ApplicationRecorder, Recording, Tracking
 from eventsourcing.utils import get_topic
 
 from services.clearing.domain import (
     ACTIVE,
+    DEFAULT_DEADLINE_SECONDS,
+    DEFAULT_RESEND_SECONDS,
     PREPARING,
     CheckpointConflict,
     CheckpointLog,
@@ -37,14 +37,8 @@ from services.clearing.settlement import (
     SettlementCycle,
     settlement_uuid,
 )
-from services.common.inbox import (
-    MessageRejected,
-    Outcome,
-    Received,
-    UnitOfWork,
-    receive_from,
-    save_tracked,
-)
+from services.common.application import ServiceApplication
+from services.common.inbox import MessageRejected, Outcome, Received, UnitOfWork, receive_from
 from services.common.stores import Store
 from shared.identifiers import InvalidBankId, check_bank_id
 from shared.protocol import (
@@ -66,8 +60,6 @@ from shared.protocol import (
 )
 from shared.signing import SigningKeyError, check_public_key, checkpoint_payload, verify
 
-DEFAULT_DEADLINE_SECONDS = 30.0
-DEFAULT_RESEND_SECONDS = 10.0
 _TRANSFER_TOPICS = [
     get_topic(t)
     for t in (Transfer.Requested, Transfer.Committed, Transfer.Aborted, Transfer.Acknowledged)
@@ -194,7 +186,7 @@ class _TransferIndex:
             self.awaiting[aggregate_id] = _Awaiting(informed, set(), at)
 
 
-class Clearing(Application[UUID]):
+class Clearing(ServiceApplication):
     """The clearing house. One process; commands and received batches run under one lock."""
 
     name = "Clearing"
@@ -211,15 +203,11 @@ class Clearing(Application[UUID]):
         self.resend_after = timedelta(seconds=resend_after_seconds)
         self.clock = clock
         self._lock = threading.RLock()
-        # Called after every save, from the saving thread (the bus worker wakes its relay).
-        self.save_listeners: list[Callable[[], None]] = []
         store.prepare()
         super().__init__(env={**store.env, "AGGREGATE_CACHE_MAXSIZE": "10000"})
         self._index = self._load_index()
-
-    def construct_recorder(self) -> ApplicationRecorder:
-        # A process recorder stores tracking records with events, for exactly-once receipt.
-        return self.factory.process_recorder()
+        # Every save, tracked or not, keeps the index of work still to do.
+        self.save_listeners.append(self._index.fold)
 
     # The directory.
 
@@ -236,7 +224,7 @@ class Clearing(Application[UUID]):
         except InvalidBankId as e:
             raise InvalidRequest(str(e)) from None
         with self._lock:
-            if self._find(bank_id_to_uuid(bank_id), MemberBank) is not None:
+            if self.find(bank_id_to_uuid(bank_id), MemberBank) is not None:
                 raise BankExists(f"bank {bank_id} is already a member", bank_id=bank_id)
             if public_key:
                 try:
@@ -267,7 +255,7 @@ class Clearing(Application[UUID]):
         return {b.bank_id: b.position_minutes for b in self.banks()}
 
     def get_transfer(self, transfer_id: str) -> TransferView:
-        transfer = self._find(transfer_id_to_uuid(transfer_id), Transfer)
+        transfer = self.find(transfer_id_to_uuid(transfer_id), Transfer)
         if transfer is None:
             raise UnknownTransfer(f"no transfer {transfer_id}", transfer_id=transfer_id)
         return TransferView(
@@ -341,13 +329,13 @@ class Clearing(Application[UUID]):
             return self._settlement_view(cycle)
 
     def get_settlement(self, settlement_id: int) -> SettlementView:
-        cycle = self._find(settlement_uuid(settlement_id), SettlementCycle)
+        cycle = self.find(settlement_uuid(settlement_id), SettlementCycle)
         if cycle is None:
             raise UnknownSettlement(f"no settlement {settlement_id}")
         return self._settlement_view(cycle)
 
     def settlements(self) -> list[SettlementView]:
-        book = self._find(SettlementBook.create_id(), SettlementBook)
+        book = self.find(SettlementBook.create_id(), SettlementBook)
         count = book.count if book is not None else 0
         return [self.get_settlement(n) for n in range(1, count + 1)]
 
@@ -399,7 +387,7 @@ class Clearing(Application[UUID]):
                 by_source.setdefault(envelope.source, []).append(envelope)
         with self._lock:
             for source, group in by_source.items():
-                results += receive_from(self, source, group, self._handle, self._save_tracked)
+                results += receive_from(self, source, group, self._handle)
             return results
 
     def expire_overdue(self) -> list[str]:
@@ -445,7 +433,7 @@ class Clearing(Application[UUID]):
     # Handlers: one per message a bank may send; each is idempotent by transfer id.
 
     def _handle(self, source: str, message: AnyMessage, uow: UnitOfWork) -> None:
-        if self._find(bank_id_to_uuid(source), MemberBank) is None:
+        if self.find(bank_id_to_uuid(source), MemberBank) is None:
             raise MessageRejected(f"{source} is not a member bank")
         match message:
             case TransferRequested():
@@ -481,7 +469,7 @@ class Clearing(Application[UUID]):
 
     def checkpoints(self, bank_id: str) -> list[tuple[int, str, str]]:
         """A bank's signed checkpoints, oldest first: (log position, chain hash, signature)."""
-        log = self._find(CheckpointLog.create_id(bank_id), CheckpointLog)
+        log = self.find(CheckpointLog.create_id(bank_id), CheckpointLog)
         if log is None:
             return []
         return [
@@ -632,41 +620,19 @@ class Clearing(Application[UUID]):
             self.save(*uow.aggregates)
             return self._bank_view(bank)
 
-    def _save_tracked(self, tracking: Tracking, aggregates: Sequence[Aggregate]) -> None:
-        save_tracked(self, tracking, aggregates)
-
-    def _notify(self, recordings: Sequence[Recording[UUID]]) -> None:
-        # Every save, tracked or not, ends here: keep the index of work still to do.
-        super()._notify(list(recordings))
-        self._index.fold(r.domain_event for r in recordings)
-        for listener in self.save_listeners:
-            listener()
-
     def _load_index(self) -> _TransferIndex:
         index = _TransferIndex()
-        position = 1
-        while batch := self.recorder.select_notifications(
-            start=position, limit=1000, topics=_TRANSFER_TOPICS
-        ):
-            index.fold(map(self.mapper.to_domain_event, batch))
-            position = batch[-1].id + 1
+        index.fold(event for _, event in self.follow_events(1, _TRANSFER_TOPICS))
         return index
 
     def _directory(self) -> Directory:
-        return self._find(Directory.create_id(), Directory) or Directory()
+        return self.find(Directory.create_id(), Directory) or Directory()
 
     def _bank(self, bank_id: str) -> MemberBank:
-        bank = self._find(bank_id_to_uuid(bank_id), MemberBank)
+        bank = self.find(bank_id_to_uuid(bank_id), MemberBank)
         if bank is None:
             raise UnknownBank(f"bank {bank_id} is not a member", bank_id=bank_id)
         return bank
-
-    def _find(self, aggregate_id: UUID, cls: type[A]) -> A | None:
-        try:
-            aggregate: Aggregate = self.repository.get(aggregate_id)
-        except AggregateNotFoundError:
-            return None
-        return aggregate if isinstance(aggregate, cls) else None
 
     @staticmethod
     def _bank_view(bank: MemberBank) -> BankView:

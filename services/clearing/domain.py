@@ -8,6 +8,11 @@ from uuid import NAMESPACE_URL, UUID, uuid5
 
 from eventsourcing.domain import Aggregate, event
 
+# How long the payee's bank has to answer, and how long a decision waits for acknowledgement
+# before it is sent again.
+DEFAULT_DEADLINE_SECONDS = 30.0
+DEFAULT_RESEND_SECONDS = 10.0
+
 ACTIVE = "active"
 SUSPENDED = "suspended"
 PREPARING = "preparing"

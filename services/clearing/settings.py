@@ -5,10 +5,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from services.clearing.application import DEFAULT_DEADLINE_SECONDS
-from services.common.auth import TokenError, TokenRegistry, tokens_from_environ
-from services.common.stores import StoreURLError, parse_store_url
-from services.ledger.settings import SettingsError, bus_settings
+from services.clearing.domain import DEFAULT_DEADLINE_SECONDS
+from services.common.auth import TokenRegistry
+from services.common.settings import bus_settings, check_seconds, check_store_url, service_tokens
 from shared.bus import DEFAULT_BUS, DEFAULT_NAMESPACE, Bus
 
 ADMIN_TOKEN_VAR = "TIMEBANK_ADMIN_TOKEN"  # noqa: S105 (a variable's name, not a secret)
@@ -34,19 +33,13 @@ class ClearingSettings:
         nats_namespace: str = DEFAULT_NAMESPACE,
     ) -> ClearingSettings:
         """Check everything the clearing needs before it starts; tokens come from ``environ``."""
-        url = store_url or DEFAULT_STORE_URL
-        try:
-            parse_store_url(url)
-            tokens = tokens_from_environ(environ, "admin", ADMIN_TOKEN_VAR, "clearing house")
-        except (StoreURLError, TokenError) as e:
-            raise SettingsError(str(e)) from e
-        if not 0 < deadline_seconds <= 24 * 3600:
-            raise SettingsError("the deadline must be between 0 and 86400 seconds")
-        bus = bus_settings(nats_url, nats_namespace)
+        url = check_store_url(store_url or DEFAULT_STORE_URL)
+        tokens = service_tokens(environ, "admin", ADMIN_TOKEN_VAR, "clearing house")
+        check_seconds("deadline", deadline_seconds)
         return cls(
             store_url=url,
             tokens=tokens,
             deadline_seconds=deadline_seconds,
             nats_url=nats_url,
-            bus=bus,
+            bus=bus_settings(nats_url, nats_namespace),
         )

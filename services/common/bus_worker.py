@@ -9,15 +9,15 @@ import logging
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from eventsourcing.application import Application
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
 
+from services.common.application import SavedEvents, ServiceApplication
 from services.common.inbox import Outcome, Received
 from services.common.offload import Offload
-from services.common.outbox import OutboxRelay
+from services.common.relay import OutboxRelay
 from shared.bus import (
     DEAD_REASON_HEADER,
     DEAD_SEQUENCE_HEADER,
@@ -46,7 +46,7 @@ class BusWorker:
 
     def __init__(
         self,
-        app: Application[Any],
+        app: ServiceApplication,
         *,
         nats_url: str,
         bus: Bus,
@@ -86,23 +86,20 @@ class BusWorker:
             stream=self.stream,
             config=consumer_config(self.durable, self.filter_subject),
         )
-        listeners = getattr(self.app, "save_listeners", None)
-        if listeners is not None:
-            listeners.append(self.wake)
+        self.app.save_listeners.append(self.wake)
         self._tasks = [
             asyncio.create_task(self.relay.run(), name=f"{self.name}-relay"),
             asyncio.create_task(self._consume(js, subscription), name=f"{self.name}-consumer"),
         ]
 
-    def wake(self) -> None:
+    def wake(self, _saved: SavedEvents = ()) -> None:
         """Tell the relay there is something new to publish (callable from any thread)."""
         if self.relay is not None:
             self.relay.wake()
 
     async def stop(self) -> None:
-        listeners = getattr(self.app, "save_listeners", None)
-        if listeners is not None and self.wake in listeners:
-            listeners.remove(self.wake)
+        if self.wake in self.app.save_listeners:
+            self.app.save_listeners.remove(self.wake)
         # Python 3.11's wait_for (inside nats-py's fetch) can lose a cancellation that races
         # its timeout, so the loops also watch this flag, and the wait for them is bounded.
         self._stopping = True

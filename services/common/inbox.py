@@ -6,13 +6,13 @@ from __future__ import annotations
 import enum
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TypeVar
 from uuid import UUID
 
-from eventsourcing.application import AggregateNotFoundError, Application, ProcessingEvent
 from eventsourcing.domain import Aggregate
 from eventsourcing.persistence import Tracking
 
+from services.common.application import ServiceApplication
 from services.common.outbox import Outbox, outbox_id
 from shared.protocol import AnyMessage, Envelope
 
@@ -40,17 +40,17 @@ class MessageRejected(Exception):
 class UnitOfWork:
     """The aggregates one batch touches, loaded once, so later messages see earlier effects."""
 
-    def __init__(self, app: Application[UUID], source: str) -> None:
+    def __init__(self, app: ServiceApplication, source: str) -> None:
         self.app = app
         self.source = source
         self._aggregates: dict[UUID, Aggregate] = {}
 
     def get(self, aggregate_id: UUID, cls: type[A]) -> A | None:
         if aggregate_id not in self._aggregates:
-            try:
-                self._aggregates[aggregate_id] = self.app.repository.get(aggregate_id)
-            except AggregateNotFoundError:
+            found = self.app.find(aggregate_id, Aggregate)
+            if found is None:
                 return None
+            self._aggregates[aggregate_id] = found
         aggregate = self._aggregates[aggregate_id]
         if not isinstance(aggregate, cls):
             raise TypeError(f"{aggregate_id} is a {type(aggregate).__name__}, not {cls.__name__}")
@@ -79,11 +79,7 @@ Handler = Callable[[str, AnyMessage, UnitOfWork], None]
 
 
 def receive_from(
-    app: Application[UUID],
-    source: str,
-    envelopes: Sequence[Envelope],
-    handle: Handler,
-    save: Callable[[Tracking, Sequence[Aggregate]], Any],
+    app: ServiceApplication, source: str, envelopes: Sequence[Envelope], handle: Handler
 ) -> list[Received]:
     """Apply one sender's envelopes in sequence order, all in one transaction.
 
@@ -94,7 +90,7 @@ def receive_from(
     rejected: dict[int, str] = {}
     ordered = sorted(envelopes, key=lambda e: e.seq)
     while True:
-        last = app.recorder.max_tracking_id(inbox_name(source)) or 0  # type: ignore[attr-defined]
+        last = app.recorder.max_tracking_id(inbox_name(source)) or 0
         uow = UnitOfWork(app, source)
         results: list[Received] = []
         applied_to = last
@@ -118,21 +114,9 @@ def receive_from(
         except _Retry:
             continue
         if applied_to > last:
-            save(Tracking(inbox_name(source), applied_to), uow.aggregates)
+            app.save_tracked(Tracking(inbox_name(source), applied_to), uow.aggregates)
         return results
 
 
 class _Retry(Exception):
     pass
-
-
-def save_tracked(
-    app: Application[UUID], tracking: Tracking, aggregates: Sequence[Aggregate]
-) -> None:
-    """Save aggregates' new events and the tracking record in one transaction."""
-    processing = ProcessingEvent[UUID](tracking=tracking)
-    processing.collect_events(*aggregates)
-    # What Application.save does, but with the tracking record in the same transaction.
-    recordings = app._record(processing)
-    app._take_snapshots(processing)
-    app._notify(recordings)

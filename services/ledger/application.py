@@ -12,27 +12,22 @@ from dataclasses import asdict, dataclass
 from datetime import datetime
 from functools import partial
 from typing import Any, Generic, TypeVar
-from uuid import UUID, uuid4
+from uuid import uuid4
 
 import msgspec
-from eventsourcing.application import AggregateNotFoundError, Application
 from eventsourcing.domain import Aggregate
-from eventsourcing.persistence import ApplicationRecorder, IntegrityError, Recording
+from eventsourcing.persistence import IntegrityError
 from eventsourcing.utils import get_topic
 
+from services.common.application import ServiceApplication
 from services.common.idempotency import IdempotencyConflict, IdempotencyRecord, record_id
-from services.common.inbox import (
-    MessageRejected,
-    Outcome,
-    Received,
-    UnitOfWork,
-    receive_from,
-    save_tracked,
-)
+from services.common.inbox import MessageRejected, Outcome, Received, UnitOfWork, receive_from
 from services.common.outbox import Outbox, outbox_id
 from services.common.stores import Store
 from services.ledger.domain import (
     COMMITTED,
+    DEFAULT_MAX_EXCHANGE_MINUTES,
+    DEFAULT_OVERDRAFT_MINUTES,
     MEMBER_ID_PATTERN,
     PAYEE,
     PAYER,
@@ -72,8 +67,6 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-DEFAULT_OVERDRAFT_MINUTES = 10 * 60
-DEFAULT_MAX_EXCHANGE_MINUTES = 100 * 60
 # A command that loses a race with another process re-reads and decides again, this often.
 MAX_ATTEMPTS = 10
 RETRY_PAUSE_SECONDS = 0.001
@@ -181,7 +174,7 @@ class Executed(Generic[T]):
     replayed: bool = False
 
 
-class Ledger(Application[UUID]):
+class Ledger(ServiceApplication):
     """One bank's ledger.
 
     Concurrency: within a process every command runs under one write lock, so decisions are
@@ -211,21 +204,10 @@ class Ledger(Application[UUID]):
         self._summary_next = 1
         self._summary_members = 0
         self._summary_total = 0
-        # Called after every save, from the saving thread (the bus worker wakes its relay).
-        self.save_listeners: list[Callable[[], None]] = []
         store.prepare()
         super().__init__(env={**store.env, "AGGREGATE_CACHE_MAXSIZE": str(cache_size)})
         self._open_system_accounts()
         self._record_policy()
-
-    def construct_recorder(self) -> ApplicationRecorder:
-        # A process recorder keeps tracking records with events, for exactly-once receipt.
-        return self.factory.process_recorder()
-
-    def _notify(self, recordings: list[Recording[UUID]]) -> None:
-        super()._notify(recordings)
-        for listener in self.save_listeners:
-            listener()
 
     # Queries.
 
@@ -269,18 +251,15 @@ class Ledger(Application[UUID]):
         while another process writes. Each call reads only what was recorded since the last.
         """
         with self._summary_lock:
-            while batch := self.recorder.select_notifications(
-                start=self._summary_next, limit=1000, topics=_SUMMARY_TOPICS
-            ):
-                for notification in batch:
-                    match self.mapper.to_domain_event(notification):
-                        case Account.Opened(kind=kind) if kind != SYSTEM_KIND:
-                            self._summary_members += 1
-                        case Account.Credited(minutes=minutes):
-                            self._summary_total += minutes
-                        case Account.Debited(minutes=minutes) | Account.HoldPosted(minutes=minutes):
-                            self._summary_total -= minutes
-                self._summary_next = batch[-1].id + 1
+            for position, event in self.follow_events(self._summary_next, _SUMMARY_TOPICS):
+                match event:
+                    case Account.Opened(kind=kind) if kind != SYSTEM_KIND:
+                        self._summary_members += 1
+                    case Account.Credited(minutes=minutes):
+                        self._summary_total += minutes
+                    case Account.Debited(minutes=minutes) | Account.HoldPosted(minutes=minutes):
+                        self._summary_total -= minutes
+                self._summary_next = position + 1
             return BankSummary(
                 bank=self.bank_id,
                 members=self._summary_members,
@@ -302,7 +281,7 @@ class Ledger(Application[UUID]):
                 raise InvalidRequest("system accounts are opened by the bank itself")
             # Checked first: an id that is taken (a system account's too) is taken, whatever
             # else is wrong with the request.
-            if self._exists(account_id(member_id)):
+            if self.exists(account_id(member_id)):
                 raise MemberExists(f"member {member_id} already exists", member_id=member_id)
             account = Account.open(member_id, name, kind, overdraft_limit_minutes)
             return [account], self._view(account)
@@ -457,10 +436,9 @@ class Ledger(Application[UUID]):
         self._execute(command, None, lambda **_: None)
 
     def get_transfer(self, transfer_id: str) -> TransferView:
-        try:
-            transfer: CrossBankTransfer = self.repository.get(transfer_id_to_uuid(transfer_id))
-        except AggregateNotFoundError:
-            raise UnknownTransfer(f"no transfer {transfer_id}", transfer_id=transfer_id) from None
+        transfer = self.find(transfer_id_to_uuid(transfer_id), CrossBankTransfer)
+        if transfer is None:
+            raise UnknownTransfer(f"no transfer {transfer_id}", transfer_id=transfer_id)
         return TransferView(
             transfer_id=transfer.transfer_id,
             status=transfer.status,
@@ -485,9 +463,7 @@ class Ledger(Application[UUID]):
         ]
         ours = [e for e in envelopes if e.source == CLEARING and e.destination == self.bank_id]
         with self._write_lock:
-            return foreign + receive_from(
-                self, CLEARING, ours, self._handle, partial(save_tracked, self)
-            )
+            return foreign + receive_from(self, CLEARING, ours, self._handle)
 
     def _handle(self, source: str, message: AnyMessage, uow: UnitOfWork) -> None:
         match message:
@@ -585,18 +561,11 @@ class Ledger(Application[UUID]):
         return account
 
     def _bank_directory(self) -> BankDirectory:
-        try:
-            directory: BankDirectory = self.repository.get(BankDirectory.create_id())
-        except AggregateNotFoundError:
-            return BankDirectory()
-        return directory
+        return self.find(BankDirectory.create_id(), BankDirectory) or BankDirectory()
 
     def _outbox(self) -> Outbox:
-        try:
-            outbox: Outbox = self.repository.get(outbox_id(self.bank_id, CLEARING))
-        except AggregateNotFoundError:
-            return Outbox(source=self.bank_id, destination=CLEARING)
-        return outbox
+        outbox = self.find(outbox_id(self.bank_id, CLEARING), Outbox)
+        return outbox or Outbox(source=self.bank_id, destination=CLEARING)
 
     # Plumbing.
 
@@ -633,9 +602,8 @@ class Ledger(Application[UUID]):
         raise StoreBusy("the store is busy with other writers to the same accounts; retry")
 
     def _recorded(self, idempotency: IdempotencyKey) -> dict[str, Any] | None:
-        try:
-            record: IdempotencyRecord = self.repository.get(record_id(idempotency.key))
-        except AggregateNotFoundError:
+        record = self.find(record_id(idempotency.key), IdempotencyRecord)
+        if record is None:
             return None
         if record.fingerprint != idempotency.fingerprint:
             raise IdempotencyConflict(idempotency.key)
@@ -643,40 +611,27 @@ class Ledger(Application[UUID]):
 
     def _open_system_accounts(self) -> None:
         for member_id in SYSTEM_ACCOUNTS:
-            if not self._exists(account_id(member_id)):
+            if not self.exists(account_id(member_id)):
                 # Another process may open it first; then it exists, which is all we need.
                 with contextlib.suppress(IntegrityError):
                     self.save(Account.open(member_id, member_id.title(), SYSTEM_KIND))
 
     def _record_policy(self) -> None:
         """Record the default overdraft limit in the log when it is new or has changed."""
-        try:
-            policy: BankPolicy = self.repository.get(BankPolicy.create_id())
-        except AggregateNotFoundError:
-            policy = BankPolicy(self.default_overdraft_minutes)
+        policy = self.find(BankPolicy.create_id(), BankPolicy)
+        policy = policy or BankPolicy(self.default_overdraft_minutes)
         policy.set_default_overdraft(self.default_overdraft_minutes)
         # Another process may record it first; then the policy is recorded, which is enough.
         with contextlib.suppress(IntegrityError):
             self.save(policy)
 
-    def _exists(self, aggregate_id: UUID) -> bool:
-        try:
-            self.repository.get(aggregate_id)
-        except AggregateNotFoundError:
-            return False
-        return True
-
-    def _get_account(self, aggregate_id: UUID) -> Account:
-        account: Account = self.repository.get(aggregate_id)
-        return account
-
     def _account(self, member_id: str) -> Account:
-        try:
-            return self._get_account(account_id(member_id))
-        except AggregateNotFoundError:
+        account = self.find(account_id(member_id), Account)
+        if account is None:
             raise UnknownMember(
                 f"no member {member_id} in bank {self.bank_id}", member_id=member_id
-            ) from None
+            )
+        return account
 
     def _member_account(self, member_id: str) -> Account:
         account = self._account(member_id)

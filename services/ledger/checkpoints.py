@@ -1,5 +1,5 @@
 """Signed checkpoints of a bank's log: the bank follows its own log with the hash chain
-(services/audit/chain.py) and, now and then, sends the clearing house the chain's head at a
+(services/common/chain.py) and, now and then, sends the clearing house the chain's head at a
 position, signed with its Ed25519 key. An auditor compares a replayed chain with the clearing
 house's copies, so a log rewritten along with the bank's own records still shows."""
 
@@ -10,7 +10,7 @@ import threading
 
 from eventsourcing.utils import get_topic
 
-from services.audit.chain import ZERO_HASH, next_head
+from services.common.chain import ZERO_HASH, next_head
 from services.common.outbox import Outbox
 from services.ledger.application import Ledger
 from shared.protocol import CheckpointPublished
@@ -18,7 +18,6 @@ from shared.signing import SigningKey, checkpoint_payload
 
 log = logging.getLogger(__name__)
 
-DEFAULT_CHECKPOINT_SECONDS = 10.0
 _QUEUED_TOPIC = get_topic(Outbox.Queued)
 # Saved with the first message an outbox queues (perhaps a checkpoint): news of nothing.
 _OPENED_TOPIC = get_topic(Outbox.Opened)

@@ -9,6 +9,10 @@ from uuid import NAMESPACE_URL, UUID, uuid5
 
 from eventsourcing.domain import Aggregate, event
 
+# A bank's defaults: how far below zero a member may go, and the largest single exchange.
+DEFAULT_OVERDRAFT_MINUTES = 10 * 60
+DEFAULT_MAX_EXCHANGE_MINUTES = 100 * 60
+
 MEMBER_KINDS = ("person", "organisation")
 SYSTEM_KIND = "system"
 # The bank's side of the clearing house, and where settled amounts land.

@@ -6,26 +6,23 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from services.common.auth import (
-    AUDITOR_TOKEN_VAR,
-    TokenError,
-    TokenRegistry,
-    tokens_from_environ,
+from services.common.auth import AUDITOR_TOKEN_VAR, TokenRegistry
+from services.common.settings import (
+    SettingsError,
+    bus_settings,
+    check_seconds,
+    check_store_url,
+    service_tokens,
 )
-from services.common.stores import StoreURLError, parse_store_url
-from services.ledger.application import DEFAULT_MAX_EXCHANGE_MINUTES, DEFAULT_OVERDRAFT_MINUTES
-from services.ledger.checkpoints import DEFAULT_CHECKPOINT_SECONDS
-from shared.bus import DEFAULT_BUS, DEFAULT_NAMESPACE, Bus, InvalidNamespace
+from services.ledger.domain import DEFAULT_MAX_EXCHANGE_MINUTES, DEFAULT_OVERDRAFT_MINUTES
+from shared.bus import DEFAULT_BUS, DEFAULT_NAMESPACE, Bus
 from shared.identifiers import InvalidBankId, check_bank_id
 from shared.signing import SigningKey, SigningKeyError
 
 # Names of environment variables, not secrets.
 OPERATOR_TOKEN_VAR = "TIMEBANK_OPERATOR_TOKEN"  # noqa: S105
+DEFAULT_CHECKPOINT_SECONDS = 10.0
 __all__ = ["AUDITOR_TOKEN_VAR", "OPERATOR_TOKEN_VAR", "LedgerSettings", "SettingsError"]
-
-
-class SettingsError(ValueError):
-    """The service cannot start with these settings; the message says what to fix."""
 
 
 @dataclass(frozen=True)
@@ -59,11 +56,10 @@ class LedgerSettings:
         """Check everything a ledger needs before it starts; tokens come from ``environ``."""
         try:
             check_bank_id(bank_id)
-            url = store_url or default_store_url(bank_id)
-            parse_store_url(url)
-            tokens = tokens_from_environ(environ, "operator", OPERATOR_TOKEN_VAR, "ledger")
-        except (InvalidBankId, StoreURLError, TokenError) as e:
+        except InvalidBankId as e:
             raise SettingsError(str(e)) from e
+        url = check_store_url(store_url or default_store_url(bank_id))
+        tokens = service_tokens(environ, "operator", OPERATOR_TOKEN_VAR, "ledger")
         if default_overdraft_minutes < 0:
             raise SettingsError("the default overdraft limit must be >= 0 minutes")
         if max_exchange_minutes <= 0:
@@ -73,8 +69,6 @@ class LedgerSettings:
             signing_key = SigningKey.load(signing_key_path) if signing_key_path else None
         except SigningKeyError as e:
             raise SettingsError(str(e)) from e
-        if not 0 < checkpoint_seconds <= 24 * 3600:
-            raise SettingsError("the checkpoint interval must be between 0 and 86400 seconds")
         return cls(
             bank_id=bank_id,
             store_url=url,
@@ -84,18 +78,8 @@ class LedgerSettings:
             nats_url=nats_url,
             bus=bus,
             signing_key=signing_key,
-            checkpoint_seconds=checkpoint_seconds,
+            checkpoint_seconds=check_seconds("checkpoint interval", checkpoint_seconds),
         )
-
-
-def bus_settings(nats_url: str | None, nats_namespace: str) -> Bus:
-    """Check a service's NATS options; the federation's subjects and streams on that server."""
-    if nats_url is not None and not nats_url.startswith(("nats://", "tls://")):
-        raise SettingsError(f"--nats-url {nats_url!r} must start with nats:// or tls://")
-    try:
-        return Bus(nats_namespace)
-    except InvalidNamespace as e:
-        raise SettingsError(str(e)) from e
 
 
 def default_store_url(bank_id: str) -> str:

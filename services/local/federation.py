@@ -17,7 +17,7 @@ from typing import IO, Any, Self
 
 import httpx2 as httpx
 
-from services.ledger.checkpoints import DEFAULT_CHECKPOINT_SECONDS
+from services.ledger.settings import DEFAULT_CHECKPOINT_SECONDS
 from services.local.config import FederationConfig
 from services.local.nats_server import NatsServer, free_ports
 from shared.bus import DEFAULT_NAMESPACE, Bus

@@ -21,7 +21,6 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from services.audit.chain import rolling_hashes
 from services.audit.eventlog import (
     POSTGRES_EVENTS_TABLE,
     EventLog,
@@ -38,8 +37,10 @@ from services.audit.replay import (
     BankAudit,
     audit_bank,
 )
+from services.common.chain import rolling_hashes
 from services.common.stores import parse_store_url
-from services.ledger.application import DEFAULT_OVERDRAFT_MINUTES, IdempotencyKey, Ledger
+from services.ledger.application import IdempotencyKey, Ledger
+from services.ledger.domain import DEFAULT_OVERDRAFT_MINUTES
 from shared.protocol import (
     CLEARING,
     AnyMessage,

@@ -18,7 +18,6 @@ from uuid import UUID
 import pytest
 from eventsourcing.persistence import Notification
 
-from services.audit.chain import rolling_hashes
 from services.audit.eventlog import open_event_log
 from services.audit.federation import (
     CHECKPOINT,
@@ -30,10 +29,12 @@ from services.audit.federation import (
 )
 from services.audit.replay import audit_bank
 from services.clearing.application import Clearing
+from services.common.chain import rolling_hashes
 from services.common.outbox import QUEUED_TOPIC, envelope_of
 from services.common.stores import parse_store_url
-from services.ledger.application import DEFAULT_OVERDRAFT_MINUTES, Ledger
+from services.ledger.application import Ledger
 from services.ledger.checkpoints import Checkpointer
+from services.ledger.domain import DEFAULT_OVERDRAFT_MINUTES
 from shared.protocol import CLEARING
 from shared.signing import SigningKey, checkpoint_payload
 from tests.helpers import run_in_terminal

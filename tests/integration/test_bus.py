@@ -17,7 +17,8 @@ from services.clearing.api import clearing_bus_worker
 from services.clearing.application import Clearing
 from services.common.bus_worker import BusWorker
 from services.common.inbox import Outcome, Received
-from services.common.outbox import Outbox, OutboxRelay
+from services.common.outbox import Outbox
+from services.common.relay import OutboxRelay
 from services.common.stores import parse_store_url
 from services.ledger.api import ledger_bus_worker
 from services.ledger.application import Ledger

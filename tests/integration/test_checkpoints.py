@@ -10,8 +10,8 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from services.audit.chain import first_mismatch
 from services.clearing.application import Clearing
+from services.common.chain import first_mismatch
 from services.common.inbox import Outcome, Received
 from services.common.outbox import QUEUED_TOPIC, envelope_of
 from services.common.stores import parse_store_url

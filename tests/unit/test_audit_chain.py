@@ -11,7 +11,7 @@ from uuid import UUID, uuid4
 import pytest
 from eventsourcing.persistence import Notification
 
-from services.audit.chain import (
+from services.common.chain import (
     ZERO_HASH,
     canonical_bytes,
     first_mismatch,

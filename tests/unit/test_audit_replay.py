@@ -346,7 +346,7 @@ def test_the_bank_is_named_by_its_outbox_to_the_clearing_house(log: Log) -> None
 
 
 def test_the_result_carries_the_chain_head_of_every_event_replayed(log: Log) -> None:
-    from services.audit.chain import rolling_hashes
+    from services.common.chain import rolling_hashes
 
     result = log.audit()
     *_, (position, head) = rolling_hashes(log.rows)

@@ -1,0 +1,48 @@
+"""What both services' settings check alike: the error they raise, the NATS options, the store."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from services.common.auth import TokenError, TokenRegistry, tokens_from_environ
+from services.common.stores import StoreURLError, parse_store_url
+from shared.bus import Bus, InvalidNamespace
+
+
+class SettingsError(ValueError):
+    """The service cannot start with these settings; the message says what to fix."""
+
+
+def bus_settings(nats_url: str | None, nats_namespace: str) -> Bus:
+    """Check a service's NATS options; the federation's subjects and streams on that server."""
+    if nats_url is not None and not nats_url.startswith(("nats://", "tls://")):
+        raise SettingsError(f"--nats-url {nats_url!r} must start with nats:// or tls://")
+    try:
+        return Bus(nats_namespace)
+    except InvalidNamespace as e:
+        raise SettingsError(str(e)) from e
+
+
+def check_store_url(url: str) -> str:
+    """The store URL, if it can be used."""
+    try:
+        parse_store_url(url)
+    except StoreURLError as e:
+        raise SettingsError(str(e)) from e
+    return url
+
+
+def check_seconds(what: str, seconds: float, maximum: float = 24 * 3600) -> float:
+    if not 0 < seconds <= maximum:
+        raise SettingsError(f"the {what} must be between 0 and {maximum:g} seconds")
+    return seconds
+
+
+def service_tokens(
+    environ: Mapping[str, str], role: str, variable: str, service: str
+) -> TokenRegistry:
+    """The service's bearer tokens from the environment given (see ``tokens_from_environ``)."""
+    try:
+        return tokens_from_environ(environ, role, variable, service)
+    except TokenError as e:
+        raise SettingsError(str(e)) from e
