@@ -15,7 +15,10 @@ from typing import Annotated, Any
 import typer
 
 from services.audit.cli import audit_app
-from services.ledger.domain import DEFAULT_MAX_EXCHANGE_MINUTES, DEFAULT_OVERDRAFT_MINUTES
+from services.ledger.domain import (
+    DEFAULT_MAX_EXCHANGE_MINUTES,
+    DEFAULT_OVERDRAFT_MINUTES,
+)
 from services.ledger.settings import DEFAULT_CHECKPOINT_SECONDS
 from shared.bus import DEFAULT_NAMESPACE
 

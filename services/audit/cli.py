@@ -11,7 +11,9 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from services.ledger.domain import DEFAULT_OVERDRAFT_MINUTES
+from services.ledger.domain import (
+    DEFAULT_OVERDRAFT_MINUTES,
+)
 
 if TYPE_CHECKING:
     from rich.console import Console

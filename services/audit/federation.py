@@ -34,14 +34,20 @@ from eventsourcing.utils import get_topic
 from services.audit.eventlog import EventLog, UnreadableRow
 from services.audit.replay import BankAudit, Observer, Problem
 from services.clearing.domain import CheckpointLog, MemberBank, Transfer
-from services.ledger.domain import Account, CrossBankTransfer
+from services.ledger.domain import (
+    FEDERATION_ACCOUNT,
+    Account,
+)
+from services.ledger.domain_federation import (
+    CrossBankTransfer,
+)
 from shared.signing import checkpoint_payload, verify
 
 INVARIANT_2 = "invariant-2"
 INVARIANT_3 = "invariant-3"
 INVARIANT_4 = "invariant-4"
 CHECKPOINT = "checkpoint"
-FEDERATION = "federation"
+FEDERATION = FEDERATION_ACCOUNT
 
 _ADMITTED = get_topic(MemberBank.Admitted)
 _BANK_DEBITED = get_topic(MemberBank.Debited)

@@ -62,19 +62,18 @@ from services.common.chain import ZERO_HASH, canonical_bytes
 from services.common.idempotency import IdempotencyRecord
 from services.common.outbox import Outbox
 from services.ledger.domain import (
-    ABORTED,
-    COMMITTED,
+    FEDERATION_ACCOUNT,
     MEMBER_KINDS,
-    PAYEE,
-    PAYER,
-    PENDING,
-    SYSTEM_ACCOUNTS,
-    SYSTEM_KIND,
     Account,
-    BankDirectory,
     BankPolicy,
-    CrossBankTransfer,
+    MemberKind,
     account_id,
+)
+from services.ledger.domain_federation import (
+    BankDirectory,
+    CrossBankTransfer,
+    Role,
+    TransferStatus,
     transfer_id_to_uuid,
 )
 from shared.protocol import CLEARING
@@ -91,7 +90,7 @@ INVARIANT_5 = "invariant-5"
 HOLD = "hold"
 TRANSFER = "transfer"
 
-FEDERATION = SYSTEM_ACCOUNTS[0]
+FEDERATION = FEDERATION_ACCOUNT
 # The two halves of a double entry are saved in one transaction, so they lie close together in
 # the log: at most a save apart (a save holds one command's events, or one batch of messages
 # from the clearing house, far fewer than this). A half still alone this many events later, or
@@ -226,7 +225,7 @@ class _Transfer:
     role: str = ""
     member_id: str = ""
     minutes: int = 0
-    status: str = PENDING
+    status: str = TransferStatus.PENDING
     holds: list[tuple[str, int]] = field(default_factory=list)
     posted: list[tuple[str, int]] = field(default_factory=list)
     voided: int = 0
@@ -234,11 +233,11 @@ class _Transfer:
 
     @property
     def held_on(self) -> str:
-        return self.member_id if self.role == PAYER else FEDERATION
+        return self.member_id if self.role == Role.PAYER else FEDERATION
 
     @property
     def credited(self) -> str:
-        return FEDERATION if self.role == PAYER else self.member_id
+        return FEDERATION if self.role == Role.PAYER else self.member_id
 
 
 _WAITING, _OPEN, _DONE = "waiting", "open", "done"
@@ -589,7 +588,7 @@ class BankReplay:
         member_id = _str(d, "member_id")
         kind = _str(d, "kind")
         own_limit = d["overdraft_limit_minutes"]
-        if kind not in (*MEMBER_KINDS, SYSTEM_KIND):
+        if kind not in (*MEMBER_KINDS, MemberKind.SYSTEM):
             raise _Malformed(f"kind {kind!r} is not a kind of account")
         if own_limit is not None and (type(own_limit) is not int or own_limit < 0):
             raise _Malformed("overdraft_limit_minutes must be a whole number >= 0 or null")
@@ -599,8 +598,8 @@ class BankReplay:
             return
         if ref.originator_id != account_id(member_id):
             self._problem(ref, IDENTITY, f"this aggregate is not the account of {member_id}", label)
-        follows_default = kind != SYSTEM_KIND and own_limit is None
-        limit = own_limit if kind != SYSTEM_KIND else None
+        follows_default = kind != MemberKind.SYSTEM and own_limit is None
+        limit = own_limit if kind != MemberKind.SYSTEM else None
         self._accounts[ref.key] = _Account(member_id, kind, limit, follows_default=follows_default)
 
     def _debited(self, d: dict[str, Any], ref: _Ref) -> None:
@@ -795,8 +794,8 @@ class BankReplay:
         role = _str(d, "role")
         member_id = _str(d, "member_id")
         minutes = _int(d, "minutes")
-        if role not in (PAYER, PAYEE):
-            raise _Malformed(f"role must be {PAYER} or {PAYEE}, not {role!r}")
+        if role not in (Role.PAYER, Role.PAYEE):
+            raise _Malformed(f"role must be {Role.PAYER} or {Role.PAYEE}, not {role!r}")
         label = f"transfer {transfer_id}"
         if ref.originator_id != transfer_id_to_uuid(transfer_id):
             self._problem(ref, IDENTITY, f"this aggregate is not transfer {transfer_id}", label)
@@ -817,7 +816,11 @@ class BankReplay:
             self._problem(ref, TRANSFER, "a decision on a transfer that is not pending here")
             return
         transfer = self._transfer(transfer_id, ref)
-        transfer.status = COMMITTED if ref.topic == self._committed_topic else ABORTED
+        transfer.status = (
+            TransferStatus.COMMITTED
+            if ref.topic == self._committed_topic
+            else TransferStatus.ABORTED
+        )
         self._review(transfer, ref)
 
     def _review(self, transfer: _Transfer, ref: _Ref) -> None:
@@ -844,13 +847,13 @@ class BankReplay:
     def _state(t: _Transfer) -> tuple[str, str]:
         if not t.started:
             return _WAITING, "its hold or postings have no Started event here"
-        if t.status == PENDING:
+        if t.status == TransferStatus.PENDING:
             if t.posted or t.voided or t.credits:
                 return _WAITING, "it is posted or voided, but never decided"
             if not t.holds:
                 return _WAITING, "it started, but no hold was placed"
             return _OPEN, ""
-        if t.status == COMMITTED:
+        if t.status == TransferStatus.COMMITTED:
             if not t.holds:
                 return _WAITING, "it is committed, but no hold was ever placed"
             if not t.posted or not t.credits:
@@ -875,7 +878,7 @@ class BankReplay:
     def _errors(t: _Transfer) -> list[str]:
         """What is wrong with the transfer's holds and postings, against its own terms."""
         errors = []
-        if t.role == PAYER and not t.holds:
+        if t.role == Role.PAYER and not t.holds:
             errors.append("the payer's minutes were never held")
         if len(t.holds) > 1:
             errors.append(f"it is held {len(t.holds)} times")
@@ -884,7 +887,7 @@ class BankReplay:
             for account, minutes in t.holds
             if (account, minutes) != (t.held_on, t.minutes)
         ]
-        if t.status == COMMITTED:
+        if t.status == TransferStatus.COMMITTED:
             if len(t.posted) != 1 or len(t.credits) != 1:
                 errors.append(
                     f"it is posted {len(t.posted)} time(s) and credited {len(t.credits)} "
@@ -900,7 +903,7 @@ class BankReplay:
                 for account, minutes in t.credits
                 if (account, minutes) != (t.credited, t.minutes)
             ]
-        elif t.status == ABORTED and (t.posted or t.credits):
+        elif t.status == TransferStatus.ABORTED and (t.posted or t.credits):
             errors.append("it is aborted, but posted")
         return errors
 

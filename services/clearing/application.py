@@ -14,6 +14,7 @@ from uuid import UUID
 from eventsourcing.domain import Aggregate
 from eventsourcing.utils import get_topic
 
+from services.clearing import APPLICATION_NAME
 from services.clearing.domain import (
     ACTIVE,
     DEFAULT_DEADLINE_SECONDS,
@@ -189,7 +190,7 @@ class _TransferIndex:
 class Clearing(ServiceApplication):
     """The clearing house. One process; commands and received batches run under one lock."""
 
-    name = "Clearing"
+    name = APPLICATION_NAME
 
     def __init__(
         self,

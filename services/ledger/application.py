@@ -24,27 +24,30 @@ from services.common.idempotency import IdempotencyConflict, IdempotencyRecord, 
 from services.common.inbox import MessageRejected, Outcome, Received, UnitOfWork, receive_from
 from services.common.outbox import Outbox, outbox_id
 from services.common.stores import Store
+from services.ledger import APPLICATION_NAME
 from services.ledger.domain import (
-    COMMITTED,
     DEFAULT_MAX_EXCHANGE_MINUTES,
     DEFAULT_OVERDRAFT_MINUTES,
+    FEDERATION_ACCOUNT,
     MEMBER_ID_PATTERN,
-    PAYEE,
-    PAYER,
-    PENDING,
+    SETTLEMENT_ACCOUNT,
     SYSTEM_ACCOUNTS,
-    SYSTEM_KIND,
     Account,
-    BankDirectory,
     BankPolicy,
-    CrossBankTransfer,
     InvalidRequest,
     LedgerError,
+    MemberKind,
     account_id,
     check_amount,
     check_memo,
     post_hold_to_counterparty,
     post_settlement,
+)
+from services.ledger.domain_federation import (
+    BankDirectory,
+    CrossBankTransfer,
+    Role,
+    TransferStatus,
     transfer_id_to_uuid,
 )
 from shared.protocol import (
@@ -184,7 +187,7 @@ class Ledger(ServiceApplication):
     fresh state. Either way no update is lost and no rule is checked against stale balances.
     """
 
-    name = "Ledger"
+    name = APPLICATION_NAME
     snapshotting_intervals = {Account: 200}  # noqa: RUF012 (eventsourcing's class attribute)
 
     def __init__(
@@ -253,7 +256,7 @@ class Ledger(ServiceApplication):
         with self._summary_lock:
             for position, event in self.follow_events(self._summary_next, _SUMMARY_TOPICS):
                 match event:
-                    case Account.Opened(kind=kind) if kind != SYSTEM_KIND:
+                    case Account.Opened(kind=kind) if kind != MemberKind.SYSTEM:
                         self._summary_members += 1
                     case Account.Credited(minutes=minutes):
                         self._summary_total += minutes
@@ -277,7 +280,7 @@ class Ledger(ServiceApplication):
         idempotency: IdempotencyKey | None = None,
     ) -> Executed[MemberView]:
         def command() -> tuple[Sequence[Aggregate], MemberView]:
-            if kind == SYSTEM_KIND:
+            if kind == MemberKind.SYSTEM:
                 raise InvalidRequest("system accounts are opened by the bank itself")
             # Checked first: an id that is taken (a system account's too) is taken, whatever
             # else is wrong with the request.
@@ -391,7 +394,7 @@ class Ledger(ServiceApplication):
             transfer_id = str(uuid4())
             transfer = CrossBankTransfer(
                 transfer_id=transfer_id,
-                role=PAYER,
+                role=Role.PAYER,
                 member_id=payer,
                 other_bank=to_bank,
                 other_member=payee,
@@ -401,7 +404,7 @@ class Ledger(ServiceApplication):
             account.place_hold(
                 transfer_id,
                 minutes,
-                SYSTEM_ACCOUNTS[0],
+                FEDERATION_ACCOUNT,
                 memo,
                 "transfer",
                 self.default_overdraft_minutes,
@@ -420,7 +423,7 @@ class Ledger(ServiceApplication):
                     requested_at=account.modified_on,
                 )
             )
-            receipt = TransferReceipt(transfer_id=transfer_id, status=PENDING)
+            receipt = TransferReceipt(transfer_id=transfer_id, status=TransferStatus.PENDING)
             return [account, transfer, outbox], receipt
 
         return self._execute(command, idempotency, TransferReceipt)
@@ -479,8 +482,8 @@ class Ledger(ServiceApplication):
                 settlement_id=settlement_id, paid_minutes=paid, received_minutes=received
             ):
                 post_settlement(
-                    self._uow_account(uow, SYSTEM_ACCOUNTS[0]),
-                    self._uow_account(uow, SYSTEM_ACCOUNTS[1]),
+                    self._uow_account(uow, FEDERATION_ACCOUNT),
+                    self._uow_account(uow, SETTLEMENT_ACCOUNT),
                     settlement_id,
                     paid - received,
                 )
@@ -493,7 +496,7 @@ class Ledger(ServiceApplication):
         transfer = uow.add(
             CrossBankTransfer(
                 transfer_id=message.transfer_id,
-                role=PAYEE,
+                role=Role.PAYEE,
                 member_id=message.payee,
                 other_bank=message.payer_bank,
                 other_member=message.payer,
@@ -532,7 +535,7 @@ class Ledger(ServiceApplication):
         if transfer is None:
             raise MessageRejected(f"no transfer {message.transfer_id} at {self.bank_id}")
         committed = isinstance(message, TransferCommitted)
-        if transfer.status == PENDING:
+        if transfer.status == TransferStatus.PENDING:
             held_on = self._uow_account(uow, transfer.held_on)
             if committed:
                 post_hold_to_counterparty(
@@ -542,7 +545,7 @@ class Ledger(ServiceApplication):
             else:
                 held_on.void_hold(transfer.transfer_id)
                 transfer.abort(message.reason if isinstance(message, TransferAborted) else "")
-        elif (transfer.status == COMMITTED) != committed:
+        elif (transfer.status == TransferStatus.COMMITTED) != committed:
             raise MessageRejected(
                 f"transfer {transfer.transfer_id} is {transfer.status} here; "
                 f"the clearing house says {'committed' if committed else 'aborted'}"
@@ -614,7 +617,7 @@ class Ledger(ServiceApplication):
             if not self.exists(account_id(member_id)):
                 # Another process may open it first; then it exists, which is all we need.
                 with contextlib.suppress(IntegrityError):
-                    self.save(Account.open(member_id, member_id.title(), SYSTEM_KIND))
+                    self.save(Account.open(member_id, member_id.title(), MemberKind.SYSTEM))
 
     def _record_policy(self) -> None:
         """Record the default overdraft limit in the log when it is new or has changed."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from enum import StrEnum
 from typing import Any
 from uuid import NAMESPACE_URL, UUID, uuid5
 
@@ -13,10 +14,19 @@ from eventsourcing.domain import Aggregate, event
 DEFAULT_OVERDRAFT_MINUTES = 10 * 60
 DEFAULT_MAX_EXCHANGE_MINUTES = 100 * 60
 
-MEMBER_KINDS = ("person", "organisation")
-SYSTEM_KIND = "system"
+
+class MemberKind(StrEnum):
+    PERSON = "person"
+    ORGANISATION = "organisation"
+    SYSTEM = "system"  # the bank's own accounts
+
+
+MEMBER_KINDS = (MemberKind.PERSON, MemberKind.ORGANISATION)
 # The bank's side of the clearing house, and where settled amounts land.
-SYSTEM_ACCOUNTS = ("federation", "settlement")
+FEDERATION_ACCOUNT = "federation"
+SETTLEMENT_ACCOUNT = "settlement"
+SYSTEM_ACCOUNTS = (FEDERATION_ACCOUNT, SETTLEMENT_ACCOUNT)
+# The kind of entry a completed settlement cycle posts.
 SETTLEMENT_KIND = "settlement"
 
 MEMBER_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -92,13 +102,13 @@ class Account(Aggregate):
                 "starting with a letter or digit"
             )
         # Case-insensitive, so no member can pass for a system account on a statement.
-        if member_id.lower() in SYSTEM_ACCOUNTS and kind != SYSTEM_KIND:
+        if member_id.lower() in SYSTEM_ACCOUNTS and kind != MemberKind.SYSTEM:
             raise InvalidRequest(f"'{member_id}' is reserved for the bank's system account")
-        if kind == SYSTEM_KIND and member_id not in SYSTEM_ACCOUNTS:
+        if kind == MemberKind.SYSTEM and member_id not in SYSTEM_ACCOUNTS:
             raise InvalidRequest(
                 f"only the bank's own accounts ({', '.join(SYSTEM_ACCOUNTS)}) are of kind system"
             )
-        if kind not in (*MEMBER_KINDS, SYSTEM_KIND):
+        if kind not in (*MEMBER_KINDS, MemberKind.SYSTEM):
             raise InvalidRequest(f"kind must be one of {', '.join(MEMBER_KINDS)}")
         if not name.strip() or len(name) > MAX_NAME_LENGTH:
             raise InvalidRequest(f"name must be 1-{MAX_NAME_LENGTH} characters")
@@ -136,7 +146,7 @@ class Account(Aggregate):
 
     @property
     def is_system(self) -> bool:
-        return self.kind == SYSTEM_KIND
+        return self.kind == MemberKind.SYSTEM
 
     @property
     def available_minutes(self) -> int:
@@ -351,101 +361,7 @@ def post_settlement(
     target.credit(entry_id, minutes, source.member_id, memo, SETTLEMENT_KIND)
 
 
-PENDING = "pending"
-COMMITTED = "committed"
-ABORTED = "aborted"
-PAYER = "payer"
-PAYEE = "payee"
-
-_TRANSFER_NAMESPACE = uuid5(NAMESPACE_URL, "urn:timebank-federation:bank-transfer")
-_DIRECTORY_ID = uuid5(NAMESPACE_URL, "urn:timebank-federation:bank-directory")
 _POLICY_ID = uuid5(NAMESPACE_URL, "urn:timebank-federation:bank-policy")
-
-
-class TransferDecided(LedgerError):
-    """The clearing house's decision for this transfer is already applied here."""
-
-
-def transfer_id_to_uuid(transfer_id: str) -> UUID:
-    return uuid5(_TRANSFER_NAMESPACE, transfer_id)
-
-
-class CrossBankTransfer(Aggregate):
-    """This bank's side of one cross-bank transfer: as the payer's bank or the payee's.
-
-    It is keyed by the transfer id, so the same transfer can never hold minutes twice here,
-    and it changes only on the clearing house's decision, once.
-    """
-
-    @staticmethod
-    def create_id(transfer_id: str, **_: Any) -> UUID:
-        return transfer_id_to_uuid(transfer_id)
-
-    class Started(Aggregate.Created):
-        transfer_id: str
-        role: str
-        member_id: str
-        other_bank: str
-        other_member: str
-        minutes: int
-        memo: str
-
-    @event(Started)
-    def __init__(
-        self,
-        transfer_id: str,
-        role: str,
-        member_id: str,
-        other_bank: str,
-        other_member: str,
-        minutes: int,
-        memo: str,
-    ) -> None:
-        self.transfer_id = transfer_id
-        self.role = role
-        self.member_id = member_id
-        self.other_bank = other_bank
-        self.other_member = other_member
-        self.minutes = minutes
-        self.memo = memo
-        self.status = PENDING
-        self.reason: str | None = None
-
-    @property
-    def party(self) -> str:
-        return f"{self.other_bank}/{self.other_member}"
-
-    @property
-    def held_on(self) -> str:
-        """The account whose hold carries this transfer until the decision."""
-        return self.member_id if self.role == PAYER else SYSTEM_ACCOUNTS[0]
-
-    def _check_pending(self) -> None:
-        if self.status != PENDING:
-            raise TransferDecided(f"transfer {self.transfer_id} is already {self.status}")
-
-    class Committed(Aggregate.Event):
-        pass
-
-    def commit(self) -> None:
-        self._check_pending()
-        self._committed()
-
-    @event(Committed)
-    def _committed(self) -> None:
-        self.status = COMMITTED
-
-    class Aborted(Aggregate.Event):
-        reason: str
-
-    def abort(self, reason: str) -> None:
-        self._check_pending()
-        self._aborted(reason=reason)
-
-    @event(Aborted)
-    def _aborted(self, reason: str) -> None:
-        self.status = ABORTED
-        self.reason = reason
 
 
 class BankPolicy(Aggregate):
@@ -474,28 +390,3 @@ class BankPolicy(Aggregate):
     @event(DefaultOverdraftChanged)
     def _default_overdraft_changed(self, default_overdraft_minutes: int) -> None:
         self.default_overdraft_minutes = default_overdraft_minutes
-
-
-class BankDirectory(Aggregate):
-    """The federation's member banks as the clearing house last announced them."""
-
-    @staticmethod
-    def create_id(**_: Any) -> UUID:
-        return _DIRECTORY_ID
-
-    class Opened(Aggregate.Created):
-        pass
-
-    @event(Opened)
-    def __init__(self) -> None:
-        self.banks: dict[str, dict[str, str]] = {}
-
-    class Replaced(Aggregate.Event):
-        banks: list[dict[str, str]]
-
-    def replace(self, banks: list[dict[str, str]]) -> None:
-        self._replaced(banks=banks)
-
-    @event(Replaced)
-    def _replaced(self, banks: list[dict[str, str]]) -> None:
-        self.banks = {b["bank_id"]: b for b in banks}

@@ -14,7 +14,10 @@ from services.common.settings import (
     check_store_url,
     service_tokens,
 )
-from services.ledger.domain import DEFAULT_MAX_EXCHANGE_MINUTES, DEFAULT_OVERDRAFT_MINUTES
+from services.ledger.domain import (
+    DEFAULT_MAX_EXCHANGE_MINUTES,
+    DEFAULT_OVERDRAFT_MINUTES,
+)
 from shared.bus import DEFAULT_BUS, DEFAULT_NAMESPACE, Bus
 from shared.identifiers import InvalidBankId, check_bank_id
 from shared.signing import SigningKey, SigningKeyError

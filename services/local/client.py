@@ -10,9 +10,9 @@ from typing import Any
 
 import httpx2 as httpx
 
+from services.ledger.domain import FEDERATION_ACCOUNT
+
 SETTLE_SECONDS = 20.0
-# The system account that holds each bank's side of every cross-bank transfer.
-FEDERATION_ACCOUNT = "federation"
 
 
 class RequestFailed(RuntimeError):

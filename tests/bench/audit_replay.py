@@ -37,13 +37,14 @@ from services.common.outbox import Outbox
 from services.common.stores import parse_store_url
 from services.ledger.application import Ledger
 from services.ledger.domain import (
-    PAYEE,
-    PAYER,
     Account,
-    CrossBankTransfer,
     LedgerError,
     account_id,
     post_hold_to_counterparty,
+)
+from services.ledger.domain_federation import (
+    CrossBankTransfer,
+    Role,
 )
 from shared.protocol import CLEARING, TransferRequested
 
@@ -120,7 +121,7 @@ class LogWriter:
         minutes = self.rng.randint(5, 120)
         transfer = CrossBankTransfer(
             transfer_id=str(uuid4()),
-            role=PAYER,
+            role=Role.PAYER,
             member_id=account.member_id,
             other_bank=OTHER_BANK,
             other_member="bob",
@@ -159,7 +160,7 @@ class LogWriter:
         member_id = self.rng.choice(self.member_ids)
         transfer = CrossBankTransfer(
             transfer_id=str(uuid4()),
-            role=PAYEE,
+            role=Role.PAYEE,
             member_id=member_id,
             other_bank=OTHER_BANK,
             other_member="bob",

@@ -40,7 +40,9 @@ from services.audit.replay import (
 from services.common.chain import rolling_hashes
 from services.common.stores import parse_store_url
 from services.ledger.application import IdempotencyKey, Ledger
-from services.ledger.domain import DEFAULT_OVERDRAFT_MINUTES
+from services.ledger.domain import (
+    DEFAULT_OVERDRAFT_MINUTES,
+)
 from shared.protocol import (
     CLEARING,
     AnyMessage,

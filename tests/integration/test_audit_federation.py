@@ -34,7 +34,9 @@ from services.common.outbox import QUEUED_TOPIC, envelope_of
 from services.common.stores import parse_store_url
 from services.ledger.application import Ledger
 from services.ledger.checkpoints import Checkpointer
-from services.ledger.domain import DEFAULT_OVERDRAFT_MINUTES
+from services.ledger.domain import (
+    DEFAULT_OVERDRAFT_MINUTES,
+)
 from shared.protocol import CLEARING
 from shared.signing import SigningKey, checkpoint_payload
 from tests.helpers import run_in_terminal

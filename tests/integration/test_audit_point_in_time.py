@@ -10,7 +10,9 @@ from fastapi.testclient import TestClient
 
 from services.audit.eventlog import open_event_log
 from services.audit.replay import audit_bank
-from services.ledger.domain import DEFAULT_OVERDRAFT_MINUTES
+from services.ledger.domain import (
+    DEFAULT_OVERDRAFT_MINUTES,
+)
 
 MEMBERS = ("ann", "bob", "cat")
 DEFAULT_LIMIT = DEFAULT_OVERDRAFT_MINUTES

@@ -22,7 +22,9 @@ from services.common.relay import OutboxRelay
 from services.common.stores import parse_store_url
 from services.ledger.api import ledger_bus_worker
 from services.ledger.application import Ledger
-from services.ledger.domain import OverdraftLimitExceeded
+from services.ledger.domain import (
+    OverdraftLimitExceeded,
+)
 from services.local.nats_server import NatsServer
 from shared.bus import (
     DEAD_REASON_HEADER,

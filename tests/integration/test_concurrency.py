@@ -22,7 +22,10 @@ from services.ledger.application import (
     MemberView,
     StoreBusy,
 )
-from services.ledger.domain import OverdraftLimitExceeded, account_id
+from services.ledger.domain import (
+    OverdraftLimitExceeded,
+    account_id,
+)
 
 T = TypeVar("T")
 LedgerFactory = Callable[..., Ledger]

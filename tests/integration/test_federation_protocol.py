@@ -21,7 +21,11 @@ from services.common.inbox import Outcome, Received, UnitOfWork
 from services.common.outbox import QUEUED_TOPIC, envelope_of
 from services.common.stores import parse_store_url
 from services.ledger.application import Ledger, UnknownBank, UnknownMember, UnknownTransfer
-from services.ledger.domain import Account, OverdraftLimitExceeded, account_id
+from services.ledger.domain import (
+    Account,
+    OverdraftLimitExceeded,
+    account_id,
+)
 from shared.protocol import (
     CLEARING,
     AnyMessage,

@@ -42,13 +42,14 @@ from services.audit.replay import (
 from services.common.idempotency import IdempotencyRecord
 from services.common.outbox import Outbox
 from services.ledger.domain import (
-    PAYEE,
-    PAYER,
     SYSTEM_ACCOUNTS,
     Account,
     BankPolicy,
-    CrossBankTransfer,
     post_hold_to_counterparty,
+)
+from services.ledger.domain_federation import (
+    CrossBankTransfer,
+    Role,
 )
 from shared.protocol import CLEARING
 
@@ -126,7 +127,7 @@ class Log:
         """The payer's bank: hold and Started in one save, as Ledger.request_transfer."""
         transfer = CrossBankTransfer(
             transfer_id=str(uuid4()),
-            role=PAYER,
+            role=Role.PAYER,
             member_id=payer,
             other_bank="college",
             other_member="bob",
@@ -158,7 +159,7 @@ class Log:
         """The payee's bank: Started and a pending credit held on `federation`."""
         transfer = CrossBankTransfer(
             transfer_id=str(uuid4()),
-            role=PAYEE,
+            role=Role.PAYEE,
             member_id=payee,
             other_bank="gp",
             other_member="maya",
@@ -307,7 +308,7 @@ def test_a_credit_request_and_its_abort_in_one_save_pass() -> None:
     log.open("bob")
     transfer = CrossBankTransfer(
         transfer_id="t1",
-        role=PAYEE,
+        role=Role.PAYEE,
         member_id="bob",
         other_bank="gp",
         other_member="maya",
@@ -326,7 +327,7 @@ def test_a_refused_payee_aborts_without_a_hold() -> None:
     log = Log()
     transfer = CrossBankTransfer(
         transfer_id="t1",
-        role=PAYEE,
+        role=Role.PAYEE,
         member_id="nobody",
         other_bank="gp",
         other_member="maya",
