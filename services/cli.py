@@ -10,12 +10,12 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from types import FrameType
-from typing import Annotated, Any
+from typing import Annotated, Any, Protocol, TypeVar
 
 import typer
 
 from services.audit.cli import audit_app
-from services.ledger.domain import (
+from services.ledger.domain_terms import (
     DEFAULT_MAX_EXCHANGE_MINUTES,
     DEFAULT_OVERDRAFT_MINUTES,
 )
@@ -81,14 +81,11 @@ def ledger_serve(
 ) -> None:
     """Serve one bank's ledger over HTTP. Tokens come from TIMEBANK_OPERATOR_TOKEN
     (required) and TIMEBANK_AUDITOR_TOKEN (optional, read-only)."""
-    from services.common.stores import parse_store_url
-    from services.ledger.api import create_app
-    from services.ledger.application import Ledger
-    from services.ledger.settings import LedgerSettings, SettingsError
+    from services.ledger.service import create_app, open_ledger
+    from services.ledger.settings import LedgerSettings
 
-    configure_logging(log_level)
-    try:
-        settings = LedgerSettings.build(
+    def settings() -> LedgerSettings:
+        return LedgerSettings.build(
             os.environ,
             bank_id=bank,
             store_url=store,
@@ -99,20 +96,50 @@ def ledger_serve(
             signing_key_path=signing_key,
             checkpoint_seconds=checkpoint_seconds,
         )
+
+    serve_service(
+        settings, open_ledger, create_app, lambda s: f"bank {s.bank_id}", host, port, log_level
+    )
+
+
+class ServiceSettings(Protocol):
+    @property
+    def store_url(self) -> str: ...
+
+
+class ServiceApplication(Protocol):
+    def close(self) -> None: ...
+
+
+S = TypeVar("S", bound=ServiceSettings)
+A = TypeVar("A", bound=ServiceApplication)
+
+
+def serve_service(
+    build_settings: Callable[[], S],
+    open_application: Callable[[S], A],
+    create_app: Callable[[S, A], Any],
+    label: Callable[[S], str],
+    host: str,
+    port: int,
+    log_level: str,
+) -> None:
+    """Check the settings, open the service's store, and serve it until SIGTERM or Ctrl-C."""
+    from services.common.settings import SettingsError
+    from services.common.stores import parse_store_url
+
+    configure_logging(log_level)
+    try:
+        settings = build_settings()
     except SettingsError as e:
         raise fail(str(e)) from None
-    store_ = parse_store_url(settings.store_url)
+    store = parse_store_url(settings.store_url)
     try:
-        ledger = Ledger(
-            settings.bank_id,
-            store_,
-            default_overdraft_minutes=settings.default_overdraft_minutes,
-            max_exchange_minutes=settings.max_exchange_minutes,
-        )
+        application = open_application(settings)
     except Exception as e:
-        raise fail(f"cannot open the store ({store_.description}): {e}") from None
-    typer.echo(f"bank {settings.bank_id}: store {store_.description}; http://{host}:{port}")
-    serve(create_app(settings, ledger), host, port, log_level, on_exit=ledger.close)
+        raise fail(f"cannot open the store ({store.description}): {e}") from None
+    typer.echo(f"{label(settings)}: store {store.description}; http://{host}:{port}")
+    serve(create_app(settings, application), host, port, log_level, on_exit=application.close)
 
 
 def serve(asgi_app: Any, host: str, port: int, log_level: str, on_exit: Callable[[], None]) -> None:
@@ -161,30 +188,21 @@ def clearing_serve(
 ) -> None:
     """Serve the clearing house over HTTP. The admin token comes from TIMEBANK_ADMIN_TOKEN
     (required); TIMEBANK_AUDITOR_TOKEN (optional) may read."""
-    from services.clearing.api import create_app
-    from services.clearing.application import Clearing
+    from services.clearing.service import create_app, open_clearing
     from services.clearing.settings import ClearingSettings
-    from services.common.settings import SettingsError
-    from services.common.stores import parse_store_url
 
-    configure_logging(log_level)
-    try:
-        settings = ClearingSettings.build(
+    def settings() -> ClearingSettings:
+        return ClearingSettings.build(
             os.environ,
             store_url=store,
             deadline_seconds=deadline_seconds,
             nats_url=nats_url,
             nats_namespace=nats_namespace,
         )
-    except SettingsError as e:
-        raise fail(str(e)) from None
-    store_ = parse_store_url(settings.store_url)
-    try:
-        clearing = Clearing(store_, deadline_seconds=settings.deadline_seconds)
-    except Exception as e:
-        raise fail(f"cannot open the store ({store_.description}): {e}") from None
-    typer.echo(f"clearing house: store {store_.description}; http://{host}:{port}")
-    serve(create_app(settings, clearing), host, port, log_level, on_exit=clearing.close)
+
+    serve_service(
+        settings, open_clearing, create_app, lambda _: "clearing house", host, port, log_level
+    )
 
 
 @contextmanager

@@ -18,8 +18,10 @@ from fastapi.testclient import TestClient
 from psycopg import sql
 
 from services.common.stores import parse_store_url
-from services.ledger.api import create_app
-from services.ledger.application import Ledger
+from services.ledger.application import (
+    Ledger,
+)
+from services.ledger.service import create_app
 from services.local.nats_server import NatsServer
 from shared.bus import Bus
 from tests.helpers import AUDITOR_TOKEN, BANK_ID, OPERATOR_TOKEN, make_settings

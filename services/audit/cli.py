@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from services.ledger.domain import (
+from services.ledger.domain_terms import (
     DEFAULT_OVERDRAFT_MINUTES,
 )
 

@@ -24,7 +24,9 @@ from eventsourcing.utils import Environment, get_topic, resolve_topic
 from psycopg import sql
 
 from services.common.stores import Store, StoreURLError, parse_store_url
-from services.ledger.application import Ledger
+from services.ledger.application import (
+    Ledger,
+)
 
 # What the ledger's recorder calls its events table on each kind of store (on PostgreSQL the
 # table is named after the application: another one's log, the clearing house's, is elsewhere).

@@ -35,11 +35,11 @@ from services.audit.eventlog import EventLog, UnreadableRow
 from services.audit.replay import BankAudit, Observer, Problem
 from services.clearing.domain import CheckpointLog, MemberBank, Transfer
 from services.ledger.domain import (
-    FEDERATION_ACCOUNT,
     Account,
-)
-from services.ledger.domain_federation import (
     CrossBankTransfer,
+)
+from services.ledger.domain_terms import (
+    FEDERATION_ACCOUNT,
 )
 from shared.signing import checkpoint_payload, verify
 

@@ -62,18 +62,18 @@ from services.common.chain import ZERO_HASH, canonical_bytes
 from services.common.idempotency import IdempotencyRecord
 from services.common.outbox import Outbox
 from services.ledger.domain import (
+    Account,
+    BankDirectory,
+    BankPolicy,
+    CrossBankTransfer,
+)
+from services.ledger.domain_terms import (
     FEDERATION_ACCOUNT,
     MEMBER_KINDS,
-    Account,
-    BankPolicy,
     MemberKind,
-    account_id,
-)
-from services.ledger.domain_federation import (
-    BankDirectory,
-    CrossBankTransfer,
     Role,
     TransferStatus,
+    account_id,
     transfer_id_to_uuid,
 )
 from shared.protocol import CLEARING

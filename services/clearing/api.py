@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-import logging
 import secrets
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from datetime import datetime
-from functools import partial
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from services.clearing.application import (
@@ -21,27 +17,10 @@ from services.clearing.application import (
     UnknownTransfer,
 )
 from services.clearing.domain import InvalidRequest, SettlementBlocked
-from services.clearing.settings import ClearingSettings
 from services.clearing.settlement import NotCreditor, SettlementOpen, UnknownObligation
-from services.common.auth import (
-    READ_ROLES,
-    WRITE_ROLES,
-    TokenRegistry,
-    bearer_token,
-    digest,
-    role_guard,
-)
-from services.common.bus_worker import BusWorker
-from services.common.http import JSONBodyGuard
-from services.common.offload import Periodic
-from services.common.problems import Problem, install_problem_handlers
-from services.common.stores import parse_store_url
-from shared.bus import CLEARING_CONSUMER, Bus
-
-log = logging.getLogger(__name__)
-
-# How often transfers past their deadline are looked for.
-EXPIRY_INTERVAL_SECONDS = 1.0
+from services.common.auth import bearer_token, digest
+from services.common.deps import Reader, Writer, application
+from services.common.problems import Problem
 
 CLEARING_ERRORS: dict[type[Exception], tuple[int, str]] = {
     InvalidRequest: (422, "invalid_request"),
@@ -138,17 +117,7 @@ class Health(BaseModel):
     service: Literal["clearing"]
 
 
-def get_clearing(request: Request) -> Clearing:
-    clearing: Clearing = request.app.state.clearing
-    return clearing
-
-
-def _tokens(request: Request) -> TokenRegistry:
-    settings: ClearingSettings = request.app.state.settings
-    return settings.tokens
-
-
-ClearingDep = Annotated[Clearing, Depends(get_clearing)]
+ClearingDep = Annotated[Clearing, Depends(application(Clearing))]
 
 
 def calling_bank(request: Request, clearing: ClearingDep) -> str:
@@ -166,8 +135,8 @@ def calling_bank(request: Request, clearing: ClearingDep) -> str:
 
 
 CallingBank = Annotated[str, Depends(calling_bank)]
-Reader = Depends(role_guard(READ_ROLES, _tokens))
-Admin = Depends(role_guard(WRITE_ROLES, _tokens))
+# The clearing house's writers are its administrators.
+Admin = Writer
 
 health = APIRouter(tags=["health"])
 banks = APIRouter(prefix="/v1/banks", tags=["banks"])
@@ -274,66 +243,4 @@ def confirm_obligation(
     return Settlement.model_validate(view, from_attributes=True)
 
 
-def clearing_bus_worker(clearing: Clearing, nats_url: str, bus: Bus) -> BusWorker:
-    return BusWorker(
-        clearing,
-        nats_url=nats_url,
-        bus=bus,
-        name="clearing",
-        stream=bus.to_clearing_stream,
-        durable=CLEARING_CONSUMER,
-        filter_subject=bus.to_clearing("*"),
-        receive=clearing.receive,
-    )
-
-
-def housekeeping(clearing: Clearing) -> None:
-    """Abort transfers past their deadline; repeat decisions not yet acknowledged."""
-    expired = clearing.expire_overdue()
-    if expired:
-        log.info("aborted %d transfer(s) past their deadline", len(expired))
-    resent = clearing.resend_unacknowledged()
-    if resent:
-        log.info("sent %d unacknowledged decision(s) again", len(resent))
-
-
-def create_app(settings: ClearingSettings, clearing: Clearing | None = None) -> FastAPI:
-    """Build the clearing house's API; without ``clearing`` it opens the settings' store."""
-
-    @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        owned = clearing is None
-        app.state.clearing = clearing or Clearing(
-            parse_store_url(settings.store_url), deadline_seconds=settings.deadline_seconds
-        )
-        worker = None
-        chores = Periodic(
-            "clearing-housekeeping",
-            partial(housekeeping, app.state.clearing),
-            EXPIRY_INTERVAL_SECONDS,
-        )
-        if settings.nats_url:
-            worker = clearing_bus_worker(app.state.clearing, settings.nats_url, settings.bus)
-            await worker.start()
-            chores.start()
-        try:
-            yield
-        finally:
-            await chores.stop()  # nothing may still be using the store when it closes
-            if worker is not None:
-                await worker.stop()
-            if owned:
-                app.state.clearing.close()
-
-    app = FastAPI(
-        title="timebank clearing house",
-        summary="Coordinates transfers between linked time banks and keeps their positions.",
-        version="1",
-        lifespan=lifespan,
-    )
-    app.state.settings = settings
-    app.add_middleware(JSONBodyGuard)
-    install_problem_handlers(app, CLEARING_ERRORS)
-    for router in (health, banks, positions, transfers, settlements):
-        app.include_router(router)
-    return app
+ROUTERS = (health, banks, positions, transfers, settlements)

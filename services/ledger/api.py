@@ -2,38 +2,26 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, FastAPI, Header, Request, Response
+from fastapi import APIRouter, Depends, Header, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from services.common.auth import READ_ROLES, WRITE_ROLES, TokenRegistry, role_guard
-from services.common.bus_worker import BusWorker
-from services.common.http import JSONBodyGuard
+from services.common.deps import Reader, Writer, application
 from services.common.idempotency import (
     IdempotencyConflict,
     InvalidIdempotencyKey,
     check_key,
     fingerprint,
 )
-from services.common.offload import Periodic
-from services.common.problems import install_problem_handlers
-from services.common.stores import parse_store_url
 from services.ledger.application import (
-    Executed,
-    IdempotencyKey,
     Ledger,
     MemberExists,
-    StoreBusy,
     UnknownBank,
     UnknownMember,
     UnknownTransfer,
 )
-from services.ledger.checkpoints import Checkpointer
-from services.ledger.domain import (
+from services.ledger.domain_terms import (
     MAX_MEMO_LENGTH,
     MAX_NAME_LENGTH,
     HoldExists,
@@ -42,7 +30,15 @@ from services.ledger.domain import (
     UnknownHold,
 )
 from services.ledger.settings import LedgerSettings
-from shared.bus import Bus, bank_consumer
+from services.ledger.views import (
+    BankSummary,
+    CrossBankTransferView,
+    ExchangeReceipt,
+    MemberView,
+    Statement,
+    TransferReceipt,
+)
+from services.ledger.writer import Executed, IdempotencyKey, StoreBusy
 
 LEDGER_ERRORS: dict[type[Exception], tuple[int, str]] = {
     InvalidRequest: (422, "invalid_request"),
@@ -75,47 +71,11 @@ class NewMember(RequestBody):
     )
 
 
-class Member(BaseModel):
-    member_id: str
-    name: str
-    kind: Literal["person", "organisation", "system"]
-    balance_minutes: int
-    held_minutes: int
-    available_minutes: int
-    overdraft_limit_minutes: int | None = Field(
-        description="How far below zero the member may go; null for system accounts."
-    )
-
-
 class NewExchange(RequestBody):
     payer: str = Field(min_length=1, max_length=64, description="The member who received help.")
     payee: str = Field(min_length=1, max_length=64, description="The member who gave it.")
     minutes: int = Field(gt=0, examples=[90])
     memo: str = Field(max_length=MAX_MEMO_LENGTH, examples=["Lift to the hospital"])
-
-
-class Exchange(BaseModel):
-    exchange_id: str
-    payer: str
-    payee: str
-    minutes: int
-    memo: str
-    recorded_at: datetime
-
-
-class StatementEntry(BaseModel):
-    at: datetime
-    minutes: int = Field(description="Signed: positive when earned, negative when spent.")
-    counterparty: str
-    memo: str
-    kind: str
-    entry_id: str = Field(description="The exchange's or the cross-bank transfer's id.")
-
-
-class Statement(BaseModel):
-    member_id: str
-    balance_minutes: int
-    entries: list[StatementEntry]
 
 
 class NewTransfer(RequestBody):
@@ -126,29 +86,6 @@ class NewTransfer(RequestBody):
     memo: str = Field(max_length=MAX_MEMO_LENGTH, examples=["Evening class at the college"])
 
 
-class TransferAccepted(BaseModel):
-    transfer_id: str
-    status: Literal["pending"]
-
-
-class Transfer(BaseModel):
-    transfer_id: str
-    status: Literal["pending", "committed", "aborted"]
-    reason: str | None = Field(description="Why it was aborted: a stable code.")
-    payer_bank: str
-    payer: str
-    payee_bank: str
-    payee: str
-    minutes: int
-    memo: str
-
-
-class Bank(BaseModel):
-    bank: str
-    members: int
-    total_posted_minutes: int = Field(description="Sum of every posted balance: always 0.")
-
-
 class Health(BaseModel):
     status: Literal["ok"]
     bank: str
@@ -156,20 +93,7 @@ class Health(BaseModel):
 
 # Dependencies.
 
-
-def get_ledger(request: Request) -> Ledger:
-    ledger: Ledger = request.app.state.ledger
-    return ledger
-
-
-def _tokens(request: Request) -> TokenRegistry:
-    settings: LedgerSettings = request.app.state.settings
-    return settings.tokens
-
-
-LedgerDep = Annotated[Ledger, Depends(get_ledger)]
-Reader = Depends(role_guard(READ_ROLES, _tokens))
-Writer = Depends(role_guard(WRITE_ROLES, _tokens))
+LedgerDep = Annotated[Ledger, Depends(application(Ledger))]
 IdempotencyKeyHeader = Annotated[
     str | None,
     Header(
@@ -209,7 +133,7 @@ def healthz(request: Request) -> Health:
 @members.post("", status_code=201, dependencies=[Writer])
 def open_member(
     body: NewMember, ledger: LedgerDep, response: Response, key: IdempotencyKeyHeader = None
-) -> Member:
+) -> MemberView:
     """Open an account for a person or an organisation, at a zero balance."""
     executed = ledger.open_member(
         body.member_id,
@@ -219,25 +143,25 @@ def open_member(
         idempotency=idempotency(key, "POST /v1/members", body),
     )
     mark_replay(response, executed)
-    return Member.model_validate(executed.value, from_attributes=True)
+    return executed.value
 
 
 @members.get("/{member_id}", dependencies=[Reader])
-def get_member(member_id: str, ledger: LedgerDep) -> Member:
+def get_member(member_id: str, ledger: LedgerDep) -> MemberView:
     """A member's posted, held and available balance, and overdraft limit."""
-    return Member.model_validate(ledger.get_member(member_id), from_attributes=True)
+    return ledger.get_member(member_id)
 
 
 @members.get("/{member_id}/statement", dependencies=[Reader])
 def get_statement(member_id: str, ledger: LedgerDep) -> Statement:
     """Every posted entry on a member's account, oldest first; they sum to the balance."""
-    return Statement.model_validate(ledger.statement(member_id), from_attributes=True)
+    return ledger.statement(member_id)
 
 
 @exchanges.post("", status_code=201, dependencies=[Writer])
 def record_exchange(
     body: NewExchange, ledger: LedgerDep, response: Response, key: IdempotencyKeyHeader = None
-) -> Exchange:
+) -> ExchangeReceipt:
     """Record a local exchange: the payer received help and pays the payee who gave it."""
     executed = ledger.exchange(
         body.payer,
@@ -247,13 +171,13 @@ def record_exchange(
         idempotency=idempotency(key, "POST /v1/exchanges", body),
     )
     mark_replay(response, executed)
-    return Exchange.model_validate(executed.value, from_attributes=True)
+    return executed.value
 
 
 @transfers.post("", status_code=202, dependencies=[Writer])
 def request_transfer(
     body: NewTransfer, ledger: LedgerDep, response: Response, key: IdempotencyKeyHeader = None
-) -> TransferAccepted:
+) -> TransferReceipt:
     """Pay a member of another bank: the minutes are held now and move when the clearing house
     commits; poll the transfer to see its outcome."""
     executed = ledger.request_transfer(
@@ -265,94 +189,19 @@ def request_transfer(
         idempotency=idempotency(key, "POST /v1/transfers", body),
     )
     mark_replay(response, executed)
-    return TransferAccepted(transfer_id=executed.value.transfer_id, status="pending")
+    return executed.value
 
 
 @transfers.get("/{transfer_id}", dependencies=[Reader])
-def get_transfer(transfer_id: str, ledger: LedgerDep) -> Transfer:
+def get_transfer(transfer_id: str, ledger: LedgerDep) -> CrossBankTransferView:
     """A cross-bank transfer as this bank sees it: pending, committed or aborted (with why)."""
-    view = ledger.get_transfer(transfer_id)
-    here = (ledger.bank_id, view.member_id)
-    there = (view.other_bank, view.other_member)
-    (payer_bank, payer), (payee_bank, payee) = (
-        (here, there) if view.role == "payer" else (there, here)
-    )
-    return Transfer(
-        transfer_id=view.transfer_id,
-        status=view.status,  # type: ignore[arg-type]
-        reason=view.reason,
-        payer_bank=payer_bank,
-        payer=payer,
-        payee_bank=payee_bank,
-        payee=payee,
-        minutes=view.minutes,
-        memo=view.memo,
-    )
+    return ledger.get_transfer(transfer_id)
 
 
 @bank.get("", dependencies=[Reader])
-def get_bank(ledger: LedgerDep) -> Bank:
+def get_bank(ledger: LedgerDep) -> BankSummary:
     """The bank's member count and the sum of all posted balances (zero, by double entry)."""
-    return Bank.model_validate(ledger.summary(), from_attributes=True)
+    return ledger.summary()
 
 
-def ledger_bus_worker(ledger: Ledger, nats_url: str, bus: Bus) -> BusWorker:
-    """The bank's link to the clearing house: its outbox out, its inbox in."""
-    return BusWorker(
-        ledger,
-        nats_url=nats_url,
-        bus=bus,
-        name=f"bank-{ledger.bank_id}",
-        stream=bus.to_banks_stream,
-        durable=bank_consumer(ledger.bank_id),
-        filter_subject=bus.to_bank(ledger.bank_id),
-        receive=ledger.receive,
-    )
-
-
-def create_app(settings: LedgerSettings, ledger: Ledger | None = None) -> FastAPI:
-    """Build one bank's API. Without ``ledger``, it opens the settings' store at start-up."""
-
-    @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        owned = ledger is None
-        app.state.ledger = ledger or Ledger(
-            settings.bank_id,
-            parse_store_url(settings.store_url),
-            default_overdraft_minutes=settings.default_overdraft_minutes,
-            max_exchange_minutes=settings.max_exchange_minutes,
-        )
-        worker = None
-        checkpoints: Periodic | None = None
-        if settings.nats_url:
-            worker = ledger_bus_worker(app.state.ledger, settings.nats_url, settings.bus)
-            await worker.start()
-            if settings.signing_key is not None:
-                checkpointer = Checkpointer(app.state.ledger, settings.signing_key)
-                checkpoints = Periodic(
-                    "checkpoints", checkpointer.checkpoint_and_log, settings.checkpoint_seconds
-                )
-                checkpoints.start()
-        try:
-            yield
-        finally:
-            if checkpoints is not None:
-                await checkpoints.stop()  # nothing may still be using the store when it closes
-            if worker is not None:
-                await worker.stop()
-            if owned:
-                app.state.ledger.close()
-
-    app = FastAPI(
-        title=f"timebank ledger: {settings.bank_id}",
-        summary="One time bank's event-sourced ledger, in integer minutes.",
-        version="1",
-        lifespan=lifespan,
-    )
-    app.state.settings = settings
-
-    app.add_middleware(JSONBodyGuard)
-    install_problem_handlers(app, LEDGER_ERRORS)
-    for router in (health, members, exchanges, transfers, bank):
-        app.include_router(router)
-    return app
+ROUTERS = (health, members, exchanges, transfers, bank)

@@ -3,80 +3,55 @@
 from __future__ import annotations
 
 import contextlib
-import logging
-import random
-import threading
-import time
-from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
-from datetime import datetime
-from functools import partial
-from typing import Any, Generic, TypeVar
+from collections.abc import Sequence
 from uuid import uuid4
 
-import msgspec
 from eventsourcing.domain import Aggregate
 from eventsourcing.persistence import IntegrityError
-from eventsourcing.utils import get_topic
 
 from services.common.application import ServiceApplication
-from services.common.idempotency import IdempotencyConflict, IdempotencyRecord, record_id
-from services.common.inbox import MessageRejected, Outcome, Received, UnitOfWork, receive_from
+from services.common.inbox import Outcome, Received, receive_from
 from services.common.outbox import Outbox, outbox_id
 from services.common.stores import Store
 from services.ledger import APPLICATION_NAME
 from services.ledger.domain import (
+    Account,
+    BankDirectory,
+    BankPolicy,
+    CrossBankTransfer,
+    post_hold_to_counterparty,
+)
+from services.ledger.domain_terms import (
     DEFAULT_MAX_EXCHANGE_MINUTES,
     DEFAULT_OVERDRAFT_MINUTES,
     FEDERATION_ACCOUNT,
     MEMBER_ID_PATTERN,
-    SETTLEMENT_ACCOUNT,
     SYSTEM_ACCOUNTS,
-    Account,
-    BankPolicy,
     InvalidRequest,
     LedgerError,
     MemberKind,
+    Role,
+    TransferStatus,
     account_id,
     check_amount,
     check_memo,
-    post_hold_to_counterparty,
-    post_settlement,
-)
-from services.ledger.domain_federation import (
-    BankDirectory,
-    CrossBankTransfer,
-    Role,
-    TransferStatus,
     transfer_id_to_uuid,
 )
-from shared.protocol import (
-    CLEARING,
-    AnyMessage,
-    CheckpointPublished,
-    CreditPrepared,
-    CreditRefused,
-    CreditRequested,
-    DecisionApplied,
-    DirectoryChanged,
-    Envelope,
-    SettlementCompleted,
-    TransferAborted,
-    TransferCommitted,
-    TransferRequested,
+from services.ledger.handlers import BankHandlers
+from services.ledger.views import (
+    BankSummary,
+    BankTotals,
+    CrossBankTransferView,
+    ExchangeReceipt,
+    MemberView,
+    Statement,
+    TransferReceipt,
+    cross_bank_transfer_view,
+    member_view,
+    statement,
 )
-
-log = logging.getLogger(__name__)
-
-T = TypeVar("T")
-
-# A command that loses a race with another process re-reads and decides again, this often.
-MAX_ATTEMPTS = 10
-RETRY_PAUSE_SECONDS = 0.001
-_SUMMARY_TOPICS = [
-    get_topic(cls)
-    for cls in (Account.Opened, Account.Credited, Account.Debited, Account.HoldPosted)
-]
+from services.ledger.writer import Executed, IdempotencyKey, Writer
+from shared.protocol import CLEARING, CheckpointPublished, Envelope, TransferRequested
 
 
 class UnknownMember(LedgerError):
@@ -93,88 +68,6 @@ class UnknownBank(LedgerError):
 
 class UnknownTransfer(LedgerError):
     """No cross-bank transfer with that id at this bank."""
-
-
-class StoreBusy(LedgerError):
-    """Other writers kept winning the race for the same accounts; the command can be retried."""
-
-
-@dataclass(frozen=True)
-class MemberView:
-    member_id: str
-    name: str
-    kind: str
-    balance_minutes: int
-    held_minutes: int
-    available_minutes: int
-    overdraft_limit_minutes: int | None
-
-
-@dataclass(frozen=True)
-class ExchangeReceipt:
-    exchange_id: str
-    payer: str
-    payee: str
-    minutes: int
-    memo: str
-    recorded_at: datetime
-
-
-@dataclass(frozen=True)
-class StatementEntry:
-    at: datetime
-    minutes: int
-    counterparty: str
-    memo: str
-    kind: str
-    entry_id: str
-
-
-@dataclass(frozen=True)
-class Statement:
-    member_id: str
-    balance_minutes: int
-    entries: list[StatementEntry]
-
-
-@dataclass(frozen=True)
-class BankSummary:
-    bank: str
-    members: int
-    total_posted_minutes: int
-
-
-@dataclass(frozen=True)
-class TransferReceipt:
-    transfer_id: str
-    status: str
-
-
-@dataclass(frozen=True)
-class TransferView:
-    transfer_id: str
-    status: str
-    reason: str | None
-    role: str
-    member_id: str
-    other_bank: str
-    other_member: str
-    minutes: int
-    memo: str
-
-
-@dataclass(frozen=True)
-class IdempotencyKey:
-    key: str
-    fingerprint: str
-
-
-@dataclass(frozen=True)
-class Executed(Generic[T]):
-    """A command's result, and whether it is the stored result of an earlier identical request."""
-
-    value: T
-    replayed: bool = False
 
 
 class Ledger(ServiceApplication):
@@ -202,11 +95,9 @@ class Ledger(ServiceApplication):
         self.bank_id = bank_id
         self.default_overdraft_minutes = default_overdraft_minutes
         self.max_exchange_minutes = max_exchange_minutes
-        self._write_lock = threading.RLock()
-        self._summary_lock = threading.Lock()
-        self._summary_next = 1
-        self._summary_members = 0
-        self._summary_total = 0
+        self._writer = Writer(self)
+        self._handlers = BankHandlers(bank_id, default_overdraft_minutes)
+        self._totals = BankTotals()
         store.prepare()
         super().__init__(env={**store.env, "AGGREGATE_CACHE_MAXSIZE": str(cache_size)})
         self._open_system_accounts()
@@ -218,56 +109,28 @@ class Ledger(ServiceApplication):
         return self._view(self._account(member_id))
 
     def statement(self, member_id: str) -> Statement:
-        account = self._account(member_id)
-        entries = []
-        for ev in self.events.get(account.id):
-            if isinstance(ev, Account.Credited):
-                sign, entry_id = 1, ev.entry_id
-            elif isinstance(ev, Account.Debited):
-                sign, entry_id = -1, ev.entry_id
-            elif isinstance(ev, Account.HoldPosted):
-                sign, entry_id = -1, ev.hold_id
-            else:
-                continue
-            entries.append(
-                StatementEntry(
-                    at=ev.timestamp,
-                    minutes=sign * ev.minutes,
-                    counterparty=ev.party or ev.counterparty,
-                    memo=ev.memo,
-                    kind=ev.kind,
-                    entry_id=entry_id,
-                )
-            )
-        # The balance is the sum of the entries read, so the two always agree.
-        return Statement(
-            member_id=member_id,
-            balance_minutes=sum(e.minutes for e in entries),
-            entries=entries,
-        )
+        return statement(member_id, self.events.get(self._account(member_id).id))
 
     def summary(self) -> BankSummary:
-        """Members and the sum of all posted balances, folded from the log's postings.
-
-        The store commits transactions in notification order, so reading on until nothing
-        is left ends on a whole-transaction boundary: no exchange is ever half-counted, even
-        while another process writes. Each call reads only what was recorded since the last.
-        """
-        with self._summary_lock:
-            for position, event in self.follow_events(self._summary_next, _SUMMARY_TOPICS):
-                match event:
-                    case Account.Opened(kind=kind) if kind != MemberKind.SYSTEM:
-                        self._summary_members += 1
-                    case Account.Credited(minutes=minutes):
-                        self._summary_total += minutes
-                    case Account.Debited(minutes=minutes) | Account.HoldPosted(minutes=minutes):
-                        self._summary_total -= minutes
-                self._summary_next = position + 1
+        """Members and the sum of all posted balances, folded from the log's postings; each
+        call reads only what was recorded since the last, to a whole-transaction boundary, so
+        no exchange is ever half-counted, even while another process writes."""
+        totals = self._totals
+        with totals.lock:
+            for position, event in self.follow_events(totals.next_position, totals.TOPICS):
+                totals.fold(position, event)
             return BankSummary(
-                bank=self.bank_id,
-                members=self._summary_members,
-                total_posted_minutes=self._summary_total,
+                bank=self.bank_id, members=totals.members, total_posted_minutes=totals.total_minutes
             )
+
+    def get_transfer(self, transfer_id: str) -> CrossBankTransferView:
+        transfer = self.find(transfer_id_to_uuid(transfer_id), CrossBankTransfer)
+        if transfer is None:
+            raise UnknownTransfer(f"no transfer {transfer_id}", transfer_id=transfer_id)
+        return cross_bank_transfer_view(transfer, self.bank_id)
+
+    def known_banks(self) -> dict[str, dict[str, str]]:
+        return dict(self._bank_directory().banks)
 
     # Commands.
 
@@ -289,7 +152,7 @@ class Ledger(ServiceApplication):
             account = Account.open(member_id, name, kind, overdraft_limit_minutes)
             return [account], self._view(account)
 
-        return self._execute(command, idempotency, MemberView)
+        return self._writer.execute(command, idempotency, MemberView)
 
     def exchange(
         self,
@@ -323,7 +186,7 @@ class Ledger(ServiceApplication):
             )
             return [payer_account, payee_account], receipt
 
-        return self._execute(command, idempotency, ExchangeReceipt)
+        return self._writer.execute(command, idempotency, ExchangeReceipt)
 
     def place_hold(
         self,
@@ -348,7 +211,7 @@ class Ledger(ServiceApplication):
             )
             return [account], self._view(account)
 
-        return self._execute(command, None, MemberView).value
+        return self._writer.execute(command, None, MemberView).value
 
     def post_hold(self, member_id: str, hold_id: str) -> MemberView:
         """Post an open hold: the held minutes move to the hold's counterparty, atomically."""
@@ -358,7 +221,7 @@ class Ledger(ServiceApplication):
             other = post_hold_to_counterparty(account, hold_id, self._account)
             return [account, other], self._view(account)
 
-        return self._execute(command, None, MemberView).value
+        return self._writer.execute(command, None, MemberView).value
 
     def void_hold(self, member_id: str, hold_id: str) -> MemberView:
         def command() -> tuple[Sequence[Aggregate], MemberView]:
@@ -366,9 +229,9 @@ class Ledger(ServiceApplication):
             account.void_hold(hold_id)
             return [account], self._view(account)
 
-        return self._execute(command, None, MemberView).value
+        return self._writer.execute(command, None, MemberView).value
 
-    # Cross-bank transfers: this bank's side of the clearing house's protocol.
+    # Cross-bank transfers: this bank's side of the clearing house's protocol (handlers.py).
 
     def request_transfer(
         self,
@@ -426,7 +289,7 @@ class Ledger(ServiceApplication):
             receipt = TransferReceipt(transfer_id=transfer_id, status=TransferStatus.PENDING)
             return [account, transfer, outbox], receipt
 
-        return self._execute(command, idempotency, TransferReceipt)
+        return self._writer.execute(command, idempotency, TransferReceipt)
 
     def send_checkpoint(self, checkpoint: CheckpointPublished) -> None:
         """Queue a signed checkpoint of this bank's log for the clearing house."""
@@ -436,26 +299,7 @@ class Ledger(ServiceApplication):
             outbox.queue(checkpoint)
             return [outbox], None
 
-        self._execute(command, None, lambda **_: None)
-
-    def get_transfer(self, transfer_id: str) -> TransferView:
-        transfer = self.find(transfer_id_to_uuid(transfer_id), CrossBankTransfer)
-        if transfer is None:
-            raise UnknownTransfer(f"no transfer {transfer_id}", transfer_id=transfer_id)
-        return TransferView(
-            transfer_id=transfer.transfer_id,
-            status=transfer.status,
-            reason=transfer.reason,
-            role=transfer.role,
-            member_id=transfer.member_id,
-            other_bank=transfer.other_bank,
-            other_member=transfer.other_member,
-            minutes=transfer.minutes,
-            memo=transfer.memo,
-        )
-
-    def known_banks(self) -> dict[str, dict[str, str]]:
-        return dict(self._bank_directory().banks)
+        self._writer.execute(command, None, lambda **_: None)
 
     def receive(self, envelopes: Sequence[Envelope]) -> list[Received]:
         """Apply what the clearing house sent, in sequence, once, in one transaction."""
@@ -465,103 +309,10 @@ class Ledger(ServiceApplication):
             if e.source != CLEARING or e.destination != self.bank_id
         ]
         ours = [e for e in envelopes if e.source == CLEARING and e.destination == self.bank_id]
-        with self._write_lock:
-            return foreign + receive_from(self, CLEARING, ours, self._handle)
+        with self._writer.lock:
+            return foreign + receive_from(self, CLEARING, ours, self._handlers.handle)
 
-    def _handle(self, source: str, message: AnyMessage, uow: UnitOfWork) -> None:
-        match message:
-            case DirectoryChanged(banks=banks):
-                directory = uow.get(BankDirectory.create_id(), BankDirectory)
-                directory = directory or uow.add(BankDirectory())
-                directory.replace([msgspec.to_builtins(b) for b in banks])
-            case CreditRequested():
-                self._on_credit_requested(message, uow)
-            case TransferCommitted() | TransferAborted():
-                self._on_decision(message, uow)
-            case SettlementCompleted(
-                settlement_id=settlement_id, paid_minutes=paid, received_minutes=received
-            ):
-                post_settlement(
-                    self._uow_account(uow, FEDERATION_ACCOUNT),
-                    self._uow_account(uow, SETTLEMENT_ACCOUNT),
-                    settlement_id,
-                    paid - received,
-                )
-            case _:
-                raise MessageRejected(f"a bank does not accept {type(message).__name__}")
-
-    def _on_credit_requested(self, message: CreditRequested, uow: UnitOfWork) -> None:
-        if uow.get(transfer_id_to_uuid(message.transfer_id), CrossBankTransfer) is not None:
-            return  # asked again: already answered
-        transfer = uow.add(
-            CrossBankTransfer(
-                transfer_id=message.transfer_id,
-                role=Role.PAYEE,
-                member_id=message.payee,
-                other_bank=message.payer_bank,
-                other_member=message.payer,
-                minutes=message.minutes,
-                memo=message.memo,
-            )
-        )
-        payee = uow.get(account_id(message.payee), Account)
-        if payee is None or payee.is_system:
-            transfer.abort("unknown_payee")
-            uow.send(
-                CLEARING,
-                CreditRefused(
-                    transfer_id=message.transfer_id,
-                    reason="unknown_payee",
-                    detail=f"no member {message.payee} in bank {self.bank_id}",
-                ),
-                sender=self.bank_id,
-            )
-            return
-        federation = self._uow_account(uow, transfer.held_on)
-        # The pending credit: a hold on the federation account, posted to the payee on commit.
-        federation.place_hold(
-            message.transfer_id,
-            message.minutes,
-            message.payee,
-            message.memo,
-            "transfer",
-            self.default_overdraft_minutes,
-            party=transfer.party,
-        )
-        uow.send(CLEARING, CreditPrepared(transfer_id=message.transfer_id), sender=self.bank_id)
-
-    def _on_decision(self, message: TransferCommitted | TransferAborted, uow: UnitOfWork) -> None:
-        transfer = uow.get(transfer_id_to_uuid(message.transfer_id), CrossBankTransfer)
-        if transfer is None:
-            raise MessageRejected(f"no transfer {message.transfer_id} at {self.bank_id}")
-        committed = isinstance(message, TransferCommitted)
-        if transfer.status == TransferStatus.PENDING:
-            held_on = self._uow_account(uow, transfer.held_on)
-            if committed:
-                post_hold_to_counterparty(
-                    held_on, transfer.transfer_id, partial(self._uow_account, uow)
-                )
-                transfer.commit()
-            else:
-                held_on.void_hold(transfer.transfer_id)
-                transfer.abort(message.reason if isinstance(message, TransferAborted) else "")
-        elif (transfer.status == TransferStatus.COMMITTED) != committed:
-            raise MessageRejected(
-                f"transfer {transfer.transfer_id} is {transfer.status} here; "
-                f"the clearing house says {'committed' if committed else 'aborted'}"
-            )
-        # Said again on a repeated decision too, so the clearing house stops re-sending.
-        uow.send(
-            CLEARING,
-            DecisionApplied(transfer_id=transfer.transfer_id, committed=committed),
-            sender=self.bank_id,
-        )
-
-    def _uow_account(self, uow: UnitOfWork, member_id: str) -> Account:
-        account = uow.get(account_id(member_id), Account)
-        if account is None:
-            raise MessageRejected(f"no account {member_id} in bank {self.bank_id}")
-        return account
+    # Plumbing.
 
     def _bank_directory(self) -> BankDirectory:
         return self.find(BankDirectory.create_id(), BankDirectory) or BankDirectory()
@@ -569,48 +320,6 @@ class Ledger(ServiceApplication):
     def _outbox(self) -> Outbox:
         outbox = self.find(outbox_id(self.bank_id, CLEARING), Outbox)
         return outbox or Outbox(source=self.bank_id, destination=CLEARING)
-
-    # Plumbing.
-
-    def _execute(
-        self,
-        command: Callable[[], tuple[Sequence[Aggregate], T]],
-        idempotency: IdempotencyKey | None,
-        result_type: Callable[..., T],
-    ) -> Executed[T]:
-        with self._write_lock:
-            for attempt in range(MAX_ATTEMPTS):
-                if idempotency is not None:
-                    earlier = self._recorded(idempotency)
-                    if earlier is not None:
-                        return Executed(result_type(**earlier), replayed=True)
-                aggregates, result = command()
-                to_save: list[Aggregate] = list(aggregates)
-                if idempotency is not None:
-                    to_save.append(
-                        IdempotencyRecord(
-                            key=idempotency.key,
-                            fingerprint=idempotency.fingerprint,
-                            response=asdict(result),  # type: ignore[call-overload]
-                        )
-                    )
-                try:
-                    self.save(*to_save)
-                except IntegrityError:
-                    log.info("lost a race with another writer; deciding again on fresh state")
-                    # Jitter, so two writers that collided do not collide again in lockstep.
-                    time.sleep(random.uniform(0, RETRY_PAUSE_SECONDS * 2**attempt))  # noqa: S311
-                    continue
-                return Executed(result)
-        raise StoreBusy("the store is busy with other writers to the same accounts; retry")
-
-    def _recorded(self, idempotency: IdempotencyKey) -> dict[str, Any] | None:
-        record = self.find(record_id(idempotency.key), IdempotencyRecord)
-        if record is None:
-            return None
-        if record.fingerprint != idempotency.fingerprint:
-            raise IdempotencyConflict(idempotency.key)
-        return dict(record.response)
 
     def _open_system_accounts(self) -> None:
         for member_id in SYSTEM_ACCOUNTS:
@@ -631,9 +340,8 @@ class Ledger(ServiceApplication):
     def _account(self, member_id: str) -> Account:
         account = self.find(account_id(member_id), Account)
         if account is None:
-            raise UnknownMember(
-                f"no member {member_id} in bank {self.bank_id}", member_id=member_id
-            )
+            detail = f"no member {member_id} in bank {self.bank_id}"
+            raise UnknownMember(detail, member_id=member_id)
         return account
 
     def _member_account(self, member_id: str) -> Account:
@@ -643,12 +351,4 @@ class Ledger(ServiceApplication):
         return account
 
     def _view(self, account: Account) -> MemberView:
-        return MemberView(
-            member_id=account.member_id,
-            name=account.name,
-            kind=account.kind,
-            balance_minutes=account.balance_minutes,
-            held_minutes=account.held_minutes,
-            available_minutes=account.available_minutes,
-            overdraft_limit_minutes=account.effective_limit(self.default_overdraft_minutes),
-        )
+        return member_view(account, self.default_overdraft_minutes)

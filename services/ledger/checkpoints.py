@@ -12,7 +12,9 @@ from eventsourcing.utils import get_topic
 
 from services.common.chain import ZERO_HASH, next_head
 from services.common.outbox import Outbox
-from services.ledger.application import Ledger
+from services.ledger.application import (
+    Ledger,
+)
 from shared.protocol import CheckpointPublished
 from shared.signing import SigningKey, checkpoint_payload
 

@@ -1,88 +1,37 @@
-"""One bank's accounts: double-entry postings in integer minutes, overdraft limits, holds."""
+"""One bank's books: accounts with double-entry postings in integer minutes, overdraft limits
+and holds; its side of each cross-bank transfer; its policy; the federation's directory.
+
+The aggregates stay in this module: its path is part of every stored event's topic."""
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
-from enum import StrEnum
 from typing import Any
-from uuid import NAMESPACE_URL, UUID, uuid5
+from uuid import UUID
 
 from eventsourcing.domain import Aggregate, event
 
-# A bank's defaults: how far below zero a member may go, and the largest single exchange.
-DEFAULT_OVERDRAFT_MINUTES = 10 * 60
-DEFAULT_MAX_EXCHANGE_MINUTES = 100 * 60
-
-
-class MemberKind(StrEnum):
-    PERSON = "person"
-    ORGANISATION = "organisation"
-    SYSTEM = "system"  # the bank's own accounts
-
-
-MEMBER_KINDS = (MemberKind.PERSON, MemberKind.ORGANISATION)
-# The bank's side of the clearing house, and where settled amounts land.
-FEDERATION_ACCOUNT = "federation"
-SETTLEMENT_ACCOUNT = "settlement"
-SYSTEM_ACCOUNTS = (FEDERATION_ACCOUNT, SETTLEMENT_ACCOUNT)
-# The kind of entry a completed settlement cycle posts.
-SETTLEMENT_KIND = "settlement"
-
-MEMBER_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-MAX_NAME_LENGTH = 200
-MAX_MEMO_LENGTH = 500
-
-_ACCOUNT_NAMESPACE = uuid5(NAMESPACE_URL, "urn:timebank-federation:account")
-
-
-class LedgerError(Exception):
-    """A rule of the ledger refused a command; nothing was written."""
-
-    def __init__(self, detail: str, **extra: Any) -> None:
-        super().__init__(detail)
-        self.detail = detail
-        self.extra = extra
-
-
-class InvalidRequest(LedgerError):
-    """The command's values break a rule that does not depend on any state."""
-
-
-class OverdraftLimitExceeded(LedgerError):
-    """The payer's available balance would fall below minus its overdraft limit."""
-
-
-class UnknownHold(LedgerError):
-    """No open hold with that id on the account (never placed, or already ended)."""
-
-
-class HoldExists(LedgerError):
-    """A hold with that id is already open on the account."""
-
-
-def account_id(member_id: str) -> UUID:
-    """The aggregate id of a member's (or system) account: stable, derived from the id."""
-    return uuid5(_ACCOUNT_NAMESPACE, member_id)
-
-
-def check_amount(minutes: object, maximum: int | None = None) -> int:
-    """Return minutes if it is a whole positive number of minutes within the maximum."""
-    if not isinstance(minutes, int) or isinstance(minutes, bool):
-        raise InvalidRequest("minutes must be a whole number of minutes")
-    if minutes <= 0:
-        raise InvalidRequest("minutes must be greater than zero")
-    if maximum is not None and minutes > maximum:
-        raise InvalidRequest(
-            f"minutes must not exceed {maximum} for one exchange", maximum_minutes=maximum
-        )
-    return minutes
-
-
-def check_memo(memo: str) -> str:
-    if len(memo) > MAX_MEMO_LENGTH:
-        raise InvalidRequest(f"memo must be at most {MAX_MEMO_LENGTH} characters")
-    return memo
+from services.ledger.domain_terms import (
+    FEDERATION_ACCOUNT,
+    MAX_NAME_LENGTH,
+    MEMBER_ID_PATTERN,
+    MEMBER_KINDS,
+    SETTLEMENT_KIND,
+    SYSTEM_ACCOUNTS,
+    HoldExists,
+    InvalidRequest,
+    MemberKind,
+    OverdraftLimitExceeded,
+    Role,
+    TransferDecided,
+    TransferStatus,
+    UnknownHold,
+    account_id,
+    check_amount,
+    directory_id,
+    policy_id,
+    transfer_id_to_uuid,
+)
 
 
 class Account(Aggregate):
@@ -361,9 +310,6 @@ def post_settlement(
     target.credit(entry_id, minutes, source.member_id, memo, SETTLEMENT_KIND)
 
 
-_POLICY_ID = uuid5(NAMESPACE_URL, "urn:timebank-federation:bank-policy")
-
-
 class BankPolicy(Aggregate):
     """The bank's own rules that its events do not carry: the default overdraft limit of
     members without one of their own. Recorded in the log, so that an audit replaying it
@@ -371,7 +317,7 @@ class BankPolicy(Aggregate):
 
     @staticmethod
     def create_id(**_: Any) -> UUID:
-        return _POLICY_ID
+        return policy_id()
 
     class Adopted(Aggregate.Created):
         default_overdraft_minutes: int
@@ -390,3 +336,106 @@ class BankPolicy(Aggregate):
     @event(DefaultOverdraftChanged)
     def _default_overdraft_changed(self, default_overdraft_minutes: int) -> None:
         self.default_overdraft_minutes = default_overdraft_minutes
+
+
+class CrossBankTransfer(Aggregate):
+    """This bank's side of one cross-bank transfer: as the payer's bank or the payee's.
+
+    It is keyed by the transfer id, so the same transfer can never hold minutes twice here,
+    and it changes only on the clearing house's decision, once.
+    """
+
+    @staticmethod
+    def create_id(transfer_id: str, **_: Any) -> UUID:
+        return transfer_id_to_uuid(transfer_id)
+
+    class Started(Aggregate.Created):
+        transfer_id: str
+        role: str
+        member_id: str
+        other_bank: str
+        other_member: str
+        minutes: int
+        memo: str
+
+    @event(Started)
+    def __init__(
+        self,
+        transfer_id: str,
+        role: str,
+        member_id: str,
+        other_bank: str,
+        other_member: str,
+        minutes: int,
+        memo: str,
+    ) -> None:
+        self.transfer_id = transfer_id
+        self.role = role
+        self.member_id = member_id
+        self.other_bank = other_bank
+        self.other_member = other_member
+        self.minutes = minutes
+        self.memo = memo
+        self.status = TransferStatus.PENDING
+        self.reason: str | None = None
+
+    @property
+    def party(self) -> str:
+        return f"{self.other_bank}/{self.other_member}"
+
+    @property
+    def held_on(self) -> str:
+        """The account whose hold carries this transfer until the decision."""
+        return self.member_id if self.role == Role.PAYER else FEDERATION_ACCOUNT
+
+    def _check_pending(self) -> None:
+        if self.status != TransferStatus.PENDING:
+            raise TransferDecided(f"transfer {self.transfer_id} is already {self.status}")
+
+    class Committed(Aggregate.Event):
+        pass
+
+    def commit(self) -> None:
+        self._check_pending()
+        self._committed()
+
+    @event(Committed)
+    def _committed(self) -> None:
+        self.status = TransferStatus.COMMITTED
+
+    class Aborted(Aggregate.Event):
+        reason: str
+
+    def abort(self, reason: str) -> None:
+        self._check_pending()
+        self._aborted(reason=reason)
+
+    @event(Aborted)
+    def _aborted(self, reason: str) -> None:
+        self.status = TransferStatus.ABORTED
+        self.reason = reason
+
+
+class BankDirectory(Aggregate):
+    """The federation's member banks as the clearing house last announced them."""
+
+    @staticmethod
+    def create_id(**_: Any) -> UUID:
+        return directory_id()
+
+    class Opened(Aggregate.Created):
+        pass
+
+    @event(Opened)
+    def __init__(self) -> None:
+        self.banks: dict[str, dict[str, str]] = {}
+
+    class Replaced(Aggregate.Event):
+        banks: list[dict[str, str]]
+
+    def replace(self, banks: list[dict[str, str]]) -> None:
+        self._replaced(banks=banks)
+
+    @event(Replaced)
+    def _replaced(self, banks: list[dict[str, str]]) -> None:
+        self.banks = {b["bank_id"]: b for b in banks}

@@ -14,7 +14,7 @@ from services.common.settings import (
     check_store_url,
     service_tokens,
 )
-from services.ledger.domain import (
+from services.ledger.domain_terms import (
     DEFAULT_MAX_EXCHANGE_MINUTES,
     DEFAULT_OVERDRAFT_MINUTES,
 )

@@ -10,7 +10,9 @@ from typing import Any
 
 import httpx2 as httpx
 
-from services.ledger.domain import FEDERATION_ACCOUNT
+from services.ledger.domain_terms import (
+    FEDERATION_ACCOUNT,
+)
 
 SETTLE_SECONDS = 20.0
 

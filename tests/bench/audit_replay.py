@@ -35,16 +35,18 @@ from services.audit.eventlog import open_event_log
 from services.audit.replay import audit_bank
 from services.common.outbox import Outbox
 from services.common.stores import parse_store_url
-from services.ledger.application import Ledger
+from services.ledger.application import (
+    Ledger,
+)
 from services.ledger.domain import (
     Account,
-    LedgerError,
-    account_id,
+    CrossBankTransfer,
     post_hold_to_counterparty,
 )
-from services.ledger.domain_federation import (
-    CrossBankTransfer,
+from services.ledger.domain_terms import (
+    LedgerError,
     Role,
+    account_id,
 )
 from shared.protocol import CLEARING, TransferRequested
 

@@ -16,7 +16,9 @@ import psycopg
 from psycopg import sql
 
 from services.common.stores import parse_store_url
-from services.ledger.application import Ledger
+from services.ledger.application import (
+    Ledger,
+)
 
 
 def measure(url: str, exchanges: int) -> None:

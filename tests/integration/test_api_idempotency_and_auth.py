@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from services.ledger.api import create_app
+from services.ledger.service import create_app
 from tests.helpers import OPERATOR_TOKEN, assert_problem, ledger_state, make_settings
 
 Headers = dict[str, str]

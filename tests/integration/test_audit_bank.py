@@ -39,9 +39,14 @@ from services.audit.replay import (
 )
 from services.common.chain import rolling_hashes
 from services.common.stores import parse_store_url
-from services.ledger.application import IdempotencyKey, Ledger
-from services.ledger.domain import (
+from services.ledger.application import (
+    Ledger,
+)
+from services.ledger.domain_terms import (
     DEFAULT_OVERDRAFT_MINUTES,
+)
+from services.ledger.writer import (
+    IdempotencyKey,
 )
 from shared.protocol import (
     CLEARING,

@@ -19,7 +19,9 @@ from typing import Any
 import pytest
 
 from services.common.stores import parse_store_url
-from services.ledger.application import Ledger
+from services.ledger.application import (
+    Ledger,
+)
 from tests.helpers import run_in_terminal
 
 TIMEBANK = Path(sys.executable).parent / "timebank"

@@ -32,9 +32,11 @@ from services.clearing.application import Clearing
 from services.common.chain import rolling_hashes
 from services.common.outbox import QUEUED_TOPIC, envelope_of
 from services.common.stores import parse_store_url
-from services.ledger.application import Ledger
+from services.ledger.application import (
+    Ledger,
+)
 from services.ledger.checkpoints import Checkpointer
-from services.ledger.domain import (
+from services.ledger.domain_terms import (
     DEFAULT_OVERDRAFT_MINUTES,
 )
 from shared.protocol import CLEARING

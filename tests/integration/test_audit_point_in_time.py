@@ -10,7 +10,7 @@ from fastapi.testclient import TestClient
 
 from services.audit.eventlog import open_event_log
 from services.audit.replay import audit_bank
-from services.ledger.domain import (
+from services.ledger.domain_terms import (
     DEFAULT_OVERDRAFT_MINUTES,
 )
 

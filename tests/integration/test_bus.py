@@ -13,18 +13,20 @@ from pathlib import Path
 
 import pytest
 
-from services.clearing.api import clearing_bus_worker
 from services.clearing.application import Clearing
+from services.clearing.service import clearing_bus_worker
 from services.common.bus_worker import BusWorker
 from services.common.inbox import Outcome, Received
 from services.common.outbox import Outbox
 from services.common.relay import OutboxRelay
 from services.common.stores import parse_store_url
-from services.ledger.api import ledger_bus_worker
-from services.ledger.application import Ledger
-from services.ledger.domain import (
+from services.ledger.application import (
+    Ledger,
+)
+from services.ledger.domain_terms import (
     OverdraftLimitExceeded,
 )
+from services.ledger.service import ledger_bus_worker
 from services.local.nats_server import NatsServer
 from shared.bus import (
     DEAD_REASON_HEADER,

@@ -15,7 +15,9 @@ from services.common.chain import first_mismatch
 from services.common.inbox import Outcome, Received
 from services.common.outbox import QUEUED_TOPIC, envelope_of
 from services.common.stores import parse_store_url
-from services.ledger.application import Ledger
+from services.ledger.application import (
+    Ledger,
+)
 from services.ledger.checkpoints import Checkpointer
 from shared.protocol import CLEARING, CheckpointPublished, Envelope
 from shared.signing import SigningKey

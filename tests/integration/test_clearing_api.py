@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from services.clearing.api import create_app
+from services.clearing.service import create_app
 from services.clearing.settings import ClearingSettings
 from shared.signing import SigningKey
 from tests.helpers import AUDITOR_TOKEN, assert_problem

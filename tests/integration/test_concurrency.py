@@ -15,16 +15,20 @@ import pytest
 
 from services.common.idempotency import fingerprint
 from services.ledger.application import (
-    ExchangeReceipt,
-    IdempotencyKey,
     Ledger,
     MemberExists,
-    MemberView,
-    StoreBusy,
 )
-from services.ledger.domain import (
+from services.ledger.domain_terms import (
     OverdraftLimitExceeded,
     account_id,
+)
+from services.ledger.views import (
+    ExchangeReceipt,
+    MemberView,
+)
+from services.ledger.writer import (
+    IdempotencyKey,
+    StoreBusy,
 )
 
 T = TypeVar("T")
@@ -152,7 +156,7 @@ def test_exchanges_from_many_threads_on_one_instance_lose_no_update_and_keep_lim
 def test_exchanges_from_two_instances_on_one_store_lose_no_update_and_keep_limits(
     open_ledger: LedgerFactory, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO, logger="services.ledger.application")
+    caplog.set_level(logging.INFO, logger="services.ledger.writer")
     first, second = open_ledger(), open_ledger()
     open_members(first)
     instances = (first, second)

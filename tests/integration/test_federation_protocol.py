@@ -20,9 +20,16 @@ from services.clearing.domain import MemberBank, bank_id_to_uuid
 from services.common.inbox import Outcome, Received, UnitOfWork
 from services.common.outbox import QUEUED_TOPIC, envelope_of
 from services.common.stores import parse_store_url
-from services.ledger.application import Ledger, UnknownBank, UnknownMember, UnknownTransfer
+from services.ledger.application import (
+    Ledger,
+    UnknownBank,
+    UnknownMember,
+    UnknownTransfer,
+)
 from services.ledger.domain import (
     Account,
+)
+from services.ledger.domain_terms import (
     OverdraftLimitExceeded,
     account_id,
 )

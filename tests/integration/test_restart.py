@@ -11,11 +11,15 @@ import pytest
 from eventsourcing.utils import get_topic
 
 from services.common.stores import parse_store_url
-from services.ledger.application import Ledger
+from services.ledger.application import (
+    Ledger,
+)
 from services.ledger.domain import (
-    SYSTEM_ACCOUNTS,
     Account,
     BankPolicy,
+)
+from services.ledger.domain_terms import (
+    SYSTEM_ACCOUNTS,
     UnknownHold,
     account_id,
 )

@@ -12,8 +12,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from services.clearing.api import AdmittedBank, Bank, Obligation, Settlement, Settlements
-from services.clearing.api import create_app as create_clearing_app
 from services.clearing.application import Clearing
+from services.clearing.service import create_app as create_clearing_app
 from services.clearing.settings import ClearingSettings
 from services.common.auth import digest
 from services.common.stores import parse_store_url

@@ -12,13 +12,15 @@ from pathlib import Path
 
 import pytest
 
-from services.clearing.api import clearing_bus_worker
 from services.clearing.application import Clearing, SettlementView
+from services.clearing.service import clearing_bus_worker
 from services.clearing.settlement import COMPLETED, CONFIRMED, OPEN
 from services.common.bus_worker import BusWorker
 from services.common.stores import parse_store_url
-from services.ledger.api import ledger_bus_worker
-from services.ledger.application import Ledger
+from services.ledger.application import (
+    Ledger,
+)
+from services.ledger.service import ledger_bus_worker
 from shared.bus import Bus
 
 pytestmark = pytest.mark.timeout(120)

@@ -30,7 +30,9 @@ from services.clearing.settlement import (
 from services.common.inbox import Outcome, Received
 from services.common.outbox import QUEUED_TOPIC, envelope_of
 from services.common.stores import parse_store_url
-from services.ledger.application import Ledger
+from services.ledger.application import (
+    Ledger,
+)
 from shared.protocol import CLEARING, Envelope, SettlementCompleted
 
 START = datetime(2026, 3, 1, 9, 0, tzinfo=UTC)

@@ -8,9 +8,11 @@ from typing import Any
 import pytest
 
 from services.ledger.domain import (
+    Account,
+)
+from services.ledger.domain_terms import (
     MAX_MEMO_LENGTH,
     MAX_NAME_LENGTH,
-    Account,
     HoldExists,
     InvalidRequest,
     OverdraftLimitExceeded,

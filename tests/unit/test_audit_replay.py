@@ -42,13 +42,13 @@ from services.audit.replay import (
 from services.common.idempotency import IdempotencyRecord
 from services.common.outbox import Outbox
 from services.ledger.domain import (
-    SYSTEM_ACCOUNTS,
     Account,
     BankPolicy,
+    CrossBankTransfer,
     post_hold_to_counterparty,
 )
-from services.ledger.domain_federation import (
-    CrossBankTransfer,
+from services.ledger.domain_terms import (
+    SYSTEM_ACCOUNTS,
     Role,
 )
 from shared.protocol import CLEARING

@@ -21,13 +21,11 @@ from hypothesis.stateful import (
 from services.common.idempotency import IdempotencyConflict, fingerprint
 from services.common.stores import parse_store_url
 from services.ledger.application import (
-    IdempotencyKey,
     Ledger,
     MemberExists,
-    MemberView,
     UnknownMember,
 )
-from services.ledger.domain import (
+from services.ledger.domain_terms import (
     MAX_MEMO_LENGTH,
     MEMBER_ID_PATTERN,
     HoldExists,
@@ -35,6 +33,12 @@ from services.ledger.domain import (
     LedgerError,
     OverdraftLimitExceeded,
     UnknownHold,
+)
+from services.ledger.views import (
+    MemberView,
+)
+from services.ledger.writer import (
+    IdempotencyKey,
 )
 
 BANK = "prop-bank"

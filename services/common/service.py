@@ -1,0 +1,76 @@
+"""One running service: its application, its link to the bus and its periodic jobs, started in
+that order behind its ASGI app and stopped in reverse, so nothing still uses the store when it
+closes."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from fastapi import APIRouter, FastAPI
+
+from services.common.application import ServiceApplication
+from services.common.bus_worker import BusWorker
+from services.common.http import JSONBodyGuard
+from services.common.offload import Periodic
+from services.common.problems import install_problem_handlers
+
+
+@dataclass
+class Runtime:
+    """What a service runs besides its routes."""
+
+    application: ServiceApplication
+    worker: BusWorker | None = None
+    jobs: Sequence[Periodic] = field(default_factory=list)
+    # An application handed in by its caller is closed by that caller.
+    owns_application: bool = True
+
+    async def start(self) -> None:
+        if self.worker is not None:
+            await self.worker.start()
+        for job in self.jobs:
+            job.start()
+
+    async def stop(self) -> None:
+        for job in self.jobs:
+            await job.stop()
+        if self.worker is not None:
+            await self.worker.stop()
+        if self.owns_application:
+            self.application.close()
+
+
+@dataclass(frozen=True)
+class HTTPFace:
+    """What a service shows over HTTP: its OpenAPI title, its routes, its domain errors."""
+
+    title: str
+    summary: str
+    routers: Iterable[APIRouter]
+    errors: Mapping[type[Exception], tuple[int, str]]
+
+
+def asgi_app(face: HTTPFace, settings: Any, start_runtime: Callable[[], Runtime]) -> FastAPI:
+    """The service's ASGI app: at start-up it builds its runtime and starts it; at shut-down it
+    stops it. Routes find the application in ``app.state.application``."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        runtime = start_runtime()
+        app.state.application = runtime.application
+        await runtime.start()
+        try:
+            yield
+        finally:
+            await runtime.stop()
+
+    app = FastAPI(title=face.title, summary=face.summary, version="1", lifespan=lifespan)
+    app.state.settings = settings
+    app.add_middleware(JSONBodyGuard)
+    install_problem_handlers(app, face.errors)
+    for router in face.routers:
+        app.include_router(router)
+    return app
