@@ -1,63 +1,34 @@
-"""The clearing house's books: member banks (limit, position, reservations) and transfers."""
+"""The clearing house's books: member banks (limit, position, reservations), the directory,
+the banks' signed checkpoints, and the rule that refuses a transfer before it starts."""
 
 from __future__ import annotations
 
-from datetime import datetime
-from typing import Any
+from typing import Any, Protocol, TypeVar
 from uuid import NAMESPACE_URL, UUID, uuid5
 
 from eventsourcing.domain import Aggregate, event
 
-# How long the payee's bank has to answer, and how long a decision waits for acknowledgement
-# before it is sent again.
-DEFAULT_DEADLINE_SECONDS = 30.0
-DEFAULT_RESEND_SECONDS = 10.0
+from services.clearing.domain_base import (
+    BankStatus,
+    CheckpointConflict,
+    InvalidRequest,
+    ProtocolViolation,
+    Refusal,
+    ReservationRefused,
+    SettlementBlocked,
+    UnknownBank,
+)
 
-ACTIVE = "active"
-SUSPENDED = "suspended"
-PREPARING = "preparing"
-COMMITTED = "committed"
-ABORTED = "aborted"
+# Re-exported: the audit imports Transfer from here.
+from services.clearing.domain_transfer import Transfer as Transfer
 
 _BANK_NAMESPACE = uuid5(NAMESPACE_URL, "urn:timebank-federation:clearing:bank")
-_TRANSFER_NAMESPACE = uuid5(NAMESPACE_URL, "urn:timebank-federation:clearing:transfer")
 
-
-class ClearingError(Exception):
-    """A rule of the clearing house refused a command; nothing was written."""
-
-    def __init__(self, detail: str, **extra: Any) -> None:
-        super().__init__(detail)
-        self.detail = detail
-        self.extra = extra
-
-
-class InvalidRequest(ClearingError):
-    pass
-
-
-class ReservationRefused(ClearingError):
-    """The payer's bank may not reserve these minutes; ``reason`` is the abort code."""
-
-    def __init__(self, reason: str, detail: str, **extra: Any) -> None:
-        super().__init__(detail, **extra)
-        self.reason = reason
-
-
-class SettlementBlocked(ClearingError):
-    """A settlement cycle cannot open yet: transfers in flight could break a limit."""
-
-
-class TransferDecided(ClearingError):
-    """The transfer already has its decision; it cannot change."""
+A = TypeVar("A", bound=Aggregate)
 
 
 def bank_id_to_uuid(bank_id: str) -> UUID:
     return uuid5(_BANK_NAMESPACE, bank_id)
-
-
-def transfer_id_to_uuid(transfer_id: str) -> UUID:
-    return uuid5(_TRANSFER_NAMESPACE, transfer_id)
 
 
 class MemberBank(Aggregate):
@@ -119,7 +90,7 @@ class MemberBank(Aggregate):
         self.limit_minutes = limit_minutes
         self.token_digest = token_digest
         self.public_key = public_key
-        self.status = ACTIVE
+        self.status = BankStatus.ACTIVE
         self.position_minutes = 0
         self.reserved_minutes = 0
         # Credit an open settlement cycle will pay this bank outside the system: it leaves
@@ -146,42 +117,55 @@ class MemberBank(Aggregate):
         pass
 
     def suspend(self) -> None:
-        if self.status != SUSPENDED:
+        if self.status != BankStatus.SUSPENDED:
             self._suspended()
 
     @event(Suspended)
     def _suspended(self) -> None:
-        self.status = SUSPENDED
+        self.status = BankStatus.SUSPENDED
 
     class Reinstated(Aggregate.Event):
         pass
 
     def reinstate(self) -> None:
-        if self.status != ACTIVE:
+        if self.status != BankStatus.ACTIVE:
             self._reinstated()
 
     @event(Reinstated)
     def _reinstated(self) -> None:
-        self.status = ACTIVE
+        self.status = BankStatus.ACTIVE
 
     class Reserved(Aggregate.Event):
         transfer_id: str
         minutes: int
 
-    def reserve(self, transfer_id: str, minutes: int) -> None:
-        if self.status != ACTIVE:
-            raise ReservationRefused("bank_suspended", f"bank {self.bank_id} is suspended")
-        if self.net_debit_after_reservations + minutes > self.limit_minutes:
-            raise ReservationRefused(
+    def would_exceed_limit(self, minutes: int) -> bool:
+        """Whether ``minutes`` more owed would take the bank past its limit."""
+        return self.net_debit_after_reservations + minutes > self.limit_minutes
+
+    def reservation_refusal(self, minutes: int) -> Refusal | None:
+        """Why this bank may not reserve ``minutes`` for a transfer it pays, if it may not."""
+        if self.status != BankStatus.ACTIVE:
+            return Refusal("bank_suspended", f"bank {self.bank_id} is suspended")
+        if self.would_exceed_limit(minutes):
+            return Refusal(
                 "bank_limit_exceeded",
                 f"bank {self.bank_id} would owe more than its limit of "
                 f"{self.limit_minutes} minutes",
-                position_minutes=self.position_minutes,
-                reserved_minutes=self.reserved_minutes,
-                limit_minutes=self.limit_minutes,
+                {
+                    "position_minutes": self.position_minutes,
+                    "reserved_minutes": self.reserved_minutes,
+                    "limit_minutes": self.limit_minutes,
+                },
             )
+        return None
+
+    def reserve(self, transfer_id: str, minutes: int) -> None:
+        refusal = self.reservation_refusal(minutes)
+        if refusal is not None:
+            raise ReservationRefused(refusal.reason, refusal.detail, **refusal.extra)
         if transfer_id in self.reservations:
-            raise InvalidRequest(f"transfer {transfer_id} is already reserved")
+            raise ProtocolViolation(f"transfer {transfer_id} is already reserved")
         self._reserved(transfer_id=transfer_id, minutes=minutes)
 
     @event(Reserved)
@@ -236,9 +220,7 @@ class MemberBank(Aggregate):
         """An open cycle will pay this creditor bank ``minutes`` outside the system: from now
         on that credit counts as gone for its limit. Refused if transfers already reserved
         would then take it past its limit."""
-        if self.reserved_minutes + self.settling_minutes + minutes - self.position_minutes > (
-            self.limit_minutes
-        ):
+        if self.would_exceed_limit(minutes):
             raise SettlementBlocked(
                 f"bank {self.bank_id} has {self.reserved_minutes} minutes reserved for "
                 "transfers not yet decided; once its credit is settled they could take it past "
@@ -272,127 +254,37 @@ class MemberBank(Aggregate):
         try:
             return self.reservations[transfer_id]
         except KeyError:
-            raise InvalidRequest(
+            raise ProtocolViolation(
                 f"no reservation for transfer {transfer_id} at bank {self.bank_id}"
             ) from None
 
 
-class Transfer(Aggregate):
-    """One cross-bank transfer as the coordinator sees it: requested, then decided once."""
+def refusal_for(
+    payer_bank: MemberBank, payee_bank: MemberBank | None, payee_bank_id: str, minutes: int
+) -> Refusal | None:
+    """Why a transfer from ``payer_bank`` to ``payee_bank_id`` (found as ``payee_bank``, or
+    not a member) must be aborted before the payee's bank is asked; None if it may go on."""
+    if payee_bank_id == payer_bank.bank_id:
+        return Refusal("invalid_transfer", "payer and payee are in the same bank")
+    if payee_bank is None:
+        return Refusal("unknown_bank", f"{payee_bank_id} is not a member bank")
+    if payee_bank.status != BankStatus.ACTIVE:
+        return Refusal("bank_suspended", f"bank {payee_bank_id} is suspended")
+    return payer_bank.reservation_refusal(minutes)
 
-    @staticmethod
-    def create_id(transfer_id: str, **_: Any) -> UUID:
-        return transfer_id_to_uuid(transfer_id)
 
-    class Requested(Aggregate.Created):
-        transfer_id: str
-        payer_bank: str
-        payer: str
-        payee_bank: str
-        payee: str
-        minutes: int
-        memo: str
-        deadline: datetime
+class Finder(Protocol):
+    """A lookup by aggregate id that answers None when there is none of that class: an
+    application's ``find`` or a unit of work's ``get``."""
 
-    @event(Requested)
-    def __init__(
-        self,
-        transfer_id: str,
-        payer_bank: str,
-        payer: str,
-        payee_bank: str,
-        payee: str,
-        minutes: int,
-        memo: str,
-        deadline: datetime,
-    ) -> None:
-        self.transfer_id = transfer_id
-        self.payer_bank = payer_bank
-        self.payer = payer
-        self.payee_bank = payee_bank
-        self.payee = payee
-        self.minutes = minutes
-        self.memo = memo
-        self.deadline = deadline
-        self.status = PREPARING
-        self.reason: str | None = None
-        self.detail = ""
-        self.acknowledged_by: list[str] = []
-        # The banks told of the decision: both, unless it was refused before the payee's
-        # bank was ever asked.
-        self.informed: list[str] = []
+    def __call__(self, aggregate_id: UUID, cls: type[A], /) -> A | None: ...
 
-    @property
-    def parties(self) -> tuple[str, str]:
-        return (self.payer_bank, self.payee_bank)
 
-    @property
-    def is_decided(self) -> bool:
-        return self.status != PREPARING
-
-    @property
-    def awaiting_acknowledgement(self) -> list[str]:
-        return [b for b in self.informed if b not in self.acknowledged_by]
-
-    def _check_undecided(self) -> None:
-        if self.is_decided:
-            raise TransferDecided(f"transfer {self.transfer_id} is already {self.status}")
-
-    class Committed(Aggregate.Event):
-        # When the coordinator decided, by its own clock (which also sets deadlines).
-        decided_at: datetime | None = None
-
-    def commit(self, at: datetime | None = None) -> None:
-        self._check_undecided()
-        self._committed(decided_at=at)
-
-    @event(Committed)
-    def _committed(self, decided_at: datetime | None) -> None:
-        self.status = COMMITTED
-        self.informed = list(self.parties)
-
-    class Aborted(Aggregate.Event):
-        reason: str
-        detail: str
-        informed: list[str]
-        decided_at: datetime | None = None
-
-    def abort(
-        self,
-        reason: str,
-        detail: str = "",
-        *,
-        payee_bank_asked: bool = True,
-        at: datetime | None = None,
-    ) -> None:
-        self._check_undecided()
-        informed = list(self.parties) if payee_bank_asked else [self.payer_bank]
-        self._aborted(reason=reason, detail=detail, informed=informed, decided_at=at)
-
-    @event(Aborted)
-    def _aborted(
-        self, reason: str, detail: str, informed: list[str], decided_at: datetime | None
-    ) -> None:
-        self.status = ABORTED
-        self.reason = reason
-        self.detail = detail
-        self.informed = informed
-
-    class Acknowledged(Aggregate.Event):
-        bank_id: str
-
-    def acknowledge(self, bank_id: str) -> None:
-        """A bank applied the decision; acknowledging twice changes nothing."""
-        if not self.is_decided:
-            raise InvalidRequest(f"transfer {self.transfer_id} has no decision to acknowledge")
-        if bank_id not in self.informed:
-            raise InvalidRequest(f"bank {bank_id} was not told of {self.transfer_id}'s decision")
-        if bank_id not in self.acknowledged_by:
-            self._acknowledged(bank_id=bank_id)
-
-    @event(Acknowledged)
-    def _acknowledged(self, bank_id: str) -> None:
-        self.acknowledged_by.append(bank_id)
+def member_bank(find: Finder, bank_id: str) -> MemberBank:
+    bank = find(bank_id_to_uuid(bank_id), MemberBank)
+    if bank is None:
+        raise UnknownBank(f"bank {bank_id} is not a member", bank_id=bank_id)
+    return bank
 
 
 class Directory(Aggregate):
@@ -420,10 +312,6 @@ class Directory(Aggregate):
     @event(Listed)
     def _listed(self, bank_id: str) -> None:
         self.bank_ids.append(bank_id)
-
-
-class CheckpointConflict(ClearingError):
-    """A bank signed two different hashes for one position of its log: a fork or a rewrite."""
 
 
 class CheckpointLog(Aggregate):
