@@ -14,7 +14,7 @@ from fastapi import APIRouter, Depends, FastAPI, Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from services.clearing.application import Clearing
-from services.clearing.domain_base import (
+from services.clearing.domain_terms import (
     BankExists,
     InvalidRequest,
     ProtocolViolation,

@@ -15,17 +15,18 @@ from services.clearing.domain import (
     CheckpointLog,
     Directory,
     MemberBank,
-    bank_id_to_uuid,
+    Transfer,
     member_bank,
 )
-from services.clearing.domain_base import (
+from services.clearing.domain_terms import (
     DEFAULT_DEADLINE_SECONDS,
     DEFAULT_RESEND_SECONDS,
     BankExists,
     InvalidRequest,
     UnknownTransfer,
+    bank_id_to_uuid,
+    transfer_id_to_uuid,
 )
-from services.clearing.domain_transfer import Transfer, transfer_id_to_uuid
 from services.clearing.handlers import handle
 from services.clearing.settlement import SettlementBook
 from services.clearing.settlements import confirm_receipt, open_cycle, settlement_cycle

@@ -11,9 +11,17 @@ from uuid import UUID
 
 from eventsourcing.utils import get_topic
 
-from services.clearing.domain import MemberBank, bank_id_to_uuid, member_bank, refusal_for
-from services.clearing.domain_base import ProtocolViolation
-from services.clearing.domain_transfer import Transfer, transfer_id_to_uuid
+from services.clearing.domain import (
+    MemberBank,
+    Transfer,
+    member_bank,
+    refusal_for,
+)
+from services.clearing.domain_terms import (
+    ProtocolViolation,
+    bank_id_to_uuid,
+    transfer_id_to_uuid,
+)
 from services.common.application import ServiceApplication
 from services.common.inbox import MessageRejected, UnitOfWork
 from shared.protocol import (

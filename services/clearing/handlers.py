@@ -4,8 +4,15 @@ message type, after checking that the sender is a member."""
 from __future__ import annotations
 
 from services.clearing.coordinator import Coordinator
-from services.clearing.domain import CheckpointLog, MemberBank, bank_id_to_uuid, member_bank
-from services.clearing.domain_base import CheckpointConflict
+from services.clearing.domain import (
+    CheckpointLog,
+    MemberBank,
+    member_bank,
+)
+from services.clearing.domain_terms import (
+    CheckpointConflict,
+    bank_id_to_uuid,
+)
 from services.common.inbox import MessageRejected, UnitOfWork
 from shared.protocol import (
     AnyMessage,

@@ -12,7 +12,7 @@ from uuid import NAMESPACE_URL, UUID, uuid5
 
 from eventsourcing.domain import Aggregate, event
 
-from services.clearing.domain_base import ClearingError, InvalidRequest, ProtocolViolation
+from services.clearing.domain_terms import ClearingError, InvalidRequest, ProtocolViolation
 
 
 class CycleStatus(StrEnum):

@@ -6,7 +6,10 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from datetime import datetime
 
-from services.clearing.domain import Finder, member_bank
+from services.clearing.domain import (
+    Finder,
+    member_bank,
+)
 from services.clearing.settlement import (
     SettlementBook,
     SettlementCycle,

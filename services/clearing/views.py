@@ -6,9 +6,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from services.clearing.domain import MemberBank
-from services.clearing.domain_base import BankStatus, TransferPhase
-from services.clearing.domain_transfer import Transfer
+from services.clearing.domain import (
+    MemberBank,
+    Transfer,
+)
+from services.clearing.domain_terms import BankStatus, TransferPhase
 from services.clearing.settlement import CycleStatus, ObligationStatus, SettlementCycle
 
 

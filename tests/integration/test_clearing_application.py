@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from services.clearing.application import Clearing
-from services.clearing.domain_base import (
+from services.clearing.domain_terms import (
     BankExists,
     BankStatus,
     InvalidRequest,

@@ -15,7 +15,12 @@ import pytest
 from eventsourcing.application import Application
 
 from services.clearing.application import Clearing
-from services.clearing.domain import MemberBank, bank_id_to_uuid
+from services.clearing.domain import (
+    MemberBank,
+)
+from services.clearing.domain_terms import (
+    bank_id_to_uuid,
+)
 from services.clearing.settlement import (
     CycleStatus,
     NotCreditor,

@@ -7,8 +7,13 @@ from typing import Any
 
 import pytest
 
-from services.clearing.domain import Directory, MemberBank, refusal_for
-from services.clearing.domain_base import (
+from services.clearing.domain import (
+    Directory,
+    MemberBank,
+    Transfer,
+    refusal_for,
+)
+from services.clearing.domain_terms import (
     BankStatus,
     InvalidRequest,
     ProtocolViolation,
@@ -17,7 +22,6 @@ from services.clearing.domain_base import (
     TransferDecided,
     TransferPhase,
 )
-from services.clearing.domain_transfer import Transfer
 
 DEADLINE = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
 

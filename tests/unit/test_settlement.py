@@ -11,7 +11,7 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from services.clearing.domain_base import InvalidRequest, ProtocolViolation
+from services.clearing.domain_terms import InvalidRequest, ProtocolViolation
 from services.clearing.settlement import (
     EXACT_PLAN_MAX_BANKS,
     CycleStatus,

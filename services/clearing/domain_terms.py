@@ -1,4 +1,5 @@
-"""What the clearing house's domain modules share: its statuses, its errors and its timings."""
+"""The clearing house's vocabulary: statuses, timings, the ids of its aggregates, and the errors
+its rules raise."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
+from uuid import NAMESPACE_URL, UUID, uuid5
 
 # How long the payee's bank has to answer, and how long a decision waits for acknowledgement
 # before it is sent again.
@@ -83,3 +85,24 @@ class Refusal:
     reason: str
     detail: str
     extra: Mapping[str, int] = field(default_factory=dict)
+
+
+_BANK_NAMESPACE = uuid5(NAMESPACE_URL, "urn:timebank-federation:clearing:bank")
+_TRANSFER_NAMESPACE = uuid5(NAMESPACE_URL, "urn:timebank-federation:clearing:transfer")
+
+
+def bank_id_to_uuid(bank_id: str) -> UUID:
+    return uuid5(_BANK_NAMESPACE, bank_id)
+
+
+def transfer_id_to_uuid(transfer_id: str) -> UUID:
+    return uuid5(_TRANSFER_NAMESPACE, transfer_id)
+
+
+def directory_id() -> UUID:
+    """The id of the federation's one directory."""
+    return uuid5(_BANK_NAMESPACE, "directory")
+
+
+def checkpoint_log_id(bank_id: str) -> UUID:
+    return uuid5(_BANK_NAMESPACE, f"checkpoints:{bank_id}")
