@@ -33,7 +33,11 @@ from eventsourcing.utils import get_topic
 
 from services.audit.eventlog import EventLog, UnreadableRow
 from services.audit.replay import BankAudit, Observer, Problem
-from services.clearing.domain import CheckpointLog, MemberBank, Transfer
+from services.clearing.domain import (
+    CheckpointLog,
+    MemberBank,
+    Transfer,
+)
 from services.ledger.domain import (
     Account,
     CrossBankTransfer,

@@ -9,21 +9,29 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, ConfigDict, Field
 
-from services.clearing.application import (
+from services.clearing.application import Clearing
+from services.clearing.domain_terms import (
     BankExists,
-    Clearing,
+    InvalidRequest,
+    ProtocolViolation,
+    SettlementBlocked,
     UnknownBank,
-    UnknownSettlement,
     UnknownTransfer,
 )
-from services.clearing.domain import InvalidRequest, SettlementBlocked
-from services.clearing.settlement import NotCreditor, SettlementOpen, UnknownObligation
+from services.clearing.settlement import (
+    NotCreditor,
+    SettlementOpen,
+    UnknownObligation,
+    UnknownSettlement,
+)
 from services.common.auth import bearer_token, digest
 from services.common.deps import Reader, Writer, application
 from services.common.problems import Problem
 
 CLEARING_ERRORS: dict[type[Exception], tuple[int, str]] = {
     InvalidRequest: (422, "invalid_request"),
+    # No request reaches a protocol step today; were one to, it answers as it always has.
+    ProtocolViolation: (422, "invalid_request"),
     UnknownBank: (404, "unknown_bank"),
     UnknownTransfer: (404, "unknown_transfer"),
     BankExists: (409, "bank_exists"),

@@ -1,63 +1,34 @@
-"""The clearing house's books: member banks (limit, position, reservations) and transfers."""
+"""The clearing house's books: member banks (limit, position, reservations), transfers, the
+directory, the banks' signed checkpoints, and the rule that refuses a transfer before it starts.
+
+The aggregates stay in this module: its path is part of every stored event's topic."""
 
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
-from uuid import NAMESPACE_URL, UUID, uuid5
+from typing import Any, Protocol, TypeVar
+from uuid import UUID
 
 from eventsourcing.domain import Aggregate, event
 
-# How long the payee's bank has to answer, and how long a decision waits for acknowledgement
-# before it is sent again.
-DEFAULT_DEADLINE_SECONDS = 30.0
-DEFAULT_RESEND_SECONDS = 10.0
+from services.clearing.domain_terms import (
+    BankStatus,
+    CheckpointConflict,
+    InvalidRequest,
+    ProtocolViolation,
+    Refusal,
+    ReservationRefused,
+    SettlementBlocked,
+    TransferDecided,
+    TransferPhase,
+    UnknownBank,
+    bank_id_to_uuid,
+    checkpoint_log_id,
+    directory_id,
+    transfer_id_to_uuid,
+)
 
-ACTIVE = "active"
-SUSPENDED = "suspended"
-PREPARING = "preparing"
-COMMITTED = "committed"
-ABORTED = "aborted"
-
-_BANK_NAMESPACE = uuid5(NAMESPACE_URL, "urn:timebank-federation:clearing:bank")
-_TRANSFER_NAMESPACE = uuid5(NAMESPACE_URL, "urn:timebank-federation:clearing:transfer")
-
-
-class ClearingError(Exception):
-    """A rule of the clearing house refused a command; nothing was written."""
-
-    def __init__(self, detail: str, **extra: Any) -> None:
-        super().__init__(detail)
-        self.detail = detail
-        self.extra = extra
-
-
-class InvalidRequest(ClearingError):
-    pass
-
-
-class ReservationRefused(ClearingError):
-    """The payer's bank may not reserve these minutes; ``reason`` is the abort code."""
-
-    def __init__(self, reason: str, detail: str, **extra: Any) -> None:
-        super().__init__(detail, **extra)
-        self.reason = reason
-
-
-class SettlementBlocked(ClearingError):
-    """A settlement cycle cannot open yet: transfers in flight could break a limit."""
-
-
-class TransferDecided(ClearingError):
-    """The transfer already has its decision; it cannot change."""
-
-
-def bank_id_to_uuid(bank_id: str) -> UUID:
-    return uuid5(_BANK_NAMESPACE, bank_id)
-
-
-def transfer_id_to_uuid(transfer_id: str) -> UUID:
-    return uuid5(_TRANSFER_NAMESPACE, transfer_id)
+A = TypeVar("A", bound=Aggregate)
 
 
 class MemberBank(Aggregate):
@@ -119,7 +90,7 @@ class MemberBank(Aggregate):
         self.limit_minutes = limit_minutes
         self.token_digest = token_digest
         self.public_key = public_key
-        self.status = ACTIVE
+        self.status = BankStatus.ACTIVE
         self.position_minutes = 0
         self.reserved_minutes = 0
         # Credit an open settlement cycle will pay this bank outside the system: it leaves
@@ -146,42 +117,55 @@ class MemberBank(Aggregate):
         pass
 
     def suspend(self) -> None:
-        if self.status != SUSPENDED:
+        if self.status != BankStatus.SUSPENDED:
             self._suspended()
 
     @event(Suspended)
     def _suspended(self) -> None:
-        self.status = SUSPENDED
+        self.status = BankStatus.SUSPENDED
 
     class Reinstated(Aggregate.Event):
         pass
 
     def reinstate(self) -> None:
-        if self.status != ACTIVE:
+        if self.status != BankStatus.ACTIVE:
             self._reinstated()
 
     @event(Reinstated)
     def _reinstated(self) -> None:
-        self.status = ACTIVE
+        self.status = BankStatus.ACTIVE
 
     class Reserved(Aggregate.Event):
         transfer_id: str
         minutes: int
 
-    def reserve(self, transfer_id: str, minutes: int) -> None:
-        if self.status != ACTIVE:
-            raise ReservationRefused("bank_suspended", f"bank {self.bank_id} is suspended")
-        if self.net_debit_after_reservations + minutes > self.limit_minutes:
-            raise ReservationRefused(
+    def would_exceed_limit(self, minutes: int) -> bool:
+        """Whether ``minutes`` more owed would take the bank past its limit."""
+        return self.net_debit_after_reservations + minutes > self.limit_minutes
+
+    def reservation_refusal(self, minutes: int) -> Refusal | None:
+        """Why this bank may not reserve ``minutes`` for a transfer it pays, if it may not."""
+        if self.status != BankStatus.ACTIVE:
+            return Refusal("bank_suspended", f"bank {self.bank_id} is suspended")
+        if self.would_exceed_limit(minutes):
+            return Refusal(
                 "bank_limit_exceeded",
                 f"bank {self.bank_id} would owe more than its limit of "
                 f"{self.limit_minutes} minutes",
-                position_minutes=self.position_minutes,
-                reserved_minutes=self.reserved_minutes,
-                limit_minutes=self.limit_minutes,
+                {
+                    "position_minutes": self.position_minutes,
+                    "reserved_minutes": self.reserved_minutes,
+                    "limit_minutes": self.limit_minutes,
+                },
             )
+        return None
+
+    def reserve(self, transfer_id: str, minutes: int) -> None:
+        refusal = self.reservation_refusal(minutes)
+        if refusal is not None:
+            raise ReservationRefused(refusal.reason, refusal.detail, **refusal.extra)
         if transfer_id in self.reservations:
-            raise InvalidRequest(f"transfer {transfer_id} is already reserved")
+            raise ProtocolViolation(f"transfer {transfer_id} is already reserved")
         self._reserved(transfer_id=transfer_id, minutes=minutes)
 
     @event(Reserved)
@@ -236,9 +220,7 @@ class MemberBank(Aggregate):
         """An open cycle will pay this creditor bank ``minutes`` outside the system: from now
         on that credit counts as gone for its limit. Refused if transfers already reserved
         would then take it past its limit."""
-        if self.reserved_minutes + self.settling_minutes + minutes - self.position_minutes > (
-            self.limit_minutes
-        ):
+        if self.would_exceed_limit(minutes):
             raise SettlementBlocked(
                 f"bank {self.bank_id} has {self.reserved_minutes} minutes reserved for "
                 "transfers not yet decided; once its credit is settled they could take it past "
@@ -272,9 +254,37 @@ class MemberBank(Aggregate):
         try:
             return self.reservations[transfer_id]
         except KeyError:
-            raise InvalidRequest(
+            raise ProtocolViolation(
                 f"no reservation for transfer {transfer_id} at bank {self.bank_id}"
             ) from None
+
+
+def refusal_for(
+    payer_bank: MemberBank, payee_bank: MemberBank | None, payee_bank_id: str, minutes: int
+) -> Refusal | None:
+    """Why a transfer from ``payer_bank`` to ``payee_bank_id`` (found as ``payee_bank``, or
+    not a member) must be aborted before the payee's bank is asked; None if it may go on."""
+    if payee_bank_id == payer_bank.bank_id:
+        return Refusal("invalid_transfer", "payer and payee are in the same bank")
+    if payee_bank is None:
+        return Refusal("unknown_bank", f"{payee_bank_id} is not a member bank")
+    if payee_bank.status != BankStatus.ACTIVE:
+        return Refusal("bank_suspended", f"bank {payee_bank_id} is suspended")
+    return payer_bank.reservation_refusal(minutes)
+
+
+class Finder(Protocol):
+    """A lookup by aggregate id that answers None when there is none of that class: an
+    application's ``find`` or a unit of work's ``get``."""
+
+    def __call__(self, aggregate_id: UUID, cls: type[A], /) -> A | None: ...
+
+
+def member_bank(find: Finder, bank_id: str) -> MemberBank:
+    bank = find(bank_id_to_uuid(bank_id), MemberBank)
+    if bank is None:
+        raise UnknownBank(f"bank {bank_id} is not a member", bank_id=bank_id)
+    return bank
 
 
 class Transfer(Aggregate):
@@ -314,7 +324,7 @@ class Transfer(Aggregate):
         self.minutes = minutes
         self.memo = memo
         self.deadline = deadline
-        self.status = PREPARING
+        self.status = TransferPhase.PREPARING
         self.reason: str | None = None
         self.detail = ""
         self.acknowledged_by: list[str] = []
@@ -328,7 +338,7 @@ class Transfer(Aggregate):
 
     @property
     def is_decided(self) -> bool:
-        return self.status != PREPARING
+        return self.status != TransferPhase.PREPARING
 
     @property
     def awaiting_acknowledgement(self) -> list[str]:
@@ -348,7 +358,7 @@ class Transfer(Aggregate):
 
     @event(Committed)
     def _committed(self, decided_at: datetime | None) -> None:
-        self.status = COMMITTED
+        self.status = TransferPhase.COMMITTED
         self.informed = list(self.parties)
 
     class Aborted(Aggregate.Event):
@@ -373,7 +383,7 @@ class Transfer(Aggregate):
     def _aborted(
         self, reason: str, detail: str, informed: list[str], decided_at: datetime | None
     ) -> None:
-        self.status = ABORTED
+        self.status = TransferPhase.ABORTED
         self.reason = reason
         self.detail = detail
         self.informed = informed
@@ -384,9 +394,9 @@ class Transfer(Aggregate):
     def acknowledge(self, bank_id: str) -> None:
         """A bank applied the decision; acknowledging twice changes nothing."""
         if not self.is_decided:
-            raise InvalidRequest(f"transfer {self.transfer_id} has no decision to acknowledge")
+            raise ProtocolViolation(f"transfer {self.transfer_id} has no decision to acknowledge")
         if bank_id not in self.informed:
-            raise InvalidRequest(f"bank {bank_id} was not told of {self.transfer_id}'s decision")
+            raise ProtocolViolation(f"bank {bank_id} was not told of {self.transfer_id}'s decision")
         if bank_id not in self.acknowledged_by:
             self._acknowledged(bank_id=bank_id)
 
@@ -400,7 +410,7 @@ class Directory(Aggregate):
 
     @staticmethod
     def create_id(**_: Any) -> UUID:
-        return uuid5(_BANK_NAMESPACE, "directory")
+        return directory_id()
 
     class Opened(Aggregate.Created):
         pass
@@ -422,16 +432,12 @@ class Directory(Aggregate):
         self.bank_ids.append(bank_id)
 
 
-class CheckpointConflict(ClearingError):
-    """A bank signed two different hashes for one position of its log: a fork or a rewrite."""
-
-
 class CheckpointLog(Aggregate):
     """The signed checkpoints of one bank's hash chain, in log order (one log per bank)."""
 
     @staticmethod
     def create_id(bank_id: str, **_: Any) -> UUID:
-        return uuid5(_BANK_NAMESPACE, f"checkpoints:{bank_id}")
+        return checkpoint_log_id(bank_id)
 
     class Started(Aggregate.Created):
         bank_id: str

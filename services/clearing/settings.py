@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from services.clearing.domain import DEFAULT_DEADLINE_SECONDS
+from services.clearing.domain_terms import DEFAULT_DEADLINE_SECONDS
 from services.common.auth import TokenRegistry
 from services.common.settings import bus_settings, check_seconds, check_store_url, service_tokens
 from shared.bus import DEFAULT_BUS, DEFAULT_NAMESPACE, Bus

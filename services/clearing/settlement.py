@@ -6,17 +6,24 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
+from enum import StrEnum
 from typing import Any
 from uuid import NAMESPACE_URL, UUID, uuid5
 
 from eventsourcing.domain import Aggregate, event
 
-from services.clearing.domain import ClearingError, InvalidRequest
+from services.clearing.domain_terms import ClearingError, InvalidRequest, ProtocolViolation
 
-OPEN = "open"
-COMPLETED = "completed"
-PENDING = "pending"
-CONFIRMED = "confirmed"
+
+class CycleStatus(StrEnum):
+    OPEN = "open"
+    COMPLETED = "completed"
+
+
+class ObligationStatus(StrEnum):
+    PENDING = "pending"
+    CONFIRMED = "confirmed"
+
 
 # Up to this many banks with a non-zero position, the plan is the proven minimum (an exact
 # search over subsets, 2^n steps); beyond it, a greedy plan that still needs at most n-1.
@@ -34,6 +41,10 @@ class NotCreditor(ClearingError):
 
 
 class UnknownObligation(ClearingError):
+    pass
+
+
+class UnknownSettlement(ClearingError):
     pass
 
 
@@ -161,8 +172,8 @@ class SettlementCycle(Aggregate):
         )
 
     @property
-    def status(self) -> str:
-        return COMPLETED if self.completed_at is not None else OPEN
+    def status(self) -> CycleStatus:
+        return CycleStatus.COMPLETED if self.completed_at is not None else CycleStatus.OPEN
 
     @property
     def all_confirmed(self) -> bool:
@@ -176,6 +187,11 @@ class SettlementCycle(Aggregate):
                 settlement_id=self.settlement_id,
             )
         return self.obligations[number - 1]
+
+    def obligation_status(self, number: int) -> ObligationStatus:
+        if number in self.confirmed_at:
+            return ObligationStatus.CONFIRMED
+        return ObligationStatus.PENDING
 
     def paid_and_received(self) -> dict[str, tuple[int, int]]:
         """What each bank pays and is paid, outside the system, by this cycle's obligations."""
@@ -220,7 +236,7 @@ class SettlementCycle(Aggregate):
         if self.completed_at is not None:
             return
         if not self.all_confirmed:
-            raise InvalidRequest(f"settlement {self.settlement_id} has unconfirmed obligations")
+            raise ProtocolViolation(f"settlement {self.settlement_id} has unconfirmed obligations")
         self._completed(completed_at=at)
 
     @event(Completed)

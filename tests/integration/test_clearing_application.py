@@ -10,21 +10,16 @@ from typing import Any
 
 import pytest
 
-from services.clearing.application import (
+from services.clearing.application import Clearing
+from services.clearing.domain_terms import (
     BankExists,
-    BankView,
-    Clearing,
+    BankStatus,
+    InvalidRequest,
+    TransferPhase,
     UnknownBank,
     UnknownTransfer,
 )
-from services.clearing.domain import (
-    ABORTED,
-    ACTIVE,
-    COMMITTED,
-    PREPARING,
-    SUSPENDED,
-    InvalidRequest,
-)
+from services.clearing.views import BankView
 from services.common.inbox import Outcome, Received
 from services.common.outbox import QUEUED_TOPIC, envelope_of
 from services.common.stores import parse_store_url
@@ -190,9 +185,9 @@ def test_admitting_banks_announces_the_full_directory_to_every_bank(
         for e in queued(app)
         if isinstance(e.message, DirectoryChanged)
     ]
-    both = [("alpha", "Alpha", ACTIVE), ("beta", "Beta", ACTIVE)]
+    both = [("alpha", "Alpha", BankStatus.ACTIVE), ("beta", "Beta", BankStatus.ACTIVE)]
     assert announced == [
-        ("alpha", 1, [("alpha", "Alpha", ACTIVE)]),
+        ("alpha", 1, [("alpha", "Alpha", BankStatus.ACTIVE)]),
         ("alpha", 2, both),
         ("beta", 1, both),
     ]
@@ -248,14 +243,14 @@ def test_suspending_a_bank_changes_its_status_and_reannounces_the_directory(
     clearing: Clearing,
 ) -> None:
     view = clearing.suspend_bank("beta")
-    assert view.status == SUSPENDED
-    assert bank(clearing, "beta").status == SUSPENDED
+    assert view.status == BankStatus.SUSPENDED
+    assert bank(clearing, "beta").status == BankStatus.SUSPENDED
     for bank_id in ("alpha", "beta", "gamma"):
         latest = sent_to(clearing, bank_id, DirectoryChanged)[-1]
         assert [(b.bank_id, b.status) for b in latest.banks] == [
-            ("alpha", ACTIVE),
-            ("beta", SUSPENDED),
-            ("gamma", ACTIVE),
+            ("alpha", BankStatus.ACTIVE),
+            ("beta", BankStatus.SUSPENDED),
+            ("gamma", BankStatus.ACTIVE),
         ]
 
 
@@ -264,11 +259,11 @@ def test_reinstating_a_bank_makes_it_active_and_reannounces_the_directory(
 ) -> None:
     clearing.suspend_bank("beta")
     announced = len(sent_to(clearing, "alpha", DirectoryChanged))
-    assert clearing.reinstate_bank("beta").status == ACTIVE
-    assert bank(clearing, "beta").status == ACTIVE
+    assert clearing.reinstate_bank("beta").status == BankStatus.ACTIVE
+    assert bank(clearing, "beta").status == BankStatus.ACTIVE
     alpha_directories = sent_to(clearing, "alpha", DirectoryChanged)
     assert len(alpha_directories) == announced + 1
-    assert {b.bank_id: b.status for b in alpha_directories[-1].banks}["beta"] == ACTIVE
+    assert {b.bank_id: b.status for b in alpha_directories[-1].banks}["beta"] == BankStatus.ACTIVE
 
 
 @pytest.mark.parametrize("change", ["suspend_bank", "reinstate_bank"])
@@ -287,8 +282,8 @@ def test_banks_lists_every_member_in_admission_order_with_its_books(
     empty_clearing.admit_bank("gamma", "Gamma", 30)
     empty_clearing.admit_bank("alpha", "Alpha", 10)
     assert empty_clearing.banks() == [
-        BankView("gamma", "Gamma", ACTIVE, 30, 0, 0),
-        BankView("alpha", "Alpha", ACTIVE, 10, 0, 0),
+        BankView("gamma", "Gamma", BankStatus.ACTIVE, 30, 0, 0),
+        BankView("alpha", "Alpha", BankStatus.ACTIVE, 10, 0, 0),
     ]
     assert empty_clearing.positions() == {"gamma": 0, "alpha": 0}
 
@@ -320,7 +315,7 @@ def test_transfer_request_reserves_and_asks_the_payee_bank_for_credit(
     assert clearing.positions() == {"alpha": 0, "beta": 0, "gamma": 0}
     transfer = clearing.get_transfer("t1")
     assert (transfer.status, transfer.payer_bank, transfer.payee_bank) == (
-        PREPARING,
+        TransferPhase.PREPARING,
         "alpha",
         "beta",
     )
@@ -333,7 +328,7 @@ def test_credit_prepared_commits_and_moves_the_positions(clearing: Clearing, sen
     clearing.receive([send("alpha", request("t1", minutes=90))])
     results = clearing.receive([send("beta", CreditPrepared(transfer_id="t1"))])
     assert outcomes(results) == [Outcome.APPLIED]
-    assert clearing.get_transfer("t1").status == COMMITTED
+    assert clearing.get_transfer("t1").status == TransferPhase.COMMITTED
     positions = clearing.positions()
     assert positions == {"alpha": -90, "beta": 90, "gamma": 0}
     assert sum(positions.values()) == 0
@@ -375,7 +370,7 @@ def assert_aborted(
 ) -> TransferAborted:
     """The transfer is aborted for this reason and only these banks were told, once each."""
     transfer = app.get_transfer(transfer_id)
-    assert (transfer.status, transfer.reason) == (ABORTED, reason)
+    assert (transfer.status, transfer.reason) == (TransferPhase.ABORTED, reason)
     told = [(d, kind) for d, kind in for_transfer(app, transfer_id) if kind != "CreditRequested"]
     assert told == [(b, "TransferAborted") for b in informed]
     aborted: TransferAborted = sent_to(app, informed[0], TransferAborted)[-1]
@@ -416,7 +411,7 @@ def test_transfer_over_the_payer_banks_limit_is_aborted_and_one_that_fits_commit
     clearing.receive([send("alpha", request("t3", minutes=100))])
     assert reserved(clearing)["alpha"] == LIMIT
     clearing.receive([send("beta", CreditPrepared(transfer_id="t3"))])
-    assert clearing.get_transfer("t3").status == COMMITTED
+    assert clearing.get_transfer("t3").status == TransferPhase.COMMITTED
     assert clearing.positions()["alpha"] == -100
 
 
@@ -473,7 +468,7 @@ def test_expire_overdue_aborts_only_transfers_past_their_deadline(
     clock.advance(2)
     assert clearing.expire_overdue() == ["t1"]
     assert_aborted(clearing, "t1", "deadline_exceeded", ["alpha", "beta"])
-    assert clearing.get_transfer("t2").status == PREPARING
+    assert clearing.get_transfer("t2").status == TransferPhase.PREPARING
     assert reserved(clearing)["alpha"] == 25
     # Expiring again finds nothing new: t1 is decided once.
     assert clearing.expire_overdue() == []
@@ -491,7 +486,7 @@ def test_late_credit_prepared_after_expiry_is_acknowledged_but_changes_nothing(
     assert outcomes(late) == [Outcome.APPLIED]
     assert (queued(clearing), clearing.banks()) == before
     assert clearing.positions() == {"alpha": 0, "beta": 0, "gamma": 0}
-    assert clearing.get_transfer("t1").status == ABORTED
+    assert clearing.get_transfer("t1").status == TransferPhase.ABORTED
 
 
 def test_waiting_transfers_survive_reopening_the_clearing_on_the_same_store(
@@ -785,7 +780,7 @@ def run_random_mix(app: Clearing, send: Senders, clock: Clock, rng: random.Rando
         payee_banks[f"r{i}"] = payee
         last = send(payer, request(f"r{i}", payer, payee, rng.randint(1, 250)))
         app.receive([last])
-        if app.get_transfer(f"r{i}").status == PREPARING:
+        if app.get_transfer(f"r{i}").status == TransferPhase.PREPARING:
             waiting.append(f"r{i}")
         if waiting and rng.random() < 0.55:
             answered = waiting.pop(rng.randrange(len(waiting)))
@@ -827,14 +822,20 @@ def test_books_keep_their_invariants_through_a_random_mix_of_transfers(
     waiting = run_random_mix(clearing, send, clock, random.Random(20260101))
     assert_books_balance(clearing)
     views = [clearing.get_transfer(f"r{i}") for i in range(200)]
-    assert {v.status for v in views} <= {PREPARING, COMMITTED, ABORTED}
-    assert sorted(v.transfer_id for v in views if v.status == PREPARING) == sorted(waiting)
+    assert {v.status for v in views} <= {
+        TransferPhase.PREPARING,
+        TransferPhase.COMMITTED,
+        TransferPhase.ABORTED,
+    }
+    assert sorted(v.transfer_id for v in views if v.status == TransferPhase.PREPARING) == sorted(
+        waiting
+    )
     expected_reserved = dict.fromkeys(BANKS, 0)
     expected_positions = dict.fromkeys(BANKS, 0)
     for view in views:
-        if view.status == PREPARING:
+        if view.status == TransferPhase.PREPARING:
             expected_reserved[view.payer_bank] += view.minutes
-        elif view.status == COMMITTED:
+        elif view.status == TransferPhase.COMMITTED:
             expected_positions[view.payer_bank] -= view.minutes
             expected_positions[view.payee_bank] += view.minutes
     assert reserved(clearing) == expected_reserved

@@ -15,8 +15,13 @@ import pytest
 from eventsourcing.application import Application
 
 from services.clearing.application import Clearing
-from services.clearing.application import UnknownTransfer as ClearingUnknownTransfer
-from services.clearing.domain import MemberBank, bank_id_to_uuid
+from services.clearing.domain import (
+    MemberBank,
+)
+from services.clearing.domain_terms import UnknownTransfer as ClearingUnknownTransfer
+from services.clearing.domain_terms import (
+    bank_id_to_uuid,
+)
 from services.common.inbox import Outcome, Received, UnitOfWork
 from services.common.outbox import QUEUED_TOPIC, envelope_of
 from services.common.stores import parse_store_url

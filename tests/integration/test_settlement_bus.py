@@ -12,9 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from services.clearing.application import Clearing, SettlementView
+from services.clearing.application import Clearing
 from services.clearing.service import clearing_bus_worker
-from services.clearing.settlement import COMPLETED, CONFIRMED, OPEN
+from services.clearing.settlement import CycleStatus, ObligationStatus
+from services.clearing.views import SettlementView
 from services.common.bus_worker import BusWorker
 from services.common.stores import parse_store_url
 from services.ledger.application import (
@@ -201,10 +202,10 @@ def test_a_cycle_over_nats_leaves_every_federation_account_at_zero_and_posts_onc
         assert_invariants(fed, transfers)
 
         view = await asyncio.to_thread(fed.clearing.open_settlement)
-        assert (view.status, view.positions) == (OPEN, before)
+        assert (view.status, view.positions) == (CycleStatus.OPEN, before)
         assert 1 <= len(view.obligations) <= 2
         view = await confirm(fed, view, [o.number for o in view.obligations])
-        assert view.status == COMPLETED
+        assert view.status == CycleStatus.COMPLETED
         assert set(fed.clearing.positions().values()) == {0}
 
         def settled() -> bool:
@@ -245,9 +246,9 @@ def test_a_cycle_completed_while_the_clearing_was_off_the_bus_reaches_every_bank
         late = make_transfers(fed, rng, 4)
         fed.reopen_clearing()
         view = fed.clearing.get_settlement(view.settlement_id)
-        assert [o.status for o in view.obligations] == [CONFIRMED, "pending"]
+        assert [o.status for o in view.obligations] == [ObligationStatus.CONFIRMED, "pending"]
         view = await confirm(fed, view, [2])
-        assert view.status == COMPLETED
+        assert view.status == CycleStatus.COMPLETED
         await fed.start_clearing()
 
         await eventually(

@@ -14,19 +14,24 @@ from typing import Any
 import pytest
 from eventsourcing.application import Application
 
-from services.clearing.application import Clearing, SettlementView, UnknownSettlement
-from services.clearing.domain import MemberBank, bank_id_to_uuid
+from services.clearing.application import Clearing
+from services.clearing.domain import (
+    MemberBank,
+)
+from services.clearing.domain_terms import (
+    bank_id_to_uuid,
+)
 from services.clearing.settlement import (
-    COMPLETED,
-    CONFIRMED,
-    OPEN,
-    PENDING,
+    CycleStatus,
     NotCreditor,
+    ObligationStatus,
     SettlementCycle,
     SettlementOpen,
     UnknownObligation,
+    UnknownSettlement,
     settlement_uuid,
 )
+from services.clearing.views import SettlementView
 from services.common.inbox import Outcome, Received
 from services.common.outbox import QUEUED_TOPIC, envelope_of
 from services.common.stores import parse_store_url
@@ -351,13 +356,13 @@ def test_a_cycle_after_random_transfers_settles_every_position_to_zero_once(
     fed.clock.advance(60)
     cut_off_at = fed.clock.now
     view = fed.clearing.open_settlement()
-    assert (view.settlement_id, view.status, view.cut_off_at) == (1, OPEN, cut_off_at)
+    assert (view.settlement_id, view.status, view.cut_off_at) == (1, CycleStatus.OPEN, cut_off_at)
     assert view.completed_at is None
     assert view.positions == before
     assert_plan_squares_cut_off(view)
     assert view.obligations
     assert [o.number for o in view.obligations] == list(range(1, len(view.obligations) + 1))
-    assert {o.status for o in view.obligations} == {PENDING}
+    assert {o.status for o in view.obligations} == {ObligationStatus.PENDING}
     assert all(o.confirmed_at is None for o in view.obligations)
     # Opening moves nothing: positions move only once every receipt is confirmed.
     assert fed.positions() == before
@@ -366,16 +371,16 @@ def test_a_cycle_after_random_transfers_settles_every_position_to_zero_once(
     for o in view.obligations[:-1]:
         fed.clock.advance()
         view = fed.clearing.confirm_obligation(1, o.number, o.creditor)
-        assert view.status == OPEN
-        assert view.obligations[o.number - 1].status == CONFIRMED
+        assert view.status == CycleStatus.OPEN
+        assert view.obligations[o.number - 1].status == ObligationStatus.CONFIRMED
         assert view.obligations[o.number - 1].confirmed_at == fed.clock.now
         fed.pump.run()
         assert fed.positions() == before
     last = view.obligations[-1]
     fed.clock.advance()
     view = fed.clearing.confirm_obligation(1, last.number, last.creditor)
-    assert (view.status, view.completed_at) == (COMPLETED, fed.clock.now)
-    assert {o.status for o in view.obligations} == {CONFIRMED}
+    assert (view.status, view.completed_at) == (CycleStatus.COMPLETED, fed.clock.now)
+    assert {o.status for o in view.obligations} == {ObligationStatus.CONFIRMED}
     assert set(fed.positions().values()) == {0}
     fed.pump.run()
 
@@ -415,7 +420,7 @@ def test_transfers_committed_after_the_cut_off_belong_to_the_next_cycle(
     assert fed.clearing.get_settlement(view.settlement_id).positions == before
 
     view = fed.confirm_all(view)
-    assert view.status == COMPLETED
+    assert view.status == CycleStatus.COMPLETED
     fed.pump.run()
     # The cycle settled exactly its cut-off positions: what came later is still owed.
     assert fed.positions() == later
@@ -456,8 +461,8 @@ def test_a_cycle_survives_a_restart_of_every_application_mid_cycle_and_settles_o
 
     fed = open_federation(BANKS, clock)
     view = fed.clearing.get_settlement(1)
-    assert view.status == OPEN
-    assert [o.number for o in view.obligations if o.status == CONFIRMED] == half
+    assert view.status == CycleStatus.OPEN
+    assert [o.number for o in view.obligations if o.status == ObligationStatus.CONFIRMED] == half
     assert fed.positions() == before
     with pytest.raises(SettlementOpen):
         fed.clearing.open_settlement()
@@ -469,7 +474,7 @@ def test_a_cycle_survives_a_restart_of_every_application_mid_cycle_and_settles_o
     assert again == view
     rest = [o.number for o in view.obligations if o.number not in half]
     view = fed.confirm_all(view, rest)
-    assert view.status == COMPLETED
+    assert view.status == CycleStatus.COMPLETED
     fed.pump.run()
     assert set(fed.positions().values()) == {0}
     assert_invariants(fed)
@@ -485,7 +490,7 @@ def test_a_cycle_completed_just_before_a_restart_is_posted_once_after_it(
     for _ in range(10):
         fed.transfer(rng)
     view = fed.confirm_all(fed.clearing.open_settlement())
-    assert view.status == COMPLETED
+    assert view.status == CycleStatus.COMPLETED
     # The decision is saved with its messages; nothing has reached the banks yet.
     told = len(settlement_messages(fed.clearing))
     assert told == sum(1 for p in view.positions.values() if p)
@@ -517,7 +522,11 @@ def test_a_cycle_whose_debts_net_out_completes_at_once_and_sends_nothing(
     queued_before = queued_count(fed.clearing)
 
     view = fed.clearing.open_settlement()
-    assert (view.status, view.obligations, view.completed_at) == (COMPLETED, [], fed.clock.now)
+    assert (view.status, view.obligations, view.completed_at) == (
+        CycleStatus.COMPLETED,
+        [],
+        fed.clock.now,
+    )
     assert view.positions == {"gp": 0, "college": 0, "library": 0}
     assert queued_count(fed.clearing) == queued_before
     assert fed.pump.step() == 0
@@ -577,7 +586,7 @@ def test_a_creditor_cannot_spend_past_its_limit_the_credit_its_open_cycle_pays_o
     else:
         fed.pump.step()  # reserved at the clearing house, not yet decided
     view = fed.confirm_all(view)
-    assert view.status == COMPLETED
+    assert view.status == CycleStatus.COMPLETED
     fed.pump.run()
     status = fed.clearing.get_transfer(college_pays.value.transfer_id).status
     if status == "committed":

@@ -1,4 +1,4 @@
-"""Domain rules of the clearing house (services/clearing/domain.py): banks, transfers, directory."""
+"""Domain rules of the clearing house (services/clearing/domain*.py): banks, transfers."""
 
 from __future__ import annotations
 
@@ -8,18 +8,19 @@ from typing import Any
 import pytest
 
 from services.clearing.domain import (
-    ABORTED,
-    ACTIVE,
-    COMMITTED,
-    PREPARING,
-    SUSPENDED,
     Directory,
-    InvalidRequest,
     MemberBank,
+    Transfer,
+    refusal_for,
+)
+from services.clearing.domain_terms import (
+    BankStatus,
+    InvalidRequest,
+    ProtocolViolation,
     ReservationRefused,
     SettlementBlocked,
-    Transfer,
     TransferDecided,
+    TransferPhase,
 )
 
 DEADLINE = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
@@ -69,7 +70,7 @@ def decide(transfer: Transfer, how: str) -> None:
 
 def test_admitted_bank_starts_active_with_nothing_owed_or_reserved() -> None:
     bank = MemberBank.admit("alpha", "Alpha", 250)
-    assert bank_state(bank) == (ACTIVE, 250, 0, 0, {})
+    assert bank_state(bank) == (BankStatus.ACTIVE, 250, 0, 0, {})
     assert bank.bank_id == "alpha"
     assert bank.name == "Alpha"
     assert [type(e) for e in bank.collect_events()] == [MemberBank.Admitted]
@@ -182,17 +183,17 @@ def test_reinstated_bank_may_reserve_again() -> None:
     bank.suspend()
     bank.reinstate()
     bank.reserve("t1", 10)
-    assert (bank.status, bank.reserved_minutes) == (ACTIVE, 10)
+    assert (bank.status, bank.reserved_minutes) == (BankStatus.ACTIVE, 10)
 
 
 def test_suspending_or_reinstating_twice_records_one_event_each() -> None:
     bank = admitted()
     bank.suspend()
     bank.suspend()
-    assert bank.status == SUSPENDED
+    assert bank.status == BankStatus.SUSPENDED
     bank.reinstate()
     bank.reinstate()
-    assert bank.status == ACTIVE
+    assert bank.status == BankStatus.ACTIVE
     assert [type(e) for e in bank.collect_events()] == [
         MemberBank.Suspended,
         MemberBank.Reinstated,
@@ -202,9 +203,52 @@ def test_suspending_or_reinstating_twice_records_one_event_each() -> None:
 def test_the_same_transfer_cannot_be_reserved_twice() -> None:
     bank = admitted(limit=100)
     bank.reserve("t1", 10)
-    with pytest.raises(InvalidRequest):
+    with pytest.raises(ProtocolViolation):
         bank.reserve("t1", 10)
     assert bank.reserved_minutes == 10
+
+
+# The refusal rule: what aborts a transfer before the payee's bank is asked.
+
+
+def test_a_transfer_within_the_limit_between_active_banks_is_not_refused() -> None:
+    assert refusal_for(admitted(100), admitted(0, "beta"), "beta", 100) is None
+
+
+def suspended(bank: MemberBank) -> MemberBank:
+    bank.suspend()
+    return bank
+
+
+@pytest.mark.parametrize(
+    ("payer", "payee", "payee_bank_id", "minutes", "reason", "detail"),
+    [
+        (admitted(), admitted(), "alpha", 1, "invalid_transfer", "same bank"),
+        (admitted(), None, "beta", 1, "unknown_bank", "beta is not a member"),
+        (admitted(), suspended(admitted(bank_id="beta")), "beta", 1, "bank_suspended", "beta"),
+        (suspended(admitted()), admitted(bank_id="beta"), "beta", 1, "bank_suspended", "alpha"),
+        (admitted(100), admitted(bank_id="beta"), "beta", 101, "bank_limit_exceeded", "limit"),
+    ],
+    ids=["same-bank", "unknown-payee-bank", "payee-suspended", "payer-suspended", "limit"],
+)
+def test_refusal_for_names_the_first_rule_a_transfer_breaks(
+    payer: MemberBank,
+    payee: MemberBank | None,
+    payee_bank_id: str,
+    minutes: int,
+    reason: str,
+    detail: str,
+) -> None:
+    refusal = refusal_for(payer, payee, payee_bank_id, minutes)
+    assert refusal is not None
+    assert refusal.reason == reason
+    assert detail in refusal.detail
+
+
+def test_a_same_bank_transfer_is_refused_as_such_even_from_a_suspended_bank() -> None:
+    refusal = refusal_for(suspended(admitted()), None, "alpha", 1)
+    assert refusal is not None
+    assert refusal.reason == "invalid_transfer"
 
 
 # MemberBank: release, debit and credit.
@@ -224,7 +268,7 @@ def test_release_and_debit_need_an_existing_reservation(step: str) -> None:
     bank.reserve("t1", 10)
     bank.collect_events()
     before = bank_state(bank)
-    with pytest.raises(InvalidRequest, match="no reservation"):
+    with pytest.raises(ProtocolViolation, match="no reservation"):
         getattr(bank, step)("t2")
     assert bank_state(bank) == before
     assert bank.collect_events() == []
@@ -235,9 +279,9 @@ def test_a_reservation_can_be_released_or_debited_only_once(step: str) -> None:
     bank = admitted(limit=100)
     bank.reserve("t1", 10)
     getattr(bank, step)("t1")
-    with pytest.raises(InvalidRequest):
+    with pytest.raises(ProtocolViolation):
         bank.release("t1")
-    with pytest.raises(InvalidRequest):
+    with pytest.raises(ProtocolViolation):
         bank.debit("t1")
 
 
@@ -271,7 +315,7 @@ def test_bank_rebuilt_from_its_events_has_the_same_state() -> None:
     for event in bank.collect_events():
         copy = event.mutate(copy)
     assert isinstance(copy, MemberBank)
-    assert bank_state(copy) == bank_state(bank) == (SUSPENDED, 100, -40, 0, {})
+    assert bank_state(copy) == bank_state(bank) == (BankStatus.SUSPENDED, 100, -40, 0, {})
 
 
 # Transfer.
@@ -279,7 +323,7 @@ def test_bank_rebuilt_from_its_events_has_the_same_state() -> None:
 
 def test_requested_transfer_is_preparing_and_informs_nobody_yet() -> None:
     transfer = requested()
-    assert transfer.status == PREPARING
+    assert transfer.status == TransferPhase.PREPARING
     assert not transfer.is_decided
     assert transfer.parties == ("alpha", "beta")
     assert (transfer.informed, transfer.acknowledged_by, transfer.reason) == ([], [], None)
@@ -288,7 +332,7 @@ def test_requested_transfer_is_preparing_and_informs_nobody_yet() -> None:
 def test_committed_transfer_informs_both_banks() -> None:
     transfer = requested()
     transfer.commit()
-    assert transfer.status == COMMITTED
+    assert transfer.status == TransferPhase.COMMITTED
     assert transfer.informed == ["alpha", "beta"]
     assert transfer.reason is None
     assert [type(e) for e in transfer.collect_events()] == [Transfer.Committed]
@@ -298,7 +342,7 @@ def test_abort_after_asking_the_payee_bank_informs_both_banks() -> None:
     transfer = requested()
     transfer.abort("payee_refused", "no such member")
     assert (transfer.status, transfer.reason, transfer.detail) == (
-        ABORTED,
+        TransferPhase.ABORTED,
         "payee_refused",
         "no such member",
     )
@@ -327,7 +371,7 @@ def test_a_transfer_is_decided_only_once(first: str, second: str) -> None:
 
 def test_acknowledgement_before_a_decision_is_refused() -> None:
     transfer = requested()
-    with pytest.raises(InvalidRequest, match="no decision"):
+    with pytest.raises(ProtocolViolation, match="no decision"):
         transfer.acknowledge("alpha")
     assert transfer.acknowledged_by == []
     assert transfer.collect_events() == []
@@ -362,7 +406,7 @@ def test_only_informed_banks_may_acknowledge(payee_bank_asked: bool, outsider: s
     transfer = requested()
     transfer.abort("unknown_bank", payee_bank_asked=payee_bank_asked)
     transfer.collect_events()
-    with pytest.raises(InvalidRequest, match="not told"):
+    with pytest.raises(ProtocolViolation, match="not told"):
         transfer.acknowledge(outsider)
     assert transfer.acknowledged_by == []
     assert transfer.collect_events() == []
@@ -386,7 +430,7 @@ def test_transfer_rebuilt_from_its_events_keeps_decision_and_acknowledgements() 
         copy = event.mutate(copy)
     assert isinstance(copy, Transfer)
     assert (copy.status, copy.reason, copy.informed, copy.acknowledged_by, copy.deadline) == (
-        ABORTED,
+        TransferPhase.ABORTED,
         "bank_suspended",
         ["alpha"],
         ["alpha"],

@@ -11,11 +11,10 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from services.clearing.domain import InvalidRequest
+from services.clearing.domain_terms import InvalidRequest, ProtocolViolation
 from services.clearing.settlement import (
-    COMPLETED,
     EXACT_PLAN_MAX_BANKS,
-    OPEN,
+    CycleStatus,
     NotCreditor,
     Obligation,
     SettlementBook,
@@ -299,7 +298,7 @@ def test_a_new_cycle_holds_the_cut_off_positions_and_the_planned_obligations() -
     cycle = SettlementCycle.open(4, CUT_OFF, positions)
     assert cycle.id == settlement_uuid(4)
     assert (cycle.settlement_id, cycle.cut_off_at, cycle.positions) == (4, CUT_OFF, positions)
-    assert (cycle.status, cycle.completed_at, cycle.confirmed_at) == (OPEN, None, {})
+    assert (cycle.status, cycle.completed_at, cycle.confirmed_at) == (CycleStatus.OPEN, None, {})
     planned = [Obligation(o["debtor"], o["creditor"], o["minutes"]) for o in cycle.obligations]
     assert planned == plan_obligations(positions)
     assert [type(e) for e in cycle.collect_events()] == [SettlementCycle.Opened]
@@ -357,9 +356,9 @@ def test_a_cycle_with_unconfirmed_obligations_cannot_complete() -> None:
     n, _, creditor, _ = numbered(cycle)[0]
     cycle.confirm(n, creditor, CUT_OFF)
     cycle.collect_events()
-    with pytest.raises(InvalidRequest):
+    with pytest.raises(ProtocolViolation):
         cycle.complete(CUT_OFF)
-    assert (cycle.status, cycle.completed_at) == (OPEN, None)
+    assert (cycle.status, cycle.completed_at) == (CycleStatus.OPEN, None)
     assert cycle.collect_events() == []
 
 
@@ -372,7 +371,7 @@ def test_a_fully_confirmed_cycle_completes_once() -> None:
     cycle.complete(done + timedelta(hours=1))
     kinds = [type(e) for e in cycle.collect_events()]
     assert kinds == [*[SettlementCycle.ObligationConfirmed] * 2, SettlementCycle.Completed]
-    assert (cycle.status, cycle.completed_at) == (COMPLETED, done)
+    assert (cycle.status, cycle.completed_at) == (CycleStatus.COMPLETED, done)
 
 
 def test_a_cycle_with_nothing_to_settle_is_all_confirmed_from_the_start() -> None:

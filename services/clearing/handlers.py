@@ -1,0 +1,64 @@
+"""What the clearing house does with each message a member bank sends it: one handler per
+message type, after checking that the sender is a member."""
+
+from __future__ import annotations
+
+from services.clearing.coordinator import Coordinator
+from services.clearing.domain import (
+    CheckpointLog,
+    MemberBank,
+    member_bank,
+)
+from services.clearing.domain_terms import (
+    CheckpointConflict,
+    bank_id_to_uuid,
+)
+from services.common.inbox import MessageRejected, UnitOfWork
+from shared.protocol import (
+    AnyMessage,
+    CheckpointPublished,
+    CreditPrepared,
+    CreditRefused,
+    DecisionApplied,
+    TransferRequested,
+)
+from shared.signing import checkpoint_payload, verify
+
+
+def handle(coordinator: Coordinator, source: str, message: AnyMessage, uow: UnitOfWork) -> None:
+    """Apply one message from bank ``source`` to the unit of work; MessageRejected if it can
+    never be applied."""
+    if uow.app.find(bank_id_to_uuid(source), MemberBank) is None:
+        raise MessageRejected(f"{source} is not a member bank")
+    match message:
+        case TransferRequested():
+            coordinator.on_transfer_requested(source, message, uow)
+        case CreditPrepared():
+            coordinator.on_credit_prepared(source, message, uow)
+        case CreditRefused():
+            coordinator.on_credit_refused(source, message, uow)
+        case DecisionApplied():
+            coordinator.on_decision_applied(source, message, uow)
+        case CheckpointPublished():
+            on_checkpoint(source, message, uow)
+        case _:
+            raise MessageRejected(f"a bank may not send {type(message).__name__}")
+
+
+def on_checkpoint(source: str, message: CheckpointPublished, uow: UnitOfWork) -> None:
+    """Keep a bank's signed checkpoint of its log, if its signature verifies against the
+    public key given at the bank's admission."""
+    public_key = member_bank(uow.get, source).public_key
+    if not public_key:
+        raise MessageRejected(f"{source} has no public key here: its checkpoint is unsigned")
+    payload = checkpoint_payload(source, message.position, message.chain_hash)
+    if not verify(public_key, payload, message.signature):
+        raise MessageRejected(
+            f"the signature of {source}'s checkpoint at {message.position} does not verify"
+        )
+    log = uow.get(CheckpointLog.create_id(source), CheckpointLog)
+    log = log or uow.add(CheckpointLog(source))
+    try:
+        log.record(message.position, message.chain_hash, message.signature)
+    except CheckpointConflict as e:
+        raise MessageRejected(e.detail) from None

@@ -1,0 +1,109 @@
+"""The clearing house's read models: what its commands and queries answer, built from its
+aggregates."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from services.clearing.domain import (
+    MemberBank,
+    Transfer,
+)
+from services.clearing.domain_terms import BankStatus, TransferPhase
+from services.clearing.settlement import CycleStatus, ObligationStatus, SettlementCycle
+
+
+@dataclass(frozen=True)
+class BankView:
+    bank_id: str
+    name: str
+    status: BankStatus
+    limit_minutes: int
+    position_minutes: int
+    reserved_minutes: int
+
+
+@dataclass(frozen=True)
+class TransferView:
+    transfer_id: str
+    status: TransferPhase
+    reason: str | None
+    detail: str
+    payer_bank: str
+    payer: str
+    payee_bank: str
+    payee: str
+    minutes: int
+    memo: str
+    deadline: datetime
+    acknowledged_by: list[str]
+
+
+@dataclass(frozen=True)
+class ObligationView:
+    number: int
+    debtor: str
+    creditor: str
+    minutes: int
+    status: ObligationStatus
+    confirmed_at: datetime | None
+
+
+@dataclass(frozen=True)
+class SettlementView:
+    settlement_id: int
+    status: CycleStatus
+    cut_off_at: datetime
+    completed_at: datetime | None
+    positions: dict[str, int]
+    obligations: list[ObligationView]
+
+
+def bank_view(bank: MemberBank) -> BankView:
+    return BankView(
+        bank_id=bank.bank_id,
+        name=bank.name,
+        status=bank.status,
+        limit_minutes=bank.limit_minutes,
+        position_minutes=bank.position_minutes,
+        reserved_minutes=bank.reserved_minutes,
+    )
+
+
+def transfer_view(transfer: Transfer) -> TransferView:
+    return TransferView(
+        transfer_id=transfer.transfer_id,
+        status=transfer.status,
+        reason=transfer.reason,
+        detail=transfer.detail,
+        payer_bank=transfer.payer_bank,
+        payer=transfer.payer,
+        payee_bank=transfer.payee_bank,
+        payee=transfer.payee,
+        minutes=transfer.minutes,
+        memo=transfer.memo,
+        deadline=transfer.deadline,
+        acknowledged_by=list(transfer.acknowledged_by),
+    )
+
+
+def settlement_view(cycle: SettlementCycle) -> SettlementView:
+    return SettlementView(
+        settlement_id=cycle.settlement_id,
+        status=cycle.status,
+        cut_off_at=cycle.cut_off_at,
+        completed_at=cycle.completed_at,
+        positions=dict(cycle.positions),
+        obligations=[
+            ObligationView(
+                number=n,
+                debtor=o["debtor"],
+                creditor=o["creditor"],
+                minutes=o["minutes"],
+                status=cycle.obligation_status(n),
+                confirmed_at=cycle.confirmed_at.get(n),
+            )
+            for n, o in enumerate(cycle.obligations, start=1)
+        ],
+    )
