@@ -20,7 +20,8 @@ if TYPE_CHECKING:
 
     from services.audit.eventlog import EventLog
     from services.audit.federation import FederationAudit
-    from services.audit.replay import BankAudit, Observer
+    from services.audit.findings import BankAudit
+    from services.audit.replay import Observer
 
 audit_app = typer.Typer(
     help="Replay event logs from their first event and check every invariant.",

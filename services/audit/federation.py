@@ -32,7 +32,8 @@ from eventsourcing.persistence import Notification
 from eventsourcing.utils import get_topic
 
 from services.audit.eventlog import EventLog, UnreadableRow
-from services.audit.replay import BankAudit, Observer, Problem
+from services.audit.findings import BankAudit, Finding
+from services.audit.replay import Observer
 from services.clearing.domain import CheckpointLog, MemberBank, Transfer
 from services.ledger.domain import (
     FEDERATION_ACCOUNT,
@@ -84,7 +85,7 @@ class ClearingBooks:
     transfers: dict[str, _ClearingTransfer] = field(default_factory=dict)
     checkpoints: dict[str, list[tuple[int, str, str]]] = field(default_factory=dict)
     events: int = 0
-    problems: list[Problem] = field(default_factory=list)
+    problems: list[Finding] = field(default_factory=list)
 
 
 def fold_clearing(
@@ -100,13 +101,13 @@ def fold_clearing(
         for row in batch:
             books.events += 1
             if isinstance(row, UnreadableRow):
-                books.problems.append(Problem(row.id, "?", "decode", row.reason))
+                books.problems.append(Finding(row.id, "?", "decode", row.reason))
                 continue
             try:
                 _fold_clearing_event(books, row, decode, banks, transfers, checkpoint_logs)
             except Exception as e:  # a garbled event is a finding, not a crash
                 books.problems.append(
-                    Problem(row.id, row.topic.rsplit(".", 1)[-1], "decode", str(e) or repr(e))
+                    Finding(row.id, row.topic.rsplit(".", 1)[-1], "decode", str(e) or repr(e))
                 )
     return books
 
@@ -212,7 +213,7 @@ class FederationAudit:
     clearing_events: int
     positions: dict[str, int]
     banks: dict[str, BankAudit]
-    problems: list[Problem]
+    problems: list[Finding]
     # How many of each bank's signed checkpoints the clearing house holds (each one checked).
     checkpoints: dict[str, int] = field(default_factory=dict)
 
@@ -238,24 +239,24 @@ def cross_check(
     clearing: ClearingBooks,
     bank_audits: dict[str, BankAudit],
     bank_sides: dict[str, BankTransfers],
-) -> list[Problem]:
+) -> list[Finding]:
     """Invariants 2, 3 and 4 and the checkpoints, across the clearing house and the banks."""
     problems = list(clearing.problems)
     total = sum(clearing.positions.values())
     if total:
-        problems.append(Problem(None, "positions", INVARIANT_3, f"positions sum to {total}"))
+        problems.append(Finding(None, "positions", INVARIANT_3, f"positions sum to {total}"))
     for bank_id, position in sorted(clearing.positions.items()):
         audit = bank_audits.get(bank_id)
         if audit is None:
             problems.append(
-                Problem(None, f"bank {bank_id}", INVARIANT_2, "the bank's log was not audited")
+                Finding(None, f"bank {bank_id}", INVARIANT_2, "the bank's log was not audited")
             )
             continue
         balance = audit.balances.get(FEDERATION)
         federation = balance.posted_minutes if balance is not None else 0
         if federation != -position:
             problems.append(
-                Problem(
+                Finding(
                     None,
                     f"bank {bank_id}",
                     INVARIANT_2,
@@ -271,12 +272,12 @@ def cross_check(
     return problems
 
 
-def _check_transfers(clearing: ClearingBooks, sides: dict[str, BankTransfers]) -> Iterator[Problem]:
+def _check_transfers(clearing: ClearingBooks, sides: dict[str, BankTransfers]) -> Iterator[Finding]:
     for transfer_id, t in clearing.transfers.items():
         what = f"transfer {transfer_id}"
         if t.status == "committed":
             if (t.debited, t.credited) != (1, 1):
-                yield Problem(
+                yield Finding(
                     None,
                     what,
                     INVARIANT_4,
@@ -290,7 +291,7 @@ def _check_transfers(clearing: ClearingBooks, sides: dict[str, BankTransfers]) -
                 posted = side.posted[transfer_id]
                 status = side.status.get(transfer_id, "unknown")
                 if posted != 1 or status != "committed":
-                    yield Problem(
+                    yield Finding(
                         None,
                         what,
                         INVARIANT_4,
@@ -299,13 +300,13 @@ def _check_transfers(clearing: ClearingBooks, sides: dict[str, BankTransfers]) -
                     )
         elif t.status == "aborted":
             if t.debited or t.credited:
-                yield Problem(None, what, INVARIANT_4, "aborted, but posted at the clearing house")
+                yield Finding(None, what, INVARIANT_4, "aborted, but posted at the clearing house")
             for bank_id in (t.payer_bank, t.payee_bank):
                 side = sides.get(bank_id)
                 if side is not None and (
                     side.posted[transfer_id] or side.status.get(transfer_id) == "committed"
                 ):
-                    yield Problem(
+                    yield Finding(
                         None,
                         what,
                         INVARIANT_4,
@@ -316,7 +317,7 @@ def _check_transfers(clearing: ClearingBooks, sides: dict[str, BankTransfers]) -
         for transfer_id, status in side.status.items():
             known = clearing.transfers.get(transfer_id)
             if status == "committed" and (known is None or known.status != "committed"):
-                yield Problem(
+                yield Finding(
                     None,
                     f"transfer {transfer_id}",
                     INVARIANT_4,
@@ -331,7 +332,7 @@ def _check_checkpoints(
     public_key: str,
     all_checkpoints: dict[str, list[tuple[int, str, str]]],
     side: BankTransfers,
-) -> Iterator[Problem]:
+) -> Iterator[Finding]:
     """The bank's log against every checkpoint the clearing house holds for it."""
     previous = 0
     for position, chain_hash, signature in sorted(all_checkpoints.get(bank_id, [])):
@@ -339,7 +340,7 @@ def _check_checkpoints(
         if not public_key or not verify(
             public_key, checkpoint_payload(bank_id, position, chain_hash), signature
         ):
-            yield Problem(
+            yield Finding(
                 position,
                 where,
                 CHECKPOINT,
@@ -348,7 +349,7 @@ def _check_checkpoints(
             continue
         head = side.heads.get(position)
         if head is None:
-            yield Problem(
+            yield Finding(
                 position,
                 where,
                 CHECKPOINT,
@@ -357,7 +358,7 @@ def _check_checkpoints(
             )
             return
         if head != chain_hash:
-            yield Problem(
+            yield Finding(
                 position,
                 where,
                 CHECKPOINT,
