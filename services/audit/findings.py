@@ -59,6 +59,11 @@ INVARIANT_1 = "invariant-1"
 INVARIANT_5 = "invariant-5"
 HOLD = "hold"
 TRANSFER = "transfer"
+# Across the logs of a federation (services/audit/federation.py).
+INVARIANT_2 = "invariant-2"
+INVARIANT_3 = "invariant-3"
+INVARIANT_4 = "invariant-4"
+CHECKPOINT = "checkpoint"
 
 # Enough findings to show what broke; a log broken everywhere would otherwise fill memory.
 MAX_PROBLEMS = 1_000
