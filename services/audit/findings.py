@@ -43,7 +43,7 @@ The federation's own rules are in services/audit/federation.py.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import Any, NamedTuple, Protocol
 from uuid import UUID
@@ -79,12 +79,7 @@ class Finding:
     detail: str
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "position": self.position,
-            "event": self.event,
-            "rule": self.rule,
-            "detail": self.detail,
-        }
+        return asdict(self)
 
 
 class EventRef(NamedTuple):

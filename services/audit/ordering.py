@@ -30,7 +30,22 @@ class LogOrder:
         if ref.position != self._next_id:
             self.check_gap(ref)
         self._next_id = ref.position + 1
-        self._check_version(ref, timestamp)
+        version = ref.version
+        if type(version) is not int:
+            self._report(ref, VERSION_SEQUENCE, f"version {version!r} is not a number")
+            return
+        previous = self._versions.get(ref.key)
+        if previous is None:
+            if version != 1:
+                self._out_of_sequence(ref, previous)
+        else:
+            if version != previous[0] + 1:
+                self._out_of_sequence(ref, previous)
+            stamped = previous[1]
+            if timestamp is not None and stamped is not None and timestamp < stamped:
+                self._moved(ref, timestamp, previous[0], stamped)
+        if ref.topic not in _SINGLE_EVENT_TOPICS:
+            self._versions[ref.key] = (version, timestamp)
 
     def forget(self, key: int | str) -> None:
         """The aggregate has ended: no more of its events are expected."""
@@ -49,29 +64,15 @@ class LogOrder:
             )
         self._next_id = position + 1
 
-    def _check_version(self, ref: EventRef, timestamp: datetime | None) -> None:
-        version = ref.version
-        previous = self._versions.get(ref.key)
-        if type(version) is not int:
-            self._report(ref, VERSION_SEQUENCE, f"version {version!r} is not a number")
-            return
-        if version != (1 if previous is None else previous[0] + 1):
-            self._out_of_sequence(ref, previous)
-        if (
-            previous is not None
-            and timestamp is not None
-            and previous[1] is not None
-            and timestamp < previous[1]
-        ):
-            self._report(
-                ref,
-                EVENT_ORDER,
-                f"stamped {timestamp.isoformat()}, before version {previous[0]} of the same "
-                f"aggregate ({previous[1].isoformat()}): events moved",
-                self._label(ref),
-            )
-        if ref.topic not in _SINGLE_EVENT_TOPICS:
-            self._versions[ref.key] = (version, timestamp)
+    def _moved(self, ref: EventRef, timestamp: datetime, version: int, stamped: datetime) -> None:
+        """Stamped before the aggregate's previous event: the event-order rule."""
+        self._report(
+            ref,
+            EVENT_ORDER,
+            f"stamped {timestamp.isoformat()}, before version {version} of the same "
+            f"aggregate ({stamped.isoformat()}): events moved",
+            self._label(ref),
+        )
 
     def _out_of_sequence(self, ref: EventRef, previous: tuple[int, datetime | None] | None) -> None:
         version = ref.version
