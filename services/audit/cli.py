@@ -13,6 +13,7 @@ import typer
 
 from services.ledger.domain_terms import (
     DEFAULT_OVERDRAFT_MINUTES,
+    FEDERATION_ACCOUNT,
 )
 
 if TYPE_CHECKING:
@@ -20,7 +21,8 @@ if TYPE_CHECKING:
 
     from services.audit.eventlog import EventLog
     from services.audit.federation import FederationAudit
-    from services.audit.replay import BankAudit, Observer
+    from services.audit.findings import BankAudit
+    from services.audit.replay import Observer
 
 audit_app = typer.Typer(
     help="Replay event logs from their first event and check every invariant.",
@@ -228,14 +230,14 @@ def audit_federation_command(
     from services.audit.eventlog import UnusableStore, open_event_log
     from services.audit.federation import audit_federation
     from services.audit.replay import audit_bank
-    from services.clearing.application import Clearing
+    from services.clearing import APPLICATION_NAME as CLEARING
 
     stores, limits = _federation_stores(
         config, data_dir, clearing_store, bank or [], overdraft_limit_minutes
     )
     logs: dict[str, EventLog] = {}
     try:
-        clearing_log = open_event_log(stores.pop("clearing"), application=Clearing.name)
+        clearing_log = open_event_log(stores.pop("clearing"), application=CLEARING)
         logs["clearing"] = clearing_log
         bank_logs = {bank_id: open_event_log(url) for bank_id, url in stores.items()}
         logs.update(bank_logs)
@@ -326,7 +328,7 @@ def _print_federation(console: Console, result: FederationAudit) -> None:
     for column in ("bank", "events", "federation account", "position", "checkpoints", "own checks"):
         table.add_column(column, justify="left" if column in ("bank", "own checks") else "right")
     for bank_id, audit in result.banks.items():
-        federation = audit.balances.get("federation")
+        federation = audit.balances.get(FEDERATION_ACCOUNT)
         table.add_row(
             bank_id,
             str(audit.events),

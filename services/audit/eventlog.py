@@ -1,8 +1,8 @@
 """A bank's event log opened for reading only: never a store, a schema or a table created.
 
-The log is read through eventsourcing's own recorder (``select_notifications``, in notification
-order, batch by batch) and decoded by a mapper configured like the ledger's, so the audit sees
-exactly what the ledger wrote and what it would read back.
+The log is read through eventsourcing's own recorder (the application base's ``follow``, in
+notification order, batch by batch) and decoded by a mapper configured like the ledger's, so
+the audit sees exactly what the ledger wrote and what it would read back.
 """
 
 from __future__ import annotations
@@ -17,21 +17,19 @@ from uuid import UUID
 
 import msgspec
 import psycopg
-from eventsourcing.application import Application
 from eventsourcing.persistence import JSONTranscoder, Mapper, Notification, PersistenceError
-from eventsourcing.sqlite import SQLiteApplicationRecorder, SQLiteDatastore
-from eventsourcing.utils import Environment, get_topic, resolve_topic
+from eventsourcing.sqlite import SQLiteDatastore, SQLiteProcessRecorder
+from eventsourcing.utils import get_topic, resolve_topic
 from psycopg import sql
 
+from services.common.application import ServiceApplication
 from services.common.stores import Store, StoreURLError, parse_store_url
-from services.ledger.application import (
-    Ledger,
-)
+from services.ledger import APPLICATION_NAME as LEDGER
 
 # What the ledger's recorder calls its events table on each kind of store (on PostgreSQL the
 # table is named after the application: another one's log, the clearing house's, is elsewhere).
 SQLITE_EVENTS_TABLE = "stored_events"
-POSTGRES_EVENTS_TABLE = f"{Ledger.name.lower()}_events"
+POSTGRES_EVENTS_TABLE = f"{LEDGER.lower()}_events"
 DEFAULT_BATCH_SIZE = 2_000
 
 
@@ -39,25 +37,26 @@ class UnusableStore(Exception):
     """The store cannot be audited: a one-line reason, fit to show an operator."""
 
 
-class _LogReader(Application[UUID]):
+class _LogReader(ServiceApplication):
     """An application's store seen through eventsourcing, configured only by the given settings.
 
     It has the application's name (PostgreSQL tables are named after it) and eventsourcing's
-    default transcodings, as the ledger and the clearing house do; it never creates tables,
-    and unlike an eventsourcing Application by default it ignores the process environment, so
-    the audit reads the store it was told to and no other. Neither application sets a cipher or
-    a compressor, so none is configured here either.
+    default transcodings, as the ledger and the clearing house do; it never creates tables
+    (its settings say ``CREATE_TABLE=no``) and, as every ServiceApplication, it ignores the
+    process environment, so the audit reads the store it was told to and no other. Neither
+    application sets a cipher or a compressor, so none is configured here either.
+
+    Its recorder is the base's process recorder, as the applications themselves have: made with
+    ``CREATE_TABLE=no`` it creates nothing, and a reader never saves, so it never writes or even
+    reads a tracking record; it reads events exactly as their own recorder does.
     """
 
     def __init__(self, name: str, env: Mapping[str, str]) -> None:
         self.name = name
         super().__init__(env=env)
 
-    def construct_env(self, name: str, env: Mapping[str, str] | None = None) -> Environment:
-        return Environment(name, dict(env or {}))
 
-
-class _SQLiteLogRecorder(SQLiteApplicationRecorder):
+class _SQLiteLogRecorder(SQLiteProcessRecorder):
     """The ledger's SQLite recorder, as eventsourcing makes it, but quicker to read a long log.
 
     Each row's originator id is text, turned into a UUID; a log names the same few accounts
@@ -65,7 +64,7 @@ class _SQLiteLogRecorder(SQLiteApplicationRecorder):
     """
 
     def __init__(self, datastore: SQLiteDatastore, events_table_name: str = "stored_events"):
-        super().__init__(datastore, events_table_name)
+        super().__init__(datastore, events_table_name=events_table_name)
         self._ids: dict[str, UUID | str] = {}
 
     def convert_originator_id(self, originator_id: str) -> UUID | str:
@@ -108,27 +107,28 @@ class EventLog:
 
         A row the recorder cannot even turn into a notification (a garbled originator id,
         say) fails its whole batch; that batch is then read one position at a time, so the
-        bad row comes back as an UnreadableRow and the rest as usual.
+        bad row comes back as an UnreadableRow and the rest as usual, and the log is followed
+        on after it.
         """
+        followed = iter(self.reader.follow(start, batch_size=batch_size))
         while True:
             try:
-                rows: list[Notification | UnreadableRow] = list(
-                    self.reader.recorder.select_notifications(start=start, limit=batch_size)
-                )
+                batch: list[Notification | UnreadableRow] = list(next(followed, ()))
             except PersistenceError as e:
                 raise UnusableStore(f"cannot read {self.description}: {_first_line(e)}") from None
             except Exception:
-                rows = self._one_by_one(start, start + batch_size - 1)
-                if not rows:
-                    # Nothing readable in that stretch: go on after it.
-                    start += batch_size
-                    if start > self.max_position():
-                        return
-                    continue
-            if not rows:
-                return
-            yield rows
-            start = rows[-1].id + 1
+                batch = self._one_by_one(start, start + batch_size - 1)
+                # Nothing readable in that stretch: go on after it.
+                start = batch[-1].id + 1 if batch else start + batch_size
+                if not batch and start > self.max_position():
+                    return
+                followed = iter(self.reader.follow(start, batch_size=batch_size))
+            else:
+                if not batch:
+                    return
+                start = batch[-1].id + 1
+            if batch:
+                yield batch
 
     def _one_by_one(self, start: int, stop: int) -> list[Notification | UnreadableRow]:
         rows: list[Notification | UnreadableRow] = []
@@ -235,7 +235,7 @@ def _first_line(error: BaseException) -> str:
     return text.splitlines()[0]
 
 
-def open_event_log(url: str, application: str = Ledger.name) -> EventLog:
+def open_event_log(url: str, application: str = LEDGER) -> EventLog:
     """Open the log of the store at ``url`` for reading; UnusableStore says why it cannot be.
 
     ``application``: whose log it is, by the eventsourcing application's name (a bank's
@@ -283,7 +283,9 @@ def _open_sqlite(store: Store, application: str) -> EventLog:
         "PERSISTENCE_MODULE": "eventsourcing.sqlite",
         "SQLITE_DBNAME": uri,
         "CREATE_TABLE": "no",
-        "APPLICATION_RECORDER_TOPIC": get_topic(_SQLiteLogRecorder),
+        # A process recorder, as the application base makes (it reads no
+        # APPLICATION_RECORDER_TOPIC).
+        "PROCESS_RECORDER_TOPIC": get_topic(_SQLiteLogRecorder),
     }
     return EventLog(store.description, _open_reader(store, application, env), contiguous_ids=True)
 

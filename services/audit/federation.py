@@ -23,7 +23,7 @@ Each bank's own rules come from its replay (services/audit/replay.py). Across lo
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 from uuid import UUID
@@ -31,148 +31,35 @@ from uuid import UUID
 from eventsourcing.persistence import Notification
 from eventsourcing.utils import get_topic
 
-from services.audit.eventlog import EventLog, UnreadableRow
-from services.audit.replay import BankAudit, Observer, Problem
-from services.clearing.domain import (
-    CheckpointLog,
-    MemberBank,
-    Transfer,
+from services.audit.clearing_books import ClearingBooks, ClearingTransfer, fold_clearing
+from services.audit.eventlog import EventLog
+from services.audit.findings import (
+    CHECKPOINT,
+    INVARIANT_2,
+    INVARIANT_3,
+    INVARIANT_4,
+    BankAudit,
+    Finding,
 )
+from services.audit.replay import Observer
+from services.clearing.domain_terms import TransferPhase
 from services.ledger.domain import (
     Account,
     CrossBankTransfer,
 )
 from services.ledger.domain_terms import (
     FEDERATION_ACCOUNT,
+    TransferStatus,
 )
 from shared.signing import checkpoint_payload, verify
 
-INVARIANT_2 = "invariant-2"
-INVARIANT_3 = "invariant-3"
-INVARIANT_4 = "invariant-4"
-CHECKPOINT = "checkpoint"
-FEDERATION = FEDERATION_ACCOUNT
-
-_ADMITTED = get_topic(MemberBank.Admitted)
-_BANK_DEBITED = get_topic(MemberBank.Debited)
-_BANK_CREDITED = get_topic(MemberBank.Credited)
-_BANK_SETTLED = get_topic(MemberBank.Settled)
-_REQUESTED = get_topic(Transfer.Requested)
-_COMMITTED = get_topic(Transfer.Committed)
-_ABORTED = get_topic(Transfer.Aborted)
-_CHECKPOINTS_STARTED = get_topic(CheckpointLog.Started)
-_CHECKPOINT_RECORDED = get_topic(CheckpointLog.Recorded)
+# The kind of entry the ledger posts for a cross-bank transfer (the ledger names no constant).
+_TRANSFER_KIND = "transfer"
 
 _TRANSFER_STARTED = get_topic(CrossBankTransfer.Started)
 _TRANSFER_COMMITTED = get_topic(CrossBankTransfer.Committed)
 _TRANSFER_ABORTED = get_topic(CrossBankTransfer.Aborted)
 _HOLD_POSTED = get_topic(Account.HoldPosted)
-
-
-@dataclass
-class _ClearingTransfer:
-    payer_bank: str
-    payee_bank: str
-    minutes: int
-    status: str = "preparing"
-    debited: int = 0
-    credited: int = 0
-
-
-@dataclass
-class ClearingBooks:
-    """What the clearing house's log says, rebuilt from its events."""
-
-    positions: dict[str, int] = field(default_factory=dict)
-    public_keys: dict[str, str] = field(default_factory=dict)
-    transfers: dict[str, _ClearingTransfer] = field(default_factory=dict)
-    checkpoints: dict[str, list[tuple[int, str, str]]] = field(default_factory=dict)
-    events: int = 0
-    problems: list[Problem] = field(default_factory=list)
-
-
-def fold_clearing(
-    batches: Iterable[Iterable[Notification | UnreadableRow]],
-    decode: Callable[[Notification], dict[str, Any]],
-) -> ClearingBooks:
-    """Rebuild positions, transfers and checkpoints from the clearing house's events."""
-    books = ClearingBooks()
-    banks: dict[UUID, str] = {}
-    transfers: dict[UUID, str] = {}
-    checkpoint_logs: dict[UUID, str] = {}
-    for batch in batches:
-        for row in batch:
-            books.events += 1
-            if isinstance(row, UnreadableRow):
-                books.problems.append(Problem(row.id, "?", "decode", row.reason))
-                continue
-            try:
-                _fold_clearing_event(books, row, decode, banks, transfers, checkpoint_logs)
-            except Exception as e:  # a garbled event is a finding, not a crash
-                books.problems.append(
-                    Problem(row.id, row.topic.rsplit(".", 1)[-1], "decode", str(e) or repr(e))
-                )
-    return books
-
-
-def _fold_clearing_event(
-    books: ClearingBooks,
-    row: Notification,
-    decode: Callable[[Notification], dict[str, Any]],
-    banks: dict[UUID, str],
-    transfers: dict[UUID, str],
-    checkpoint_logs: dict[UUID, str],
-) -> None:
-    topic = row.topic
-    if topic not in _CLEARING_TOPICS:
-        return
-    d = decode(row)
-    origin = UUID(str(row.originator_id))
-    if topic == _ADMITTED:
-        banks[origin] = d["bank_id"]
-        books.positions[d["bank_id"]] = 0
-        books.public_keys[d["bank_id"]] = d.get("public_key", "")
-    elif topic in (_BANK_DEBITED, _BANK_CREDITED, _BANK_SETTLED):
-        bank_id = banks[origin]
-        sign = -1 if topic == _BANK_DEBITED else 1
-        books.positions[bank_id] += sign * int(d["minutes"])
-        if topic != _BANK_SETTLED:
-            transfer = books.transfers[d["transfer_id"]]
-            if topic == _BANK_DEBITED:
-                transfer.debited += 1
-            else:
-                transfer.credited += 1
-    elif topic == _REQUESTED:
-        transfers[origin] = d["transfer_id"]
-        books.transfers[d["transfer_id"]] = _ClearingTransfer(
-            d["payer_bank"], d["payee_bank"], int(d["minutes"])
-        )
-    elif topic in (_COMMITTED, _ABORTED):
-        books.transfers[transfers[origin]].status = (
-            "committed" if topic == _COMMITTED else "aborted"
-        )
-    elif topic == _CHECKPOINTS_STARTED:
-        checkpoint_logs[origin] = d["bank_id"]
-        books.checkpoints.setdefault(d["bank_id"], [])
-    elif topic == _CHECKPOINT_RECORDED:
-        books.checkpoints[checkpoint_logs[origin]].append(
-            (int(d["position"]), d["chain_hash"], d["signature"])
-        )
-
-
-_CLEARING_TOPICS = frozenset(
-    {
-        _ADMITTED,
-        _BANK_DEBITED,
-        _BANK_CREDITED,
-        _BANK_SETTLED,
-        _REQUESTED,
-        _COMMITTED,
-        _ABORTED,
-        _CHECKPOINTS_STARTED,
-        _CHECKPOINT_RECORDED,
-    }
-)
 
 
 @dataclass
@@ -199,12 +86,12 @@ class BankTransfers:
         origin = UUID(str(row.originator_id))
         if topic == _TRANSFER_STARTED:
             self._transfers[origin] = d["transfer_id"]
-            self.status[d["transfer_id"]] = "pending"
+            self.status[d["transfer_id"]] = TransferStatus.PENDING
         elif topic == _TRANSFER_COMMITTED and origin in self._transfers:
-            self.status[self._transfers[origin]] = "committed"
+            self.status[self._transfers[origin]] = TransferStatus.COMMITTED
         elif topic == _TRANSFER_ABORTED and origin in self._transfers:
-            self.status[self._transfers[origin]] = "aborted"
-        elif topic == _HOLD_POSTED and d.get("kind") == "transfer":
+            self.status[self._transfers[origin]] = TransferStatus.ABORTED
+        elif topic == _HOLD_POSTED and d.get("kind") == _TRANSFER_KIND:
             self.posted[d["hold_id"]] += 1
 
 
@@ -216,7 +103,7 @@ class FederationAudit:
     clearing_events: int
     positions: dict[str, int]
     banks: dict[str, BankAudit]
-    problems: list[Problem]
+    problems: list[Finding]
     # How many of each bank's signed checkpoints the clearing house holds (each one checked).
     checkpoints: dict[str, int] = field(default_factory=dict)
 
@@ -230,10 +117,7 @@ class FederationAudit:
             "positions": self.positions,
             "banks": {bank_id: audit.to_json() for bank_id, audit in self.banks.items()},
             "checkpoints": self.checkpoints,
-            "problems": [
-                {"position": p.position, "event": p.event, "rule": p.rule, "detail": p.detail}
-                for p in self.problems
-            ],
+            "problems": [p.to_json() for p in self.problems],
             "ok": self.ok,
         }
 
@@ -242,24 +126,24 @@ def cross_check(
     clearing: ClearingBooks,
     bank_audits: dict[str, BankAudit],
     bank_sides: dict[str, BankTransfers],
-) -> list[Problem]:
+) -> list[Finding]:
     """Invariants 2, 3 and 4 and the checkpoints, across the clearing house and the banks."""
     problems = list(clearing.problems)
     total = sum(clearing.positions.values())
     if total:
-        problems.append(Problem(None, "positions", INVARIANT_3, f"positions sum to {total}"))
+        problems.append(Finding(None, "positions", INVARIANT_3, f"positions sum to {total}"))
     for bank_id, position in sorted(clearing.positions.items()):
         audit = bank_audits.get(bank_id)
         if audit is None:
             problems.append(
-                Problem(None, f"bank {bank_id}", INVARIANT_2, "the bank's log was not audited")
+                Finding(None, f"bank {bank_id}", INVARIANT_2, "the bank's log was not audited")
             )
             continue
-        balance = audit.balances.get(FEDERATION)
+        balance = audit.balances.get(FEDERATION_ACCOUNT)
         federation = balance.posted_minutes if balance is not None else 0
         if federation != -position:
             problems.append(
-                Problem(
+                Finding(
                     None,
                     f"bank {bank_id}",
                     INVARIANT_2,
@@ -275,59 +159,83 @@ def cross_check(
     return problems
 
 
-def _check_transfers(clearing: ClearingBooks, sides: dict[str, BankTransfers]) -> Iterator[Problem]:
+def _check_transfers(clearing: ClearingBooks, sides: dict[str, BankTransfers]) -> Iterator[Finding]:
     for transfer_id, t in clearing.transfers.items():
-        what = f"transfer {transfer_id}"
-        if t.status == "committed":
-            if (t.debited, t.credited) != (1, 1):
-                yield Problem(
-                    None,
-                    what,
-                    INVARIANT_4,
-                    f"the clearing house debited {t.payer_bank} {t.debited} time(s) and "
-                    f"credited {t.payee_bank} {t.credited} time(s), not once each",
-                )
-            for bank_id in (t.payer_bank, t.payee_bank):
-                side = sides.get(bank_id)
-                if side is None:
-                    continue
-                posted = side.posted[transfer_id]
-                status = side.status.get(transfer_id, "unknown")
-                if posted != 1 or status != "committed":
-                    yield Problem(
-                        None,
-                        what,
-                        INVARIANT_4,
-                        f"committed at the clearing house, but {status} at {bank_id} and posted "
-                        f"there {posted} time(s)",
-                    )
-        elif t.status == "aborted":
-            if t.debited or t.credited:
-                yield Problem(None, what, INVARIANT_4, "aborted, but posted at the clearing house")
-            for bank_id in (t.payer_bank, t.payee_bank):
-                side = sides.get(bank_id)
-                if side is not None and (
-                    side.posted[transfer_id] or side.status.get(transfer_id) == "committed"
-                ):
-                    yield Problem(
-                        None,
-                        what,
-                        INVARIANT_4,
-                        f"aborted at the clearing house, but {side.status.get(transfer_id)} at "
-                        f"{bank_id} and posted there {side.posted[transfer_id]} time(s)",
-                    )
+        if t.status == TransferPhase.COMMITTED:
+            yield from _check_committed(transfer_id, t, sides)
+        elif t.status == TransferPhase.ABORTED:
+            yield from _check_aborted(transfer_id, t, sides)
     for bank_id, side in sorted(sides.items()):
-        for transfer_id, status in side.status.items():
-            known = clearing.transfers.get(transfer_id)
-            if status == "committed" and (known is None or known.status != "committed"):
-                yield Problem(
-                    None,
-                    f"transfer {transfer_id}",
-                    INVARIANT_4,
-                    f"committed at {bank_id}, but "
-                    + ("unknown" if known is None else known.status)
-                    + " at the clearing house",
-                )
+        yield from _check_bank_commits(bank_id, side, clearing)
+
+
+def _check_committed(
+    transfer_id: str, t: ClearingTransfer, sides: dict[str, BankTransfers]
+) -> Iterator[Finding]:
+    """A transfer the clearing house committed: posted once there and once at each bank."""
+    what = f"transfer {transfer_id}"
+    if (t.debited, t.credited) != (1, 1):
+        yield Finding(
+            None,
+            what,
+            INVARIANT_4,
+            f"the clearing house debited {t.payer_bank} {t.debited} time(s) and "
+            f"credited {t.payee_bank} {t.credited} time(s), not once each",
+        )
+    for bank_id in (t.payer_bank, t.payee_bank):
+        side = sides.get(bank_id)
+        if side is None:
+            continue
+        posted = side.posted[transfer_id]
+        status = side.status.get(transfer_id, "unknown")
+        if posted != 1 or status != TransferStatus.COMMITTED:
+            yield Finding(
+                None,
+                what,
+                INVARIANT_4,
+                f"committed at the clearing house, but {status} at {bank_id} and posted "
+                f"there {posted} time(s)",
+            )
+
+
+def _check_aborted(
+    transfer_id: str, t: ClearingTransfer, sides: dict[str, BankTransfers]
+) -> Iterator[Finding]:
+    """A transfer the clearing house aborted: posted nowhere."""
+    what = f"transfer {transfer_id}"
+    if t.debited or t.credited:
+        yield Finding(None, what, INVARIANT_4, "aborted, but posted at the clearing house")
+    for bank_id in (t.payer_bank, t.payee_bank):
+        side = sides.get(bank_id)
+        if side is not None and (
+            side.posted[transfer_id] or side.status.get(transfer_id) == TransferStatus.COMMITTED
+        ):
+            yield Finding(
+                None,
+                what,
+                INVARIANT_4,
+                f"aborted at the clearing house, but {side.status.get(transfer_id)} at "
+                f"{bank_id} and posted there {side.posted[transfer_id]} time(s)",
+            )
+
+
+def _check_bank_commits(
+    bank_id: str, side: BankTransfers, clearing: ClearingBooks
+) -> Iterator[Finding]:
+    """No bank has a transfer committed that the clearing house did not commit."""
+    for transfer_id, status in side.status.items():
+        known = clearing.transfers.get(transfer_id)
+        if status == TransferStatus.COMMITTED and (
+            known is None or known.status != TransferPhase.COMMITTED
+        ):
+            yield Finding(
+                None,
+                f"transfer {transfer_id}",
+                INVARIANT_4,
+                f"committed at {bank_id}, but "
+                + ("unknown" if known is None else known.status)
+                + " at the clearing house",
+            )
 
 
 def _check_checkpoints(
@@ -335,7 +243,7 @@ def _check_checkpoints(
     public_key: str,
     all_checkpoints: dict[str, list[tuple[int, str, str]]],
     side: BankTransfers,
-) -> Iterator[Problem]:
+) -> Iterator[Finding]:
     """The bank's log against every checkpoint the clearing house holds for it."""
     previous = 0
     for position, chain_hash, signature in sorted(all_checkpoints.get(bank_id, [])):
@@ -343,7 +251,7 @@ def _check_checkpoints(
         if not public_key or not verify(
             public_key, checkpoint_payload(bank_id, position, chain_hash), signature
         ):
-            yield Problem(
+            yield Finding(
                 position,
                 where,
                 CHECKPOINT,
@@ -352,7 +260,7 @@ def _check_checkpoints(
             continue
         head = side.heads.get(position)
         if head is None:
-            yield Problem(
+            yield Finding(
                 position,
                 where,
                 CHECKPOINT,
@@ -361,7 +269,7 @@ def _check_checkpoints(
             )
             return
         if head != chain_hash:
-            yield Problem(
+            yield Finding(
                 position,
                 where,
                 CHECKPOINT,

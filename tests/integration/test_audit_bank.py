@@ -27,7 +27,7 @@ from services.audit.eventlog import (
     UnusableStore,
     open_event_log,
 )
-from services.audit.replay import (
+from services.audit.findings import (
     DECODE,
     DOUBLE_ENTRY,
     EVENT_ORDER,
@@ -35,8 +35,8 @@ from services.audit.replay import (
     LOG_GAP,
     VERSION_SEQUENCE,
     BankAudit,
-    audit_bank,
 )
+from services.audit.replay import audit_bank
 from services.common.chain import rolling_hashes
 from services.common.stores import parse_store_url
 from services.ledger.application import (

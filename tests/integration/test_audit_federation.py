@@ -19,14 +19,8 @@ import pytest
 from eventsourcing.persistence import Notification
 
 from services.audit.eventlog import open_event_log
-from services.audit.federation import (
-    CHECKPOINT,
-    INVARIANT_2,
-    INVARIANT_3,
-    INVARIANT_4,
-    FederationAudit,
-    audit_federation,
-)
+from services.audit.federation import FederationAudit, audit_federation
+from services.audit.findings import CHECKPOINT, INVARIANT_2, INVARIANT_3, INVARIANT_4
 from services.audit.replay import audit_bank
 from services.clearing.application import Clearing
 from services.common.chain import rolling_hashes

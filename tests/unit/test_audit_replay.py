@@ -23,7 +23,7 @@ from eventsourcing.persistence import (
 from eventsourcing.utils import get_topic
 
 from services.audit.eventlog import StateDecoder, UnreadableRow
-from services.audit.replay import (
+from services.audit.findings import (
     ACCOUNT,
     DECODE,
     DOUBLE_ENTRY,
@@ -37,8 +37,8 @@ from services.audit.replay import (
     TRANSFER,
     VERSION_SEQUENCE,
     BankAudit,
-    replay_events,
 )
+from services.audit.replay import replay_events
 from services.common.idempotency import IdempotencyRecord
 from services.common.outbox import Outbox
 from services.ledger.domain import (
