@@ -299,7 +299,7 @@ class Ledger(ServiceApplication):
             outbox.queue(checkpoint)
             return [outbox], None
 
-        self._writer.execute(command, None, lambda **_: None)
+        self._writer.execute(command, None, type(None))
 
     def receive(self, envelopes: Sequence[Envelope]) -> list[Received]:
         """Apply what the clearing house sent, in sequence, once, in one transaction."""

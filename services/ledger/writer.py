@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Generic, TypeVar
 
+import msgspec
 from eventsourcing.domain import Aggregate
 from eventsourcing.persistence import IntegrityError
 
@@ -61,7 +62,7 @@ class Writer:
         self,
         command: Command[T],
         idempotency: IdempotencyKey | None,
-        result_type: Callable[..., T],
+        result_type: type[T],
     ) -> Executed[T]:
         """Run ``command`` (which decides and returns the aggregates to save and the result)
         and save what it decided; with a key, a repeat returns the first result."""
@@ -70,7 +71,8 @@ class Writer:
                 if idempotency is not None:
                     earlier = self.recorded(idempotency)
                     if earlier is not None:
-                        return Executed(result_type(**earlier), replayed=True)
+                        # Converted, not just called: enums and times come back typed.
+                        return Executed(msgspec.convert(earlier, result_type), replayed=True)
                 aggregates, result = command()
                 to_save: list[Aggregate] = list(aggregates)
                 if idempotency is not None:

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from services.cli.common import app
 from services.ledger.domain_terms import (
     DEFAULT_OVERDRAFT_MINUTES,
     FEDERATION_ACCOUNT,
@@ -28,6 +29,7 @@ audit_app = typer.Typer(
     help="Replay event logs from their first event and check every invariant.",
     no_args_is_help=True,
 )
+app.add_typer(audit_app, name="audit")
 
 EXIT_OK, EXIT_PROBLEMS, EXIT_UNUSABLE, EXIT_INTERRUPTED = 0, 1, 2, 130
 

@@ -1,0 +1,163 @@
+"""`timebank up`, `timebank demo` and `timebank settle`: a whole federation on this machine, and
+its settlement cycles."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from services.cli.common import app, configure_logging, exit_cleanly_on_signals, fail
+from shared.bus import DEFAULT_NAMESPACE
+
+
+@app.command("up")
+def up(
+    config: Annotated[Path, typer.Option(help="The federation file (see federation.toml).")],
+    data_dir: Annotated[
+        Path, typer.Option(help="Where NATS, the stores and the logs are kept.")
+    ] = Path("timebank-data"),
+    nats_url: Annotated[
+        str | None, typer.Option(help="Use this NATS server instead of starting one.")
+    ] = None,
+    nats_namespace: Annotated[
+        str,
+        typer.Option(help="Prefix of the federation's NATS subjects and streams."),
+    ] = DEFAULT_NAMESPACE,
+) -> None:
+    """Run a whole federation here: NATS, the clearing house and every bank in the config.
+    Prints every URL and token, writes them to DATA_DIR/federation.json, and stops everything
+    cleanly on Ctrl-C or SIGTERM."""
+    from services.local.config import ConfigError, load_config
+    from services.local.federation import FederationError, LocalFederation
+    from shared.bus import InvalidNamespace
+
+    configure_logging("warning")
+    try:
+        federation = LocalFederation(
+            load_config(config), data_dir, nats_url=nats_url, nats_namespace=nats_namespace
+        )
+    except (ConfigError, InvalidNamespace) as e:
+        raise fail(str(e)) from None
+    with exit_cleanly_on_signals():
+        try:
+            federation.start()
+        except FederationError as e:
+            raise fail(str(e)) from None
+        try:
+            described = federation.describe()
+            typer.echo(f"NATS:     {described['nats_url']}")
+            clearing = described["clearing"]
+            typer.echo(f"clearing: {clearing['url']}  admin token: {clearing['admin_token']}")
+            for bank_id, bank in described["banks"].items():
+                typer.echo(f"{bank_id}: {bank['url']}  operator token: {bank['operator_token']}")
+            typer.echo(f"written to {federation.description_path}; Ctrl-C stops everything")
+            while (failed := federation.failed()) is None:
+                time.sleep(0.5)
+            raise fail(f"{failed} stopped unexpectedly; see {data_dir}/logs/{failed}.log", 1)
+        finally:
+            federation.stop()
+
+
+@app.command("demo")
+def demo(
+    keep: Annotated[
+        Path | None, typer.Option(help="Keep the federation's data in this folder.")
+    ] = None,
+) -> None:
+    """Start three linked time banks and a clearing house, tell a short story through their
+    APIs, show balances and positions, and check the design's invariants (exit 0 if they hold)."""
+    import tempfile
+
+    from rich.console import Console
+
+    from services.local.client import RequestFailed
+    from services.local.demo import run_demo
+    from services.local.federation import FederationError
+
+    configure_logging("warning")
+    console = Console()
+    with exit_cleanly_on_signals(), tempfile.TemporaryDirectory(prefix="timebank-demo-") as tmp:
+        try:
+            ok = run_demo(console, keep.resolve() if keep else Path(tmp))
+        except (RequestFailed, FederationError) as e:
+            raise fail(str(e), 1) from None
+    raise typer.Exit(0 if ok else 1)
+
+
+settle_app = typer.Typer(
+    help="Settle the banks' net positions in cycles (partner institutions).",
+    no_args_is_help=False,
+)
+app.add_typer(settle_app, name="settle")
+DataDir = Annotated[
+    Path,
+    typer.Option(help="The running federation's data dir (`timebank up`): its federation.json."),
+]
+
+
+def federation_client(data_dir: Path) -> Any:
+    """A client for the federation described in DATA_DIR/federation.json (URLs and tokens)."""
+    from services.local.client import FederationClient
+    from services.local.federation import DESCRIPTION_FILE, read_description
+
+    path = data_dir / DESCRIPTION_FILE
+    try:
+        described = read_description(data_dir)
+    except OSError as e:
+        raise fail(f"cannot read {path} ({e.strerror}); is `timebank up` running there?") from None
+    except ValueError as e:
+        raise fail(f"{path} is not a federation's description: {e}") from None
+    return FederationClient(described)
+
+
+@settle_app.callback(invoke_without_command=True)
+def settle(ctx: typer.Context, data_dir: DataDir = Path("timebank-data")) -> None:
+    """Close a settlement cycle now on a running federation and print its obligations: who
+    pays whom, outside the system. Each creditor bank then confirms what it received."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from rich.console import Console
+
+    from services.local.client import RequestFailed
+    from services.local.demo import show_obligations
+
+    client = federation_client(data_dir)
+    try:
+        cycle = client.open_settlement()
+    except (RequestFailed, OSError) as e:
+        raise fail(str(e), 1) from None
+    console = Console()
+    show_obligations(console, cycle)
+    if cycle["status"] == "completed":
+        console.print("Nothing to settle: every position nets to zero. The cycle is complete.")
+        return
+    console.print(
+        f"When a creditor has been paid: timebank settle confirm {cycle['settlement_id']} "
+        "<number> --bank <creditor>"
+    )
+
+
+@settle_app.command("confirm")
+def settle_confirm(
+    settlement_id: Annotated[int, typer.Argument(help="The cycle's number.")],
+    number: Annotated[int, typer.Argument(help="The obligation's number in the cycle.")],
+    bank: Annotated[str, typer.Option(help="The creditor bank that was paid.")],
+    data_dir: DataDir = Path("timebank-data"),
+) -> None:
+    """Confirm, as the creditor bank (with its own clearing token), that an obligation was
+    paid. The last confirmation completes the cycle."""
+    from services.local.client import RequestFailed
+
+    client = federation_client(data_dir)
+    if bank not in client.described.get("banks", {}):
+        raise fail(f"{bank} is not a bank of this federation")
+    try:
+        cycle = client.ok(client.confirm_obligation(settlement_id, number, bank))
+    except (RequestFailed, OSError) as e:
+        raise fail(str(e), 1) from None
+    typer.echo(
+        f"settlement {settlement_id}: obligation {number} confirmed; cycle {cycle['status']}"
+    )

@@ -1,0 +1,179 @@
+"""`timebank ledger serve` and `timebank clearing serve`: one service over HTTP until SIGTERM
+or Ctrl-C, both through one path (settings, store, app, serve)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, Protocol, TypeVar
+
+import typer
+
+from services.cli.common import app, configure_logging, exit_cleanly_on_signals, fail
+from services.ledger.domain_terms import DEFAULT_MAX_EXCHANGE_MINUTES, DEFAULT_OVERDRAFT_MINUTES
+from services.ledger.settings import DEFAULT_CHECKPOINT_SECONDS
+from shared.bus import DEFAULT_NAMESPACE
+
+ledger_app = typer.Typer(help="Run and inspect one bank's ledger service.", no_args_is_help=True)
+app.add_typer(ledger_app, name="ledger")
+clearing_app = typer.Typer(help="Run the federation's clearing house.", no_args_is_help=True)
+app.add_typer(clearing_app, name="clearing")
+
+
+@ledger_app.command("serve")
+def ledger_serve(
+    bank: Annotated[str, typer.Option(help="This bank's id, e.g. rushey-green.")],
+    store: Annotated[
+        str | None,
+        typer.Option(
+            help="sqlite:///path.db (relative), sqlite:////abs/path.db, or "
+            "postgresql://user@host:5432/db?schema=name. Default: "
+            "sqlite:///timebank-data/<bank>.db under the current directory."
+        ),
+    ] = None,
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8001,
+    overdraft_limit_minutes: Annotated[
+        int, typer.Option(help="The bank's default overdraft limit per member.")
+    ] = DEFAULT_OVERDRAFT_MINUTES,
+    max_exchange_minutes: Annotated[
+        int, typer.Option(help="The largest single exchange accepted.")
+    ] = DEFAULT_MAX_EXCHANGE_MINUTES,
+    nats_url: Annotated[
+        str | None,
+        typer.Option(
+            help="The federation's NATS server, e.g. nats://127.0.0.1:4222. "
+            "Without it the bank runs alone (local exchanges only)."
+        ),
+    ] = None,
+    nats_namespace: Annotated[
+        str,
+        typer.Option(help="Prefix of the federation's NATS subjects and streams."),
+    ] = DEFAULT_NAMESPACE,
+    signing_key: Annotated[
+        Path | None,
+        typer.Option(
+            help="The bank's Ed25519 key (`timebank keys new`): with it, the bank sends the "
+            "clearing house signed checkpoints of its log for audits."
+        ),
+    ] = None,
+    checkpoint_seconds: Annotated[
+        float, typer.Option(help="How often a checkpoint is sent, when anything is new.")
+    ] = DEFAULT_CHECKPOINT_SECONDS,
+    log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
+) -> None:
+    """Serve one bank's ledger over HTTP. Tokens come from TIMEBANK_OPERATOR_TOKEN
+    (required) and TIMEBANK_AUDITOR_TOKEN (optional, read-only)."""
+    from services.ledger.service import create_app, open_ledger
+    from services.ledger.settings import LedgerSettings
+
+    def settings() -> LedgerSettings:
+        return LedgerSettings.build(
+            os.environ,
+            bank_id=bank,
+            store_url=store,
+            default_overdraft_minutes=overdraft_limit_minutes,
+            max_exchange_minutes=max_exchange_minutes,
+            nats_url=nats_url,
+            nats_namespace=nats_namespace,
+            signing_key_path=signing_key,
+            checkpoint_seconds=checkpoint_seconds,
+        )
+
+    serve_service(
+        settings, open_ledger, create_app, lambda s: f"bank {s.bank_id}", host, port, log_level
+    )
+
+
+class ServiceSettings(Protocol):
+    @property
+    def store_url(self) -> str: ...
+
+
+class ServiceApplication(Protocol):
+    def close(self) -> None: ...
+
+
+S = TypeVar("S", bound=ServiceSettings)
+A = TypeVar("A", bound=ServiceApplication)
+
+
+def serve_service(
+    build_settings: Callable[[], S],
+    open_application: Callable[[S], A],
+    create_app: Callable[[S, A], Any],
+    label: Callable[[S], str],
+    host: str,
+    port: int,
+    log_level: str,
+) -> None:
+    """Check the settings, open the service's store, and serve it until SIGTERM or Ctrl-C."""
+    from services.common.settings import SettingsError
+    from services.common.stores import parse_store_url
+
+    configure_logging(log_level)
+    try:
+        settings = build_settings()
+    except SettingsError as e:
+        raise fail(str(e)) from None
+    store = parse_store_url(settings.store_url)
+    try:
+        application = open_application(settings)
+    except Exception as e:
+        raise fail(f"cannot open the store ({store.description}): {e}") from None
+    typer.echo(f"{label(settings)}: store {store.description}; http://{host}:{port}")
+    serve(create_app(settings, application), host, port, log_level, on_exit=application.close)
+
+
+def serve(asgi_app: Any, host: str, port: int, log_level: str, on_exit: Callable[[], None]) -> None:
+    """Run an app with uvicorn until SIGTERM or Ctrl-C, then close what it used."""
+    import uvicorn
+
+    try:
+        with exit_cleanly_on_signals():
+            uvicorn.run(asgi_app, host=host, port=port, log_level=log_level)
+    finally:
+        on_exit()
+
+
+@clearing_app.command("serve")
+def clearing_serve(
+    store: Annotated[
+        str | None,
+        typer.Option(
+            help="Store URL, as for a ledger. Default: sqlite:///timebank-data/clearing.db"
+        ),
+    ] = None,
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+    nats_url: Annotated[
+        str | None,
+        typer.Option(help="The federation's NATS server. Without it no transfer moves."),
+    ] = None,
+    nats_namespace: Annotated[
+        str,
+        typer.Option(help="Prefix of the federation's NATS subjects and streams."),
+    ] = DEFAULT_NAMESPACE,
+    deadline_seconds: Annotated[
+        float, typer.Option(help="A transfer whose payee bank has not answered by then aborts.")
+    ] = 30.0,
+    log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
+) -> None:
+    """Serve the clearing house over HTTP. The admin token comes from TIMEBANK_ADMIN_TOKEN
+    (required); TIMEBANK_AUDITOR_TOKEN (optional) may read."""
+    from services.clearing.service import create_app, open_clearing
+    from services.clearing.settings import ClearingSettings
+
+    def settings() -> ClearingSettings:
+        return ClearingSettings.build(
+            os.environ,
+            store_url=store,
+            deadline_seconds=deadline_seconds,
+            nats_url=nats_url,
+            nats_namespace=nats_namespace,
+        )
+
+    serve_service(
+        settings, open_clearing, create_app, lambda _: "clearing house", host, port, log_level
+    )
