@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import secrets
-from datetime import datetime
+from dataclasses import asdict, dataclass, field
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Request
@@ -24,6 +24,7 @@ from services.clearing.settlement import (
     UnknownObligation,
     UnknownSettlement,
 )
+from services.clearing.views import BankView, SettlementView, TransferView
 from services.common.auth import bearer_token, digest
 from services.common.deps import Reader, Writer, application
 from services.common.problems import Problem
@@ -58,24 +59,18 @@ class NewBank(BaseModel):
     )
 
 
-class Bank(BaseModel):
-    bank_id: str
-    name: str
-    status: Literal["active", "suspended"]
-    limit_minutes: int
-    position_minutes: int = Field(description="What the federation owes the bank (< 0: owes).")
-    reserved_minutes: int = Field(description="Held for transfers not yet decided.")
-
-
-class AdmittedBank(Bank):
-    clearing_token: str = Field(
-        description="The bank's token at this API (to confirm settlement receipts). Shown "
-        "once: the clearing house keeps only its digest."
+@dataclass(frozen=True)
+class AdmittedBank(BankView):
+    clearing_token: str = field(
+        metadata={
+            "description": "The bank's token at this API (to confirm settlement receipts). "
+            "Shown once: the clearing house keeps only its digest."
+        }
     )
 
 
 class Banks(BaseModel):
-    banks: list[Bank]
+    banks: list[BankView]
 
 
 class Positions(BaseModel):
@@ -83,41 +78,8 @@ class Positions(BaseModel):
     sum_minutes: int = Field(description="Always 0: every minute one bank owes, another is owed.")
 
 
-class Transfer(BaseModel):
-    transfer_id: str
-    status: Literal["preparing", "committed", "aborted"]
-    reason: str | None
-    detail: str
-    payer_bank: str
-    payer: str
-    payee_bank: str
-    payee: str
-    minutes: int
-    memo: str
-    deadline: datetime
-    acknowledged_by: list[str]
-
-
-class Obligation(BaseModel):
-    number: int = Field(description="Its place in the cycle, from 1.")
-    debtor: str = Field(description="The bank that pays, outside the system.")
-    creditor: str = Field(description="The bank paid; it confirms receipt.")
-    minutes: int
-    status: Literal["pending", "confirmed"]
-    confirmed_at: datetime | None
-
-
-class Settlement(BaseModel):
-    settlement_id: int
-    status: Literal["open", "completed"]
-    cut_off_at: datetime = Field(description="Transfers committed after it are the next cycle's.")
-    completed_at: datetime | None
-    positions: dict[str, int] = Field(description="Each bank's position at the cut-off.")
-    obligations: list[Obligation]
-
-
 class Settlements(BaseModel):
-    settlements: list[Settlement]
+    settlements: list[SettlementView]
 
 
 class Health(BaseModel):
@@ -167,8 +129,7 @@ def admit_bank(body: NewBank, clearing: ClearingDep) -> AdmittedBank:
     view = clearing.admit_bank(
         body.bank_id, body.name, body.limit_minutes, digest(token).hex(), body.public_key or ""
     )
-    bank = Bank.model_validate(view, from_attributes=True)
-    return AdmittedBank(**bank.model_dump(), clearing_token=token)
+    return AdmittedBank(**asdict(view), clearing_token=token)
 
 
 class BankToken(BaseModel):
@@ -187,19 +148,19 @@ def issue_bank_token(bank_id: str, clearing: ClearingDep) -> BankToken:
 @banks.get("", dependencies=[Reader])
 def list_banks(clearing: ClearingDep) -> Banks:
     """Every member bank with its status, limit, position and reservations."""
-    return Banks(banks=[Bank.model_validate(b, from_attributes=True) for b in clearing.banks()])
+    return Banks(banks=clearing.banks())
 
 
 @banks.post("/{bank_id}/suspend", dependencies=[Admin])
-def suspend_bank(bank_id: str, clearing: ClearingDep) -> Bank:
+def suspend_bank(bank_id: str, clearing: ClearingDep) -> BankView:
     """Stop new transfers to and from a bank; transfers already decided are not affected."""
-    return Bank.model_validate(clearing.suspend_bank(bank_id), from_attributes=True)
+    return clearing.suspend_bank(bank_id)
 
 
 @banks.post("/{bank_id}/reinstate", dependencies=[Admin])
-def reinstate_bank(bank_id: str, clearing: ClearingDep) -> Bank:
+def reinstate_bank(bank_id: str, clearing: ClearingDep) -> BankView:
     """Let a suspended bank take part again."""
-    return Bank.model_validate(clearing.reinstate_bank(bank_id), from_attributes=True)
+    return clearing.reinstate_bank(bank_id)
 
 
 @positions.get("", dependencies=[Reader])
@@ -210,45 +171,40 @@ def get_positions(clearing: ClearingDep) -> Positions:
 
 
 @transfers.get("/{transfer_id}", dependencies=[Reader])
-def get_transfer(transfer_id: str, clearing: ClearingDep) -> Transfer:
+def get_transfer(transfer_id: str, clearing: ClearingDep) -> TransferView:
     """A cross-bank transfer as the coordinator sees it."""
-    return Transfer.model_validate(clearing.get_transfer(transfer_id), from_attributes=True)
+    return clearing.get_transfer(transfer_id)
 
 
 @settlements.post("", status_code=201, dependencies=[Admin])
-def open_settlement(clearing: ClearingDep) -> Settlement:
+def open_settlement(clearing: ClearingDep) -> SettlementView:
     """Close a settlement cycle now: each bank's position from the transfers committed so far,
     and the fewest obligations (debtor bank pays creditor bank) that settle them. One cycle is
     open at a time; a cycle with nothing to settle completes at once."""
-    return Settlement.model_validate(clearing.open_settlement(), from_attributes=True)
+    return clearing.open_settlement()
 
 
 @settlements.get("", dependencies=[Reader])
 def list_settlements(clearing: ClearingDep) -> Settlements:
     """Every settlement cycle, oldest first."""
-    return Settlements(
-        settlements=[
-            Settlement.model_validate(s, from_attributes=True) for s in clearing.settlements()
-        ]
-    )
+    return Settlements(settlements=clearing.settlements())
 
 
 @settlements.get("/{settlement_id}", dependencies=[Reader])
-def get_settlement(settlement_id: int, clearing: ClearingDep) -> Settlement:
+def get_settlement(settlement_id: int, clearing: ClearingDep) -> SettlementView:
     """A cycle: positions at its cut-off, its obligations, and each one's status."""
-    return Settlement.model_validate(clearing.get_settlement(settlement_id), from_attributes=True)
+    return clearing.get_settlement(settlement_id)
 
 
 @settlements.post("/{settlement_id}/obligations/{number}/confirm")
 def confirm_obligation(
     settlement_id: int, number: int, clearing: ClearingDep, bank_id: CallingBank
-) -> Settlement:
+) -> SettlementView:
     """The creditor bank, with its clearing token, records that it was paid. Confirming again
     changes nothing. When every obligation is confirmed, the cycle completes: positions move
     by the settled amounts and each bank posts the same between its federation and
     settlement accounts."""
-    view = clearing.confirm_obligation(settlement_id, number, bank_id)
-    return Settlement.model_validate(view, from_attributes=True)
+    return clearing.confirm_obligation(settlement_id, number, bank_id)
 
 
 ROUTERS = (health, banks, positions, transfers, settlements)

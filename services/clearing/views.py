@@ -1,9 +1,9 @@
 """The clearing house's read models: what its commands and queries answer, built from its
-aggregates."""
+aggregates (they are also the HTTP API's response shapes, so each field is declared once)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 
 from services.clearing.domain import (
@@ -20,12 +20,16 @@ class BankView:
     name: str
     status: BankStatus
     limit_minutes: int
-    position_minutes: int
-    reserved_minutes: int
+    position_minutes: int = field(
+        metadata={"description": "What the federation owes the bank (< 0: owes)."}
+    )
+    reserved_minutes: int = field(metadata={"description": "Held for transfers not yet decided."})
 
 
 @dataclass(frozen=True)
 class TransferView:
+    """A cross-bank transfer as the coordinator sees it."""
+
     transfer_id: str
     status: TransferPhase
     reason: str | None
@@ -42,9 +46,9 @@ class TransferView:
 
 @dataclass(frozen=True)
 class ObligationView:
-    number: int
-    debtor: str
-    creditor: str
+    number: int = field(metadata={"description": "Its place in the cycle, from 1."})
+    debtor: str = field(metadata={"description": "The bank that pays, outside the system."})
+    creditor: str = field(metadata={"description": "The bank paid; it confirms receipt."})
     minutes: int
     status: ObligationStatus
     confirmed_at: datetime | None
@@ -54,9 +58,13 @@ class ObligationView:
 class SettlementView:
     settlement_id: int
     status: CycleStatus
-    cut_off_at: datetime
+    cut_off_at: datetime = field(
+        metadata={"description": "Transfers committed after it are the next cycle's."}
+    )
     completed_at: datetime | None
-    positions: dict[str, int]
+    positions: dict[str, int] = field(
+        metadata={"description": "Each bank's position at the cut-off."}
+    )
     obligations: list[ObligationView]
 
 

@@ -166,6 +166,17 @@ class FederationClient:
         """
         problems: list[str] = []
         banks = {b["bank_id"]: b for b in self.clearing("/v1/banks")["banks"]}
+        problems += self._check_clearing(banks)
+        for bank_id, ids in members.items():
+            problems += self._check_bank(bank_id, banks[bank_id], ids)
+        for transfer_id, (payer_bank, payee_bank) in self.transfers.items():
+            problems += self._check_transfer(transfer_id, payer_bank, payee_bank, expected or {})
+        return problems
+
+    def _check_clearing(self, banks: Mapping[str, Mapping[str, int]]) -> list[str]:
+        """Invariants 3 and 5 at the clearing house: positions sum to zero, no reservation is
+        left, no bank owes more than its limit."""
+        problems = []
         positions = self.clearing("/v1/positions")
         if positions["sum_minutes"] != 0 or sum(positions["positions"].values()) != 0:
             problems.append(f"3: positions sum to {positions['sum_minutes']}, not 0")
@@ -174,22 +185,27 @@ class FederationClient:
                 problems.append(f"5: {bank_id} still has {bank['reserved_minutes']} reserved")
             if bank["reserved_minutes"] - bank["position_minutes"] > bank["limit_minutes"]:
                 problems.append(f"5: {bank_id} owes more than its limit")
-        for bank_id, ids in members.items():
-            total = self.ok(self.bank(bank_id, "GET", "/v1/bank"))["total_posted_minutes"]
-            if total != 0:
-                problems.append(f"1: {bank_id}'s posted balances sum to {total}, not 0")
-            federation = self.member(bank_id, FEDERATION_ACCOUNT)["balance_minutes"]
-            if federation != -banks[bank_id]["position_minutes"]:
-                problems.append(
-                    f"2: {bank_id}'s federation account is {federation} but its position is "
-                    f"{banks[bank_id]['position_minutes']}"
-                )
-            for member_id in ids:
-                view = self.member(bank_id, member_id)
-                if view["available_minutes"] < -view["overdraft_limit_minutes"]:
-                    problems.append(f"5: {member_id}@{bank_id} is below its overdraft limit")
-        for transfer_id, (payer_bank, payee_bank) in self.transfers.items():
-            problems += self._check_transfer(transfer_id, payer_bank, payee_bank, expected or {})
+        return problems
+
+    def _check_bank(
+        self, bank_id: str, at_clearing: Mapping[str, int], member_ids: Iterable[str]
+    ) -> list[str]:
+        """Invariants 1, 2 and 5 at one bank: its books balance, its federation account mirrors
+        its position, no member is below its overdraft limit."""
+        problems = []
+        total = self.ok(self.bank(bank_id, "GET", "/v1/bank"))["total_posted_minutes"]
+        if total != 0:
+            problems.append(f"1: {bank_id}'s posted balances sum to {total}, not 0")
+        federation = self.member(bank_id, FEDERATION_ACCOUNT)["balance_minutes"]
+        if federation != -at_clearing["position_minutes"]:
+            problems.append(
+                f"2: {bank_id}'s federation account is {federation} but its position is "
+                f"{at_clearing['position_minutes']}"
+            )
+        for member_id in member_ids:
+            view = self.member(bank_id, member_id)
+            if view["available_minutes"] < -view["overdraft_limit_minutes"]:
+                problems.append(f"5: {member_id}@{bank_id} is below its overdraft limit")
         return problems
 
     def _check_transfer(

@@ -78,29 +78,32 @@ def _bank_header_lines(text: str) -> list[int]:
 
 def _line_of(text: str, error: str) -> int:
     """The line a validation error's path (``$.banks[1].limit_minutes``) points at, or 0."""
-    match = re.search(r"\$\.banks\[(\d+)\](?:\.(\w+))?", error)
     lines = text.splitlines()
-    if match:
-        headers = _bank_header_lines(text)
-        index, key = int(match.group(1)), match.group(2)
+    if match := re.search(r"\$\.banks\[(\d+)\](?:\.(\w+))?", error):
         unknown = re.search(r"unknown field `(\w+)`", error)
-        key = key or (unknown.group(1) if unknown else None)
-        if index >= len(headers):
-            return 0
-        start = headers[index]
-        end = headers[index + 1] if index + 1 < len(headers) else len(lines) + 1
-        if key:
-            for number in range(start + 1, end):
-                if re.match(rf"\s*{key}\s*=", lines[number - 1]):
-                    return number
-        return start
-    match = re.search(r"\$\.clearing(?:\.(\w+))?", error)
-    if match:
-        for number, line in enumerate(lines, start=1):
-            key = match.group(1)
-            if key and re.match(rf"\s*{key}\s*=", line):
-                return number
-        for number, line in enumerate(lines, start=1):
-            if line.strip() == "[clearing]":
+        key = match.group(2) or (unknown.group(1) if unknown else None)
+        return _bank_line(text, lines, int(match.group(1)), key)
+    if match := re.search(r"\$\.clearing(?:\.(\w+))?", error):
+        header = next((n for n, line in enumerate(lines, 1) if line.strip() == "[clearing]"), 0)
+        # As before: the key's first line anywhere in the file, else the section's header.
+        return _key_line(lines, match.group(1), 1, len(lines) + 1) or header
+    return 0
+
+
+def _bank_line(text: str, lines: list[str], index: int, key: str | None) -> int:
+    """The line of ``key`` in the index-th [[banks]] table, or the table's header line."""
+    headers = _bank_header_lines(text)
+    if index >= len(headers):
+        return 0
+    start = headers[index]
+    end = headers[index + 1] if index + 1 < len(headers) else len(lines) + 1
+    return _key_line(lines, key, start + 1, end) or start
+
+
+def _key_line(lines: list[str], key: str | None, start: int, end: int) -> int:
+    """The first line numbered from ``start`` to before ``end`` that sets ``key``, or 0."""
+    if key:
+        for number in range(start, end):
+            if re.match(rf"\s*{key}\s*=", lines[number - 1]):
                 return number
     return 0

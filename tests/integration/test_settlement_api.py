@@ -4,17 +4,20 @@ the exact shape of what it answers."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
+from pydantic import TypeAdapter
 
-from services.clearing.api import AdmittedBank, Bank, Obligation, Settlement, Settlements
+from services.clearing.api import AdmittedBank, Settlements
 from services.clearing.application import Clearing
 from services.clearing.service import create_app as create_clearing_app
 from services.clearing.settings import ClearingSettings
+from services.clearing.views import BankView, ObligationView, SettlementView
 from services.common.auth import digest
 from services.common.stores import parse_store_url
 from shared.protocol import CLEARING, AnyMessage, CreditPrepared, Envelope, TransferRequested
@@ -147,14 +150,18 @@ OBLIGATION_FIELDS = {"number", "debtor", "creditor", "minutes", "status", "confi
 
 
 def assert_settlement_shape(body: dict[str, Any]) -> None:
-    """Exactly the fields the pydantic models declare (the published contract), of the
+    """Exactly the fields the response shapes declare (the published contract), of the
     declared types."""
-    assert set(Settlement.model_fields) == SETTLEMENT_FIELDS
-    assert set(Obligation.model_fields) == OBLIGATION_FIELDS
+    assert field_names(SettlementView) == SETTLEMENT_FIELDS
+    assert field_names(ObligationView) == OBLIGATION_FIELDS
     assert set(body) == SETTLEMENT_FIELDS
     for o in body["obligations"]:
         assert set(o) == OBLIGATION_FIELDS
-    Settlement.model_validate(body)
+    TypeAdapter(SettlementView).validate_python(body)
+
+
+def field_names(shape: type) -> set[str]:
+    return {f.name for f in dataclasses.fields(shape)}
 
 
 # Bank tokens at the clearing house.
@@ -162,12 +169,12 @@ def assert_settlement_shape(body: dict[str, Any]) -> None:
 
 def test_admitting_a_bank_returns_its_own_clearing_token_once(fed: Federation) -> None:
     body = fed.admit("surgery")
-    assert set(body) == set(AdmittedBank.model_fields)
+    assert set(body) == field_names(AdmittedBank)
     assert len(set(fed.tokens.values())) == len(fed.tokens) == 4
     assert len(body["clearing_token"]) >= 32
     # Kept only as its digest; never shown again.
     listed = fed.client.get("/v1/banks", headers=ADMIN).json()["banks"]
-    assert [set(b) for b in listed] == [set(Bank.model_fields)] * 4
+    assert [set(b) for b in listed] == [field_names(BankView)] * 4
     assert body["clearing_token"] not in fed.client.get("/v1/banks", headers=ADMIN).text
     assert fed.clearing.bank_with_token_digest(digest(body["clearing_token"]).hex()) == "surgery"
     # It names the bank at the settlement routes only: it is no reader's or admin's token.
