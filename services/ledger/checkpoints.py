@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import threading
 
+from eventsourcing.persistence import Notification
 from eventsourcing.utils import get_topic
 
 from services.common.chain import ZERO_HASH, next_head
@@ -44,9 +45,7 @@ class Checkpointer:
 
     def catch_up(self) -> None:
         """Fold every event stored since the last call into the chain, in log order."""
-        while notifications := self.ledger.recorder.select_notifications(
-            start=self.position + 1, limit=self.batch_size
-        ):
+        for notifications in self.ledger.follow(self.position + 1, batch_size=self.batch_size):
             for notification in notifications:
                 self.head = next_head(self.head, notification)
                 self.position = notification.id
@@ -74,12 +73,12 @@ class Checkpointer:
             self.checkpointed = self.position
             return checkpoint
 
-    def _checkpoint_position(self, notification: object) -> int | None:
+    def _checkpoint_position(self, notification: Notification) -> int | None:
         """The position a stored checkpoint message covers, if this event queued one."""
-        if getattr(notification, "topic", None) != _QUEUED_TOPIC:
+        if notification.topic != _QUEUED_TOPIC:
             return None
-        queued = self.ledger.mapper.to_domain_event(notification)  # type: ignore[arg-type]
-        message = getattr(queued, "message", {})
+        queued = self.ledger.mapper.to_domain_event(notification)
+        message = queued.message if isinstance(queued, Outbox.Queued) else {}
         if message.get("type") != _CHECKPOINT_TAG:
             return None
         position: int = message["position"]
