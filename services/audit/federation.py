@@ -49,12 +49,10 @@ from services.ledger.domain import (
 )
 from services.ledger.domain_terms import (
     FEDERATION_ACCOUNT,
+    EntryKind,
     TransferStatus,
 )
 from shared.signing import checkpoint_payload, verify
-
-# The kind of entry the ledger posts for a cross-bank transfer (the ledger names no constant).
-_TRANSFER_KIND = "transfer"
 
 _TRANSFER_STARTED = get_topic(CrossBankTransfer.Started)
 _TRANSFER_COMMITTED = get_topic(CrossBankTransfer.Committed)
@@ -91,7 +89,7 @@ class BankTransfers:
             self.status[self._transfers[origin]] = TransferStatus.COMMITTED
         elif topic == _TRANSFER_ABORTED and origin in self._transfers:
             self.status[self._transfers[origin]] = TransferStatus.ABORTED
-        elif topic == _HOLD_POSTED and d.get("kind") == _TRANSFER_KIND:
+        elif topic == _HOLD_POSTED and d.get("kind") == EntryKind.TRANSFER:
             self.posted[d["hold_id"]] += 1
 
 

@@ -27,6 +27,7 @@ from services.ledger.domain_terms import (
     FEDERATION_ACCOUNT,
     MEMBER_ID_PATTERN,
     SYSTEM_ACCOUNTS,
+    EntryKind,
     InvalidRequest,
     LedgerError,
     MemberKind,
@@ -173,9 +174,14 @@ class Ledger(ServiceApplication):
             payee_account = self._member_account(payee)
             exchange_id = str(uuid4())
             payer_account.debit(
-                exchange_id, minutes, payee, memo, "exchange", self.default_overdraft_minutes
+                exchange_id,
+                minutes,
+                payee,
+                memo,
+                EntryKind.EXCHANGE,
+                self.default_overdraft_minutes,
             )
-            payee_account.credit(exchange_id, minutes, payer, memo, "exchange")
+            payee_account.credit(exchange_id, minutes, payer, memo, EntryKind.EXCHANGE)
             receipt = ExchangeReceipt(
                 exchange_id=exchange_id,
                 payer=payer,
@@ -195,7 +201,7 @@ class Ledger(ServiceApplication):
         minutes: int,
         counterparty: str,
         memo: str,
-        kind: str = "transfer",
+        kind: str = EntryKind.TRANSFER,
     ) -> MemberView:
         """Reserve minutes on an account, to be posted to the counterparty or voided later."""
 
@@ -269,7 +275,7 @@ class Ledger(ServiceApplication):
                 minutes,
                 FEDERATION_ACCOUNT,
                 memo,
-                "transfer",
+                EntryKind.TRANSFER,
                 self.default_overdraft_minutes,
                 party=transfer.party,
             )

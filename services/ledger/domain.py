@@ -16,8 +16,8 @@ from services.ledger.domain_terms import (
     MAX_NAME_LENGTH,
     MEMBER_ID_PATTERN,
     MEMBER_KINDS,
-    SETTLEMENT_KIND,
     SYSTEM_ACCOUNTS,
+    EntryKind,
     HoldExists,
     InvalidRequest,
     MemberKind,
@@ -306,8 +306,8 @@ def post_settlement(
     source, target = (federation, settlement) if moved_minutes > 0 else (settlement, federation)
     minutes = abs(moved_minutes)
     # System accounts have no overdraft limit, so the bank default does not apply.
-    source.debit(entry_id, minutes, target.member_id, memo, SETTLEMENT_KIND, 0)
-    target.credit(entry_id, minutes, source.member_id, memo, SETTLEMENT_KIND)
+    source.debit(entry_id, minutes, target.member_id, memo, EntryKind.SETTLEMENT, 0)
+    target.credit(entry_id, minutes, source.member_id, memo, EntryKind.SETTLEMENT)
 
 
 class BankPolicy(Aggregate):

@@ -24,8 +24,15 @@ MEMBER_KINDS = (MemberKind.PERSON, MemberKind.ORGANISATION)
 FEDERATION_ACCOUNT = "federation"
 SETTLEMENT_ACCOUNT = "settlement"
 SYSTEM_ACCOUNTS = (FEDERATION_ACCOUNT, SETTLEMENT_ACCOUNT)
-# The kind of entry a completed settlement cycle posts.
-SETTLEMENT_KIND = "settlement"
+
+
+class EntryKind(StrEnum):
+    """What a posted entry records, as its statement shows it."""
+
+    EXCHANGE = "exchange"  # a local exchange between two members
+    TRANSFER = "transfer"  # a cross-bank transfer
+    SETTLEMENT = "settlement"  # a completed settlement cycle
+
 
 MEMBER_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 MAX_NAME_LENGTH = 200

@@ -19,6 +19,7 @@ from services.ledger.domain import (
 from services.ledger.domain_terms import (
     FEDERATION_ACCOUNT,
     SETTLEMENT_ACCOUNT,
+    EntryKind,
     Role,
     TransferStatus,
     account_id,
@@ -94,7 +95,7 @@ class BankHandlers:
             message.minutes,
             message.payee,
             message.memo,
-            "transfer",
+            EntryKind.TRANSFER,
             self.default_overdraft_minutes,
             party=transfer.party,
         )

@@ -13,8 +13,8 @@ from typing import Any
 import httpx2
 import pytest
 
-from tests.conftest import BANK_ID
 from tests.e2e.conftest import TIMEBANK, Server, StartServer, timebank_env
+from tests.helpers import BANK_ID
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -28,7 +28,7 @@ def test_balances_replayed_up_to_a_moment_are_what_the_api_showed_then(
     client: TestClient, operator: dict[str, str], store_url: str
 ) -> None:
     for member in MEMBERS:
-        body = {"member_id": member, "name": member.title(), "kind": "person"}
+        body: dict[str, object] = {"member_id": member, "name": member.title(), "kind": "person"}
         assert client.post("/v1/members", json=body, headers=operator).status_code == 201
     moments: list[tuple[datetime, dict[str, tuple[int, int]]]] = []
     payments = [("ann", "bob", 60), ("bob", "cat", 25), ("cat", "ann", 90), ("ann", "cat", 5)]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 from services.clearing.application import Clearing
-from services.common.outbox import QUEUED_TOPIC, envelope_of
+from services.common.outbox import QUEUED_TOPIC, Outbox, envelope_of
 from services.common.stores import parse_store_url
 from shared.protocol import (
     CLEARING,
@@ -36,7 +36,11 @@ def decisions_sent(clearing: Clearing) -> list[str]:
     notifications = clearing.recorder.select_notifications(
         start=1, limit=10_000, topics=[QUEUED_TOPIC]
     )
-    envelopes = [envelope_of(clearing.mapper.to_domain_event(n)) for n in notifications]
+    envelopes: list[Envelope] = []
+    for n in notifications:
+        event = clearing.mapper.to_domain_event(n)
+        assert isinstance(event, Outbox.Queued)
+        envelopes.append(envelope_of(event))
     return [e.destination for e in envelopes if isinstance(e.message, TransferCommitted)]
 
 

@@ -9,7 +9,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from functools import partial
-from typing import TypeVar
+from typing import TypedDict, TypeVar
 
 import pytest
 
@@ -33,6 +33,16 @@ from services.ledger.writer import (
 
 T = TypeVar("T")
 LedgerFactory = Callable[..., Ledger]
+
+
+class ExchangeBody(TypedDict):
+    """The body of POST /v1/exchanges, as Ledger.exchange takes it by keyword."""
+
+    payer: str
+    payee: str
+    minutes: int
+    memo: str
+
 
 JOIN_TIMEOUT_SECONDS = 30.0
 # StoreBusy promises nothing was written and invites a retry; a real client would retry.
@@ -180,7 +190,7 @@ def test_same_idempotency_key_from_threads_on_two_instances_takes_effect_once(
 ) -> None:
     first, second = open_ledger(), open_ledger()
     open_members(first)
-    body = {"payer": "maya", "payee": "tom", "minutes": 30, "memo": "gardening"}
+    body: ExchangeBody = {"payer": "maya", "payee": "tom", "minutes": 30, "memo": "gardening"}
     key = IdempotencyKey("retry-1", fingerprint("POST /v1/exchanges", body))
 
     results = run_concurrently(
@@ -280,9 +290,11 @@ def test_summary_read_during_exchanges_on_the_same_instance_always_totals_zero(
     open_members(ledger)
     done = threading.Event()
 
-    _, totals = run_concurrently(
-        [partial(rotating_exchanges, ledger, done), partial(summary_totals_until, ledger, done)]
-    )
+    jobs: list[Callable[[], list[int] | None]] = [
+        partial(rotating_exchanges, ledger, done),
+        partial(summary_totals_until, ledger, done),
+    ]
+    _, totals = run_concurrently(jobs)
 
     assert totals
     assert set(totals) == {0}
@@ -295,9 +307,11 @@ def test_summary_read_during_exchanges_on_another_instance_always_totals_zero(
     open_members(writer)
     done = threading.Event()
 
-    _, totals = run_concurrently(
-        [partial(rotating_exchanges, writer, done), partial(summary_totals_until, reader, done)]
-    )
+    jobs: list[Callable[[], list[int] | None]] = [
+        partial(rotating_exchanges, writer, done),
+        partial(summary_totals_until, reader, done),
+    ]
+    _, totals = run_concurrently(jobs)
 
     assert totals
     assert set(totals) == {0}

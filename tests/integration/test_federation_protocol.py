@@ -749,14 +749,16 @@ def assert_posted_exactly_as_decided(fed: Federation, transfer_ids: list[str]) -
         view = fed.clearing.get_transfer(transfer_id)
         expected = 1 if view.status == "committed" else 0
         assert view.status in ("committed", "aborted"), view
-        assert fed.banks[view.payer_bank].get_transfer(transfer_id).status == view.status
+        at_payer = fed.banks[view.payer_bank].get_transfer(transfer_id).status
+        # The ledger's TransferStatus and the clearing's TransferPhase: equal as strings.
+        assert at_payer.value == view.status.value
         # The payee's bank knows the transfer only if the clearing house asked it; then it
         # applied the same decision and said so.
         try:
             at_payee = fed.banks[view.payee_bank].get_transfer(transfer_id).status
         except UnknownTransfer:
             at_payee = None
-        assert at_payee in (None, view.status), view
+        assert at_payee is None or at_payee.value == view.status.value, view
         told = {view.payer_bank} | ({view.payee_bank} if at_payee else set())
         assert set(view.acknowledged_by) == told, view
         assert debited[view.payer_bank][transfer_id] == expected, view
@@ -794,7 +796,7 @@ def test_a_random_mix_of_transfers_keeps_every_invariant_once_settled(
         for member_id in MIX_MEMBERS:
             ledger.open_member(member_id, member_id.title(), "person", MIX_OVERDRAFT)
     plan = MixPlan()
-    transfer_ids = []
+    transfer_ids: list[str] = []
     for i in range(MIX_TRANSFERS):
         transfer_id = mix_step(fed, rng, i, plan, transfer_ids)
         if transfer_id is not None:

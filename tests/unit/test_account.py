@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from decimal import Decimal
 from typing import Any
+from uuid import UUID
 
 import pytest
+from eventsourcing.domain import CanMutateAggregate
 
 from services.ledger.domain import (
     Account,
@@ -227,7 +230,7 @@ def test_system_account_may_be_debited_without_bound() -> None:
 def test_postings_refuse_invalid_amounts_and_change_nothing(operation: str, minutes: Any) -> None:
     account = opened()
     before = state(account)
-    post = {
+    post: Callable[[], object] = {
         "debit": lambda: debit(account, minutes),
         "credit": lambda: account.credit("e1", minutes, "bob", "", "exchange"),
         "place_hold": lambda: hold(account, "h1", minutes),
@@ -409,8 +412,8 @@ def test_each_hold_ends_exactly_once(first: str, second: str) -> None:
 # Rebuilding from events.
 
 
-def replay(events: list[Any]) -> Account:
-    account = None
+def replay(events: Sequence[CanMutateAggregate[UUID]]) -> Account:
+    account: Account | None = None
     for ev in events:
         account = ev.mutate(account)
     assert isinstance(account, Account)

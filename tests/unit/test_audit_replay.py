@@ -774,8 +774,8 @@ def test_a_void_of_a_different_amount_is_reported(log: Log) -> None:
 def test_a_committed_transfer_never_posted_is_reported(log: Log) -> None:
     transfer = log.request_transfer("maya", 40)
     committed, posted, credited = log.decide(transfer, commit=True)
-    for position in (posted, credited):
-        log.delete(position)
+    for deleted in (posted, credited):
+        log.delete(deleted)
     result = log.audit(contiguous_ids=False)
     [(position, detail)] = problems(result, TRANSFER)
     assert position == committed

@@ -31,13 +31,16 @@ from services.ledger.domain_terms import (
     HoldExists,
     InvalidRequest,
     LedgerError,
+    MemberKind,
     OverdraftLimitExceeded,
     UnknownHold,
 )
 from services.ledger.views import (
+    ExchangeReceipt,
     MemberView,
 )
 from services.ledger.writer import (
+    Executed,
     IdempotencyKey,
 )
 
@@ -49,7 +52,7 @@ MEMBERS = ("ann", "bob", "cy", "org.one")
 SYSTEM = ("federation", "settlement")
 # Ids that may be asked about but are never valid members: a stranger and a malformed id.
 STRANGERS = ("ghost", "bad id")
-EVERY_ID = MEMBERS + SYSTEM + STRANGERS
+EVERY_ID: tuple[str, ...] = MEMBERS + SYSTEM + STRANGERS
 HOLD_IDS = ("h1", "h2", "h3")
 IDEMPOTENCY_KEYS = ("k1", "k2")
 
@@ -119,7 +122,7 @@ class LedgerMachine(RuleBasedStateMachine):
         return MemberView(
             member_id=member_id,
             name=m.name,
-            kind=m.kind,
+            kind=MemberKind(m.kind),
             balance_minutes=m.balance,
             held_minutes=m.held,
             available_minutes=m.available,
@@ -257,7 +260,10 @@ class LedgerMachine(RuleBasedStateMachine):
         minutes = self.resolve(minutes, payer)
         body = {"payer": payer, "payee": payee, "minutes": minutes, "memo": "keyed"}
         idem = IdempotencyKey(key, fingerprint("exchange", body))
-        command = lambda: self.ledger.exchange(payer, payee, minutes, "keyed", idem)  # noqa: E731
+
+        def command() -> Executed[ExchangeReceipt]:
+            return self.ledger.exchange(payer, payee, minutes, "keyed", idem)
+
         if key in self.recorded:
             first_fingerprint, first_receipt = self.recorded[key]
             if first_fingerprint != idem.fingerprint:

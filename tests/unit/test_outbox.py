@@ -13,20 +13,20 @@ from eventsourcing.application import Application
 from services.common.outbox import QUEUED_TOPIC, Outbox, envelope_of, outbox_id
 from shared.protocol import (
     CLEARING,
+    AnyMessage,
     BankEntry,
     Codec,
     CreditRefused,
     DecisionApplied,
     DirectoryChanged,
     Envelope,
-    Message,
     TransferCommitted,
     TransferRequested,
 )
 
 BANK = "rushey-green"
 
-MESSAGES: list[Message] = [
+MESSAGES: list[AnyMessage] = [
     TransferRequested(
         transfer_id="t-1",
         payer_bank=BANK,
@@ -49,7 +49,7 @@ MESSAGES: list[Message] = [
 ]
 
 
-def message_id(message: Message) -> str:
+def message_id(message: AnyMessage) -> str:
     return type(message).__name__
 
 
@@ -119,7 +119,7 @@ def test_each_queued_event_carries_its_address_and_number() -> None:
 
 
 @pytest.mark.parametrize("message", MESSAGES, ids=message_id)
-def test_a_queued_event_holds_the_message_as_plain_builtins(message: Message) -> None:
+def test_a_queued_event_holds_the_message_as_plain_builtins(message: AnyMessage) -> None:
     outbox = Outbox(source=BANK, destination=CLEARING)
     outbox.queue(message)
 
@@ -142,7 +142,7 @@ def test_a_queued_datetime_is_stored_as_text() -> None:
 
 
 @pytest.mark.parametrize("message", MESSAGES, ids=message_id)
-def test_envelope_of_rebuilds_the_envelope_that_was_queued(message: Message) -> None:
+def test_envelope_of_rebuilds_the_envelope_that_was_queued(message: AnyMessage) -> None:
     outbox = Outbox(source=BANK, destination=CLEARING)
     outbox.queue(MESSAGES[2])
     outbox.queue(message)
@@ -199,7 +199,7 @@ def test_a_reloaded_outbox_keeps_its_counter(app: Application[Any]) -> None:
     outbox.queue(MESSAGES[1])
     app.save(outbox)
 
-    reloaded = app.repository.get(outbox_id(BANK, CLEARING))
+    reloaded: object = app.repository.get(outbox_id(BANK, CLEARING))
 
     assert isinstance(reloaded, Outbox)
     assert reloaded.queued == 2
@@ -212,7 +212,7 @@ def test_queuing_after_a_reload_continues_the_sequence(app: Application[Any]) ->
     outbox.queue(MESSAGES[1])
     app.save(outbox)
 
-    reloaded = app.repository.get(outbox.id)
+    reloaded: Outbox = app.repository.get(outbox.id)
     assert reloaded.queue(MESSAGES[2]) == 3
     app.save(reloaded)
 
