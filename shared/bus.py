@@ -8,9 +8,11 @@ where ``<ns>`` is the federation's namespace (``tb`` by default).
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import re
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Final
 
 import nats
@@ -43,6 +45,9 @@ ACK_WAIT_SECONDS: Final = 10.0
 DEAD_REASON_HEADER: Final = "Tb-Dead-Reason"
 DEAD_SUBJECT_HEADER: Final = "Tb-Dead-Subject"
 DEAD_SEQUENCE_HEADER: Final = "Tb-Dead-Stream-Sequence"
+
+# The source's Ed25519 signature over the envelope's bytes (shared.signing.envelope_payload).
+SIGNATURE_HEADER: Final = "Tb-Signature"
 
 CLEARING_CONSUMER: Final = "clearing"
 DEFAULT_NAMESPACE: Final = "tb"
@@ -126,6 +131,46 @@ class Bus:
             else:
                 await js.update_stream(config=wanted)
 
+    def inbox_prefix(self, participant: str) -> str:
+        """Where a participant's replies come (JetStream answers, fetched messages): an inbox
+        of its own, so that it may read no one else's."""
+        return f"_INBOX_{self.namespace}_{participant}"
+
+    def bank_permissions(self, bank_id: str) -> dict[str, dict[str, list[str]]]:
+        """What a bank's NATS user may do: publish its own messages towards the clearing
+        house and its dead letters, fetch and acknowledge from its own consumer, and read its
+        own inbox. Nothing else: no stream or consumer made, deleted or read, no other bank's
+        subject."""
+        stream, consumer = self.to_banks_stream, bank_consumer(bank_id)
+        return {
+            "publish": {
+                "allow": [
+                    self.to_clearing(bank_id),
+                    self.dead_letters(consumer),
+                    f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{consumer}",
+                    f"$JS.API.CONSUMER.INFO.{stream}.{consumer}",
+                    f"$JS.ACK.{stream}.{consumer}.>",
+                ]
+            },
+            "subscribe": {"allow": [f"{self.inbox_prefix(bank_id)}.>"]},
+        }
+
+    def clearing_permissions(self) -> dict[str, dict[str, list[str]]]:
+        """What the clearing house's NATS user may do: the mirror image of a bank's, and the
+        JetStream API, since it sets up the streams and every consumer."""
+        stream = self.to_clearing_stream
+        return {
+            "publish": {
+                "allow": [
+                    self.to_bank("*"),
+                    self.dead_letters(CLEARING_CONSUMER),
+                    "$JS.API.>",
+                    f"$JS.ACK.{stream}.{CLEARING_CONSUMER}.>",
+                ]
+            },
+            "subscribe": {"allow": [f"{self.inbox_prefix(CLEARING)}.>"]},
+        }
+
     async def delete_streams(self, js: JetStreamContext) -> None:
         """Remove the federation's streams and everything in them (for tests and rehearsals)."""
         for config in self.streams():
@@ -134,6 +179,15 @@ class Bus:
 
 
 DEFAULT_BUS: Final = Bus()
+
+
+def publish_headers(envelope: Envelope, data: bytes, signature: str) -> dict[str, str]:
+    """The headers an envelope is published with: its signature, and a de-duplication id that
+    names the bytes too, so that a forgery claiming the same sender and sequence number can
+    never make JetStream drop the genuine message as its duplicate (a genuine message published
+    again has the same bytes, and so the same id)."""
+    digest = hashlib.sha256(data).hexdigest()[:32]
+    return {"Nats-Msg-Id": f"{envelope.msg_id}:{digest}", SIGNATURE_HEADER: signature}
 
 
 def bank_consumer(bank_id: str) -> str:
@@ -152,8 +206,11 @@ def _with_defaults(config: StreamConfig) -> StreamConfig:
     )
 
 
-async def connect(url: str, name: str) -> NATS:
-    """Connect, reconnecting for ever: a restarted NATS server is waited for, not fatal."""
+async def connect(
+    url: str, name: str, *, seed_file: Path | None = None, inbox_prefix: str | None = None
+) -> NATS:
+    """Connect, reconnecting for ever: a restarted NATS server is waited for, not fatal.
+    With ``seed_file``, as the NATS user of that nkey."""
 
     async def on_disconnect() -> None:
         log.warning("%s: disconnected from NATS at %s", name, url)
@@ -173,6 +230,8 @@ async def connect(url: str, name: str) -> NATS:
         disconnected_cb=on_disconnect,
         reconnected_cb=on_reconnect,
         error_cb=on_error,
+        nkeys_seed=str(seed_file) if seed_file is not None else None,
+        inbox_prefix=inbox_prefix or "_INBOX",
     )
 
 

@@ -1,10 +1,12 @@
-"""Ed25519 keys and signatures: each bank signs the checkpoints of its log's hash chain with its
-private key; the clearing house holds the public key from the bank's admission."""
+"""Ed25519 keys and signatures: every participant signs what it puts on the bus (each bank with
+the key it was admitted with, the clearing house with its own), and each bank signs the
+checkpoints of its log's hash chain; receivers verify against the public keys they hold."""
 
 from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +20,13 @@ PUBLIC_KEY_BYTES = 32
 
 class SigningKeyError(ValueError):
     """A key file or a public key that cannot be used; the message says why."""
+
+
+def envelope_payload(data: bytes) -> bytes:
+    """What an envelope's signature covers: the envelope's bytes as published (its source,
+    destination, sequence number and message), after a context line of their own so that no
+    signature over anything else can pass for one."""
+    return b"timebank-envelope-v1\n" + data
 
 
 def checkpoint_payload(bank_id: str, position: int, chain_hash: str) -> bytes:
@@ -82,11 +91,16 @@ def check_public_key(text: str) -> str:
     return text
 
 
+@functools.lru_cache(maxsize=1024)
+def _public_key(text: str) -> Ed25519PublicKey:
+    # Every message is verified against one of a few keys: each is decoded once.
+    return Ed25519PublicKey.from_public_bytes(base64.b64decode(text, validate=True))
+
+
 def verify(public_key: str, payload: bytes, signature: str) -> bool:
     """True if ``signature`` (base64) is the holder of ``public_key``'s over ``payload``."""
     try:
-        key = Ed25519PublicKey.from_public_bytes(base64.b64decode(public_key, validate=True))
-        key.verify(base64.b64decode(signature, validate=True), payload)
+        _public_key(public_key).verify(base64.b64decode(signature, validate=True), payload)
     except (InvalidSignature, binascii.Error, ValueError):
         return False
     return True

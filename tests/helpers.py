@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import pty
 import select
@@ -13,7 +14,15 @@ from typing import Any
 import httpx2 as httpx
 from fastapi.testclient import TestClient
 
+from services.clearing.application import Clearing
+from services.clearing.service import clearing_bus_worker
+from services.common.bus_worker import BusWorker
+from services.ledger.application import Ledger
+from services.ledger.service import ledger_bus_worker
 from services.ledger.settings import LedgerSettings
+from shared.bus import Bus
+from shared.protocol import CLEARING
+from shared.signing import SigningKey
 
 OPERATOR_TOKEN = "operator-" + "o" * 24
 AUDITOR_TOKEN = "auditor-" + "a" * 24
@@ -84,3 +93,31 @@ def run_in_terminal(argv: list[str], cwd: Path, seconds: float = 60.0) -> tuple[
             break
     os.close(leader)
     return process.wait(timeout=seconds), output
+
+
+@functools.cache
+def participant_key(name: str) -> SigningKey:
+    """A bank's or the clearing house's signing key in these tests (one per name)."""
+    return SigningKey.generate()
+
+
+def bank_bus_worker(ledger: Ledger, nats_url: str, bus: Bus) -> BusWorker:
+    """A bank's bus worker, signing with its test key and trusting the clearing's."""
+    return ledger_bus_worker(
+        ledger,
+        nats_url,
+        bus,
+        signer=participant_key(ledger.bank_id),
+        clearing_key=participant_key(CLEARING).public_key,
+    )
+
+
+def clearing_worker(clearing: Clearing, nats_url: str, bus: Bus) -> BusWorker:
+    """The clearing house's bus worker, signing with its test key."""
+    return clearing_bus_worker(clearing, nats_url, bus, signer=participant_key(CLEARING))
+
+
+def admit(clearing: Clearing, bank_id: str, limit_minutes: int) -> None:
+    """Admit a bank with its test key, as `timebank up` admits one with its own."""
+    public_key = participant_key(bank_id).public_key
+    clearing.admit_bank(bank_id, bank_id.title(), limit_minutes, public_key=public_key)

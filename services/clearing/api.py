@@ -18,6 +18,7 @@ from services.clearing.domain_terms import (
     UnknownBank,
     UnknownTransfer,
 )
+from services.clearing.settings import ClearingSettings
 from services.clearing.settlement import (
     NotCreditor,
     SettlementOpen,
@@ -66,6 +67,13 @@ class AdmittedBank(BankView):
             "description": "The bank's token at this API (to confirm settlement receipts). "
             "Shown once: the clearing house keeps only its digest."
         }
+    )
+    clearing_public_key: str | None = field(
+        default=None,
+        metadata={
+            "description": "The clearing house's Ed25519 public key (base64): the bank applies "
+            "only what this key signed (`ledger serve --clearing-key`)."
+        },
     )
 
 
@@ -122,14 +130,16 @@ def healthz() -> Health:
 
 
 @banks.post("", status_code=201, dependencies=[Admin])
-def admit_bank(body: NewBank, clearing: ClearingDep) -> AdmittedBank:
+def admit_bank(body: NewBank, clearing: ClearingDep, request: Request) -> AdmittedBank:
     """Admit a bank to the federation with a limit on what it may owe. The answer holds the
     bank's own token at this API, shown this once."""
     token = secrets.token_urlsafe(32)
     view = clearing.admit_bank(
         body.bank_id, body.name, body.limit_minutes, digest(token).hex(), body.public_key or ""
     )
-    return AdmittedBank(**asdict(view), clearing_token=token)
+    settings: ClearingSettings = request.app.state.settings
+    key = settings.signing_key.public_key if settings.signing_key is not None else None
+    return AdmittedBank(**asdict(view), clearing_token=token, clearing_public_key=key)
 
 
 class BankToken(BaseModel):

@@ -112,6 +112,10 @@ class Clearing(ServiceApplication):
     def reinstate_bank(self, bank_id: str) -> BankView:
         return self._change_status(bank_id, MemberBank.reinstate)
 
+    def bank_ids(self) -> list[str]:
+        """Every admitted bank's id, in order of admission."""
+        return list(self._directory().bank_ids)
+
     def banks(self) -> list[BankView]:
         with self._lock:
             return [bank_view(member_bank(self.find, b)) for b in self._directory().bank_ids]
@@ -131,6 +135,13 @@ class Clearing(ServiceApplication):
             bank = member_bank(self.find, bank_id)
             bank.issue_token(token_digest)
             self.save(bank)
+
+    def public_key_of(self, bank_id: str) -> str | None:
+        """The key a member bank was admitted with (its messages must be signed with it)."""
+        bank = self.find(bank_id_to_uuid(bank_id), MemberBank)
+        if bank is None or not bank.public_key:
+            return None
+        return bank.public_key
 
     def bank_with_token_digest(self, token_digest: str) -> str | None:
         """The bank whose clearing-house token has this SHA-256 digest (hex), if any. Every

@@ -5,17 +5,21 @@ from __future__ import annotations
 
 import logging
 from functools import partial
+from pathlib import Path
 
 from fastapi import FastAPI
 
 from services.clearing.api import CLEARING_ERRORS, ROUTERS
 from services.clearing.application import Clearing
 from services.clearing.settings import ClearingSettings
+from services.common.authenticity import Authenticator
 from services.common.bus_worker import BusWorker
 from services.common.offload import Periodic
 from services.common.service import HTTPFace, Runtime, asgi_app
 from services.common.stores import parse_store_url
 from shared.bus import CLEARING_CONSUMER, Bus
+from shared.protocol import CLEARING
+from shared.signing import SigningKey
 
 log = logging.getLogger(__name__)
 
@@ -28,8 +32,16 @@ def open_clearing(settings: ClearingSettings) -> Clearing:
     return Clearing(parse_store_url(settings.store_url), deadline_seconds=settings.deadline_seconds)
 
 
-def clearing_bus_worker(clearing: Clearing, nats_url: str, bus: Bus) -> BusWorker:
-    """The clearing house's link to every bank: its outboxes out, every bank's messages in."""
+def clearing_bus_worker(
+    clearing: Clearing,
+    nats_url: str,
+    bus: Bus,
+    *,
+    signer: SigningKey,
+    seed_file: Path | None = None,
+) -> BusWorker:
+    """The clearing house's link to every bank: its outboxes out, signed with its own key;
+    every bank's messages in, each verified against the key the bank was admitted with."""
     return BusWorker(
         clearing,
         nats_url=nats_url,
@@ -39,6 +51,10 @@ def clearing_bus_worker(clearing: Clearing, nats_url: str, bus: Bus) -> BusWorke
         durable=CLEARING_CONSUMER,
         filter_subject=bus.to_clearing("*"),
         receive=clearing.receive,
+        signer=signer,
+        authenticator=Authenticator(bus, CLEARING, clearing.public_key_of),
+        seed_file=seed_file,
+        administered=clearing.bank_ids,
     )
 
 
@@ -58,8 +74,11 @@ def clearing_runtime(settings: ClearingSettings, clearing: Clearing | None = Non
     owned = clearing is None
     clearing = clearing or open_clearing(settings)
     runtime = Runtime(clearing, owns_application=owned)
-    if settings.nats_url:
-        runtime.worker = clearing_bus_worker(clearing, settings.nats_url, settings.bus)
+    if settings.bus_link is not None:
+        nats_url, key = settings.bus_link
+        runtime.worker = clearing_bus_worker(
+            clearing, nats_url, settings.bus, signer=key, seed_file=settings.nats_seed
+        )
         chores = partial(housekeeping, clearing)
         runtime.jobs = [Periodic("clearing-housekeeping", chores, EXPIRY_INTERVAL_SECONDS)]
     return runtime

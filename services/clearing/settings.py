@@ -4,11 +4,21 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 from services.clearing.domain_terms import DEFAULT_DEADLINE_SECONDS
 from services.common.auth import TokenRegistry
-from services.common.settings import bus_settings, check_seconds, check_store_url, service_tokens
+from services.common.settings import (
+    SettingsError,
+    bus_settings,
+    check_seconds,
+    check_store_url,
+    load_signing_key,
+    nats_seed_option,
+    service_tokens,
+)
 from shared.bus import DEFAULT_BUS, DEFAULT_NAMESPACE, Bus
+from shared.signing import SigningKey
 
 ADMIN_TOKEN_VAR = "TIMEBANK_ADMIN_TOKEN"  # noqa: S105 (a variable's name, not a secret)
 DEFAULT_STORE_URL = "sqlite:///timebank-data/clearing.db"
@@ -21,6 +31,18 @@ class ClearingSettings:
     deadline_seconds: float = DEFAULT_DEADLINE_SECONDS
     nats_url: str | None = None
     bus: Bus = DEFAULT_BUS
+    # The clearing house's own key: it signs what it puts on the bus (banks learn its public
+    # half at admission). Needed with NATS.
+    signing_key: SigningKey | None = None
+    # The clearing house's NATS user (its nkey seed file); without it, the anonymous user.
+    nats_seed: Path | None = None
+
+    @property
+    def bus_link(self) -> tuple[str, SigningKey] | None:
+        """The NATS URL and the clearing house's key, when on the bus."""
+        if self.nats_url is None or self.signing_key is None:
+            return None
+        return self.nats_url, self.signing_key
 
     @classmethod
     def build(
@@ -31,15 +53,26 @@ class ClearingSettings:
         deadline_seconds: float = DEFAULT_DEADLINE_SECONDS,
         nats_url: str | None = None,
         nats_namespace: str = DEFAULT_NAMESPACE,
+        signing_key_path: Path | None = None,
+        nats_seed: Path | None = None,
     ) -> ClearingSettings:
         """Check everything the clearing needs before it starts; tokens come from ``environ``."""
         url = check_store_url(store_url or DEFAULT_STORE_URL)
         tokens = service_tokens(environ, "admin", ADMIN_TOKEN_VAR, "clearing house")
         check_seconds("deadline", deadline_seconds)
+        bus = bus_settings(nats_url, nats_namespace)
+        signing_key = load_signing_key(signing_key_path)
+        if nats_url is not None and signing_key is None:
+            raise SettingsError(
+                "on the federation's bus (--nats-url) the clearing house signs what it sends: "
+                "give --signing-key (its key, from `timebank keys new`)"
+            )
         return cls(
             store_url=url,
             tokens=tokens,
             deadline_seconds=deadline_seconds,
             nats_url=nats_url,
-            bus=bus_settings(nats_url, nats_namespace),
+            bus=bus,
+            signing_key=signing_key,
+            nats_seed=nats_seed_option(nats_seed),
         )

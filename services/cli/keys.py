@@ -1,4 +1,4 @@
-"""`timebank keys new`: a bank's Ed25519 key pair."""
+"""`timebank keys new`: a bank's or the clearing house's Ed25519 key pair."""
 
 from __future__ import annotations
 
@@ -9,7 +9,10 @@ import typer
 
 from services.cli.common import app, fail
 
-keys_app = typer.Typer(help="Ed25519 keys that sign each bank's log checkpoints.")
+keys_app = typer.Typer(
+    help="Ed25519 keys that sign what each participant sends on the bus, and each bank's "
+    "log checkpoints."
+)
 app.add_typer(keys_app, name="keys")
 
 
@@ -19,9 +22,10 @@ def keys_new(
         Path, typer.Option(help="Where to write the private key (PEM, readable by you only).")
     ],
 ) -> None:
-    """Make a bank's key pair: the private key goes to OUT (never overwritten) for
-    `timebank ledger serve --signing-key OUT`; the public key is printed, for the bank's
-    admission at the clearing house (`"public_key"` in POST /v1/banks)."""
+    """Make a key pair: the private key goes to OUT (never overwritten) for `--signing-key
+    OUT` of `timebank ledger serve` or `timebank clearing serve`; the public key is printed:
+    a bank's for its admission (`"public_key"` in POST /v1/banks), the clearing house's for
+    each bank's `--clearing-key`."""
     from shared.signing import SigningKey
 
     key = SigningKey.generate()

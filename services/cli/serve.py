@@ -54,13 +54,28 @@ def ledger_serve(
     signing_key: Annotated[
         Path | None,
         typer.Option(
-            help="The bank's Ed25519 key (`timebank keys new`): with it, the bank sends the "
-            "clearing house signed checkpoints of its log for audits."
+            help="The bank's Ed25519 key (`timebank keys new`), the one it was admitted with: "
+            "it signs what the bank sends on the bus and the checkpoints of its log; needed "
+            "with --nats-url."
         ),
     ] = None,
     checkpoint_seconds: Annotated[
         float, typer.Option(help="How often a checkpoint is sent, when anything is new.")
     ] = DEFAULT_CHECKPOINT_SECONDS,
+    clearing_key: Annotated[
+        str | None,
+        typer.Option(
+            help="The clearing house's Ed25519 public key (base64), given at the bank's "
+            "admission: with --nats-url, only messages it signed are applied."
+        ),
+    ] = None,
+    nats_seed: Annotated[
+        Path | None,
+        typer.Option(
+            envvar="TIMEBANK_NATS_SEED",
+            help="The NATS user's nkey seed file (mode 600) this service connects with.",
+        ),
+    ] = None,
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
 ) -> None:
     """Serve one bank's ledger over HTTP. Tokens come from TIMEBANK_OPERATOR_TOKEN
@@ -79,6 +94,8 @@ def ledger_serve(
             nats_namespace=nats_namespace,
             signing_key_path=signing_key,
             checkpoint_seconds=checkpoint_seconds,
+            clearing_key=clearing_key,
+            nats_seed=nats_seed,
         )
 
     serve_service(
@@ -158,6 +175,20 @@ def clearing_serve(
     deadline_seconds: Annotated[
         float, typer.Option(help="A transfer whose payee bank has not answered by then aborts.")
     ] = 30.0,
+    signing_key: Annotated[
+        Path | None,
+        typer.Option(
+            help="The clearing house's Ed25519 key (`timebank keys new`): it signs everything "
+            "the clearing house sends on the bus; needed with --nats-url."
+        ),
+    ] = None,
+    nats_seed: Annotated[
+        Path | None,
+        typer.Option(
+            envvar="TIMEBANK_NATS_SEED",
+            help="The NATS user's nkey seed file (mode 600) this service connects with.",
+        ),
+    ] = None,
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
 ) -> None:
     """Serve the clearing house over HTTP. The admin token comes from TIMEBANK_ADMIN_TOKEN
@@ -172,6 +203,8 @@ def clearing_serve(
             deadline_seconds=deadline_seconds,
             nats_url=nats_url,
             nats_namespace=nats_namespace,
+            signing_key_path=signing_key,
+            nats_seed=nats_seed,
         )
 
     serve_service(

@@ -6,15 +6,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
 from typing import Any
 
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
+from nats.js.errors import NotFoundError
 
 from services.common.application import SavedEvents, ServiceApplication
+from services.common.authenticity import Authenticator
 from services.common.inbox import Outcome, Received
 from services.common.offload import Offload
 from services.common.relay import OutboxRelay
@@ -22,15 +25,20 @@ from shared.bus import (
     DEAD_REASON_HEADER,
     DEAD_SEQUENCE_HEADER,
     DEAD_SUBJECT_HEADER,
+    SIGNATURE_HEADER,
     Bus,
+    bank_consumer,
     connect,
     consumer_config,
 )
 from shared.protocol import Codec, Envelope, ProtocolError
+from shared.signing import SigningKey
 
 log = logging.getLogger(__name__)
 
 FETCH_BATCH = 256
+# How often the clearing house checks that every stream and consumer of the bus is there.
+ADMINISTER_SECONDS = 1.0
 # A message that arrived before an earlier one from the same sender waits this long.
 GAP_RETRY_SECONDS = 0.5
 STOP_TIMEOUT_SECONDS = 5.0
@@ -55,6 +63,10 @@ class BusWorker:
         durable: str,
         filter_subject: str,
         receive: Callable[[Sequence[Envelope]], list[Received]],
+        signer: SigningKey,
+        authenticator: Authenticator,
+        seed_file: Path | None = None,
+        administered: Callable[[], Iterable[str]] | None = None,
     ) -> None:
         self.app = app
         self.nats_url = nats_url
@@ -64,6 +76,13 @@ class BusWorker:
         self.durable = durable
         self.filter_subject = filter_subject
         self.receive = receive
+        self.signer = signer
+        self.authenticator = authenticator
+        # The participant's NATS user (its nkey seed); without one, the server's anonymous one.
+        self.seed_file = seed_file
+        # The clearing house sets up the bus: every stream, its own consumer and one per bank
+        # (``administered`` names the banks). A bank's worker only uses its own consumer.
+        self.administered = administered
         self.codec = Codec()
         self.relay: OutboxRelay | None = None
         # Every store call of the relay and the consumer: stop() waits for the last to end.
@@ -74,23 +93,72 @@ class BusWorker:
 
     async def start(self) -> None:
         self._offload = Offload(self.name)
-        self._nc = await connect(self.nats_url, self.name)
+        self._nc = await connect(
+            self.nats_url,
+            self.name,
+            seed_file=self.seed_file,
+            inbox_prefix=self.bus.inbox_prefix(self.authenticator.me),
+        )
         js = self._nc.jetstream()
-        await self.bus.ensure_streams(js)
         self.relay = OutboxRelay(
-            self.app, js, self.bus, name=f"relay:{self.name}", offload=self._offload
+            self.app,
+            js,
+            self.bus,
+            name=f"relay:{self.name}",
+            signer=self.signer,
+            offload=self._offload,
         )
-        subscription = await js.pull_subscribe(
-            self.filter_subject,
-            durable=self.durable,
-            stream=self.stream,
-            config=consumer_config(self.durable, self.filter_subject),
-        )
-        self.app.save_listeners.append(self.wake)
-        self._tasks = [
+        tasks = [
             asyncio.create_task(self.relay.run(), name=f"{self.name}-relay"),
-            asyncio.create_task(self._consume(js, subscription), name=f"{self.name}-consumer"),
         ]
+        if self.administered is not None:
+            await self.bus.ensure_streams(js)
+            await self._ensure_consumers(js)
+            tasks.append(asyncio.create_task(self._administer(js), name=f"{self.name}-admin"))
+        subscription = await js.pull_subscribe_bind(self.durable, stream=self.stream)
+        self.app.save_listeners.append(self.wake)
+        tasks.append(
+            asyncio.create_task(self._consume(js, subscription), name=f"{self.name}-consumer")
+        )
+        self._tasks = tasks
+
+    def _consumers(self) -> list[tuple[str, str, str]]:
+        """Every consumer the clearing house keeps: (stream, durable name, filter subject)."""
+        assert self.administered is not None
+        banks = [
+            (self.bus.to_banks_stream, bank_consumer(bank_id), self.bus.to_bank(bank_id))
+            for bank_id in self.administered()
+        ]
+        return [(self.stream, self.durable, self.filter_subject), *banks]
+
+    async def _ensure_consumers(self, js: JetStreamContext) -> None:
+        """Create every stream and consumer that is missing (idempotent), saying so."""
+        for stream in self.bus.streams():
+            try:
+                await js.stream_info(stream.name or "")
+            except NotFoundError:
+                log.warning("%s: stream %s is missing; creating it", self.name, stream.name)
+                await self.bus.ensure_streams(js)
+                break
+        for stream_name, durable, subject in await self._offload(self._consumers):
+            try:
+                await js.consumer_info(stream_name, durable)
+            except NotFoundError:
+                log.info("%s: creating consumer %s on %s", self.name, durable, stream_name)
+                await js.add_consumer(stream_name, config=consumer_config(durable, subject))
+
+    async def _administer(self, js: JetStreamContext) -> None:
+        """Keep the bus set up: a bank just admitted gets its consumer, and a stream or
+        consumer that went missing (deleted by mistake or by someone who should not have
+        been able to) is made again."""
+        while not self._stopping:
+            await asyncio.sleep(ADMINISTER_SECONDS)
+            try:
+                await self._ensure_consumers(js)
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:
+                log.warning("%s: setting up the bus failed (%s); trying again", self.name, e)
 
     def wake(self, _saved: SavedEvents = ()) -> None:
         """Tell the relay there is something new to publish (callable from any thread)."""
@@ -124,6 +192,7 @@ class BusWorker:
             self._nc = None
 
     async def _consume(self, js: JetStreamContext, subscription: Any) -> None:
+        failing = False
         while not self._stopping:
             try:
                 messages: list[Msg] = await subscription.fetch(FETCH_BATCH, timeout=1.0)
@@ -132,10 +201,17 @@ class BusWorker:
             except asyncio.CancelledError:
                 raise
             except Exception as e:
-                # A NATS restart or a lost connection: the client reconnects; fetch again.
-                log.warning("%s: fetch failed (%s); retrying", self.name, e)
+                # A NATS restart, a lost connection, or a consumer being made again: the
+                # client reconnects and the clearing house re-creates what is missing. Said
+                # once, not at every retry.
+                if not failing:
+                    log.warning("%s: fetching failed (%s); retrying until it works", self.name, e)
+                failing = True
                 await asyncio.sleep(0.5)
                 continue
+            if failing:
+                log.info("%s: fetching works again", self.name)
+                failing = False
             try:
                 await self.handle_batch(js, messages)
             except asyncio.CancelledError:
@@ -146,19 +222,17 @@ class BusWorker:
                 await asyncio.sleep(0.5)
 
     async def handle_batch(self, js: JetStreamContext, messages: Sequence[Msg]) -> None:
-        envelopes: list[Envelope] = []
-        by_envelope: dict[int, Msg] = {}
+        decoded: list[tuple[Msg, Envelope]] = []
         for msg in messages:
             try:
-                envelope = self.codec.decode(msg.data)
+                decoded.append((msg, self.codec.decode(msg.data)))
             except ProtocolError as e:
                 await self._dead_letter(js, msg, f"undecodable: {e}")
-                continue
-            envelopes.append(envelope)
-            by_envelope[id(envelope)] = msg
-        if not envelopes:
+        authentic = await self._authentic(js, decoded)
+        if not authentic:
             return
-        results = await self._offload(self.receive, envelopes)
+        results = await self._offload(self.receive, [envelope for _, envelope in authentic])
+        by_envelope = {id(envelope): msg for msg, envelope in authentic}
         for result in results:
             msg = by_envelope[id(result.envelope)]
             match result.outcome:
@@ -169,6 +243,31 @@ class BusWorker:
                 case Outcome.GAP:
                     await msg.nak(delay=GAP_RETRY_SECONDS)
         self.wake()
+
+    async def _authentic(
+        self, js: JetStreamContext, decoded: Sequence[tuple[Msg, Envelope]]
+    ) -> list[tuple[Msg, Envelope]]:
+        """The messages that are what they claim; the others are dead-lettered. This runs
+        before the inbox sees anything: a message that is not what it claims never takes a
+        sender's sequence number, so the genuine one with that number is still applied."""
+        if not decoded:
+            return []
+        refusals = await self._offload(self._refusals, decoded)
+        authentic = []
+        for (msg, envelope), refusal in zip(decoded, refusals, strict=True):
+            if refusal is None:
+                authentic.append((msg, envelope))
+            else:
+                await self._dead_letter(js, msg, f"not authentic: {refusal}")
+        return authentic
+
+    def _refusals(self, decoded: Sequence[tuple[Msg, Envelope]]) -> list[str | None]:
+        return [
+            self.authenticator.refusal(
+                msg.subject, envelope, msg.data, (msg.headers or {}).get(SIGNATURE_HEADER)
+            )
+            for msg, envelope in decoded
+        ]
 
     async def _dead_letter(self, js: JetStreamContext, msg: Msg, reason: str) -> None:
         """Keep the message, with why it could not be used, where an operator can read it."""

@@ -14,8 +14,9 @@ from nats.js import JetStreamContext
 from services.common.application import ServiceApplication
 from services.common.offload import Offload
 from services.common.outbox import QUEUED_TOPIC, Outbox, envelope_of
-from shared.bus import Bus
+from shared.bus import Bus, publish_headers
 from shared.protocol import Codec
+from shared.signing import SigningKey, envelope_payload
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +27,8 @@ class OutboxRelay:
     Publishes go out asynchronously in batches; the relay records how far it got (a tracking
     record in the application's own store) only after JetStream acknowledged the whole batch.
     After a crash it starts again from there: a message published twice carries the same
-    Nats-Msg-Id, so JetStream drops the copy, and receivers de-duplicate by sequence too.
+    Nats-Msg-Id, so JetStream drops the copy, and receivers de-duplicate by sequence too. Every
+    envelope goes out signed with the application's key.
     """
 
     def __init__(
@@ -39,6 +41,7 @@ class OutboxRelay:
         batch_size: int = 256,
         idle_seconds: float = 0.5,
         ack_timeout: float = 10.0,
+        signer: SigningKey,
         offload: Offload | None = None,
     ) -> None:
         self._app = app
@@ -50,6 +53,7 @@ class OutboxRelay:
         self._idle_seconds = idle_seconds
         self._ack_timeout = ack_timeout
         self._codec = Codec()
+        self._signer = signer
         self._tracking = app.factory.tracking_recorder()
         self._wakeup = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -103,11 +107,13 @@ class OutboxRelay:
                 if not isinstance(queued, Outbox.Queued):
                     raise TypeError(f"notification {notification.id} is not a queued message")
                 envelope = envelope_of(queued)
+                data = self._codec.encode(envelope)
+                signature = self._signer.sign(envelope_payload(data))
                 acks.append(
                     await self._js.publish_async(
                         self._bus.subject_for(envelope),
-                        self._codec.encode(envelope),
-                        headers={"Nats-Msg-Id": envelope.msg_id},
+                        data,
+                        headers=publish_headers(envelope, data, signature),
                     )
                 )
             await asyncio.wait_for(asyncio.gather(*acks), self._ack_timeout)

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
+
+import nkeys
 
 from services.common.auth import TokenError, TokenRegistry, tokens_from_environ
 from services.common.stores import StoreURLError, parse_store_url
 from shared.bus import Bus, InvalidNamespace
+from shared.signing import SigningKey, SigningKeyError, check_public_key
 
 
 class SettingsError(ValueError):
@@ -46,3 +50,39 @@ def service_tokens(
         return tokens_from_environ(environ, role, variable, service)
     except TokenError as e:
         raise SettingsError(str(e)) from e
+
+
+def load_signing_key(path: Path | None) -> SigningKey | None:
+    """The participant's Ed25519 key from its file, if one is named."""
+    try:
+        return SigningKey.load(path) if path else None
+    except SigningKeyError as e:
+        raise SettingsError(str(e)) from e
+
+
+def public_key_option(option: str, text: str | None) -> str | None:
+    """A base64 Ed25519 public key given as ``option``, checked."""
+    if text is None:
+        return None
+    try:
+        return check_public_key(text)
+    except SigningKeyError as e:
+        raise SettingsError(f"{option}: {e}") from e
+
+
+def nats_seed_option(path: Path | None) -> Path | None:
+    """A participant's NATS nkey seed file (``--nats-seed``), checked: readable, and a user's
+    seed. The seed itself is read by the NATS client when it connects."""
+    if path is None:
+        return None
+    try:
+        seed = path.read_bytes().strip()
+    except OSError as e:
+        raise SettingsError(f"--nats-seed {path}: cannot read it ({e.strerror})") from e
+    try:
+        nkeys.from_seed(seed)
+    except Exception as e:
+        raise SettingsError(f"--nats-seed {path}: not an nkey seed ({e})") from e
+    if not seed.startswith(b"SU"):
+        raise SettingsError(f"--nats-seed {path}: not a NATS user's seed (it starts with SU)")
+    return path

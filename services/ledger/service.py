@@ -3,8 +3,11 @@ ledger -> bus worker -> checkpoints -> ASGI app."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from fastapi import FastAPI
 
+from services.common.authenticity import Authenticator
 from services.common.bus_worker import BusWorker
 from services.common.offload import Periodic
 from services.common.service import HTTPFace, Runtime, asgi_app
@@ -16,6 +19,8 @@ from services.ledger.application import (
 from services.ledger.checkpoints import Checkpointer
 from services.ledger.settings import LedgerSettings
 from shared.bus import Bus, bank_consumer
+from shared.protocol import CLEARING
+from shared.signing import SigningKey
 
 
 def open_ledger(settings: LedgerSettings) -> Ledger:
@@ -28,8 +33,21 @@ def open_ledger(settings: LedgerSettings) -> Ledger:
     )
 
 
-def ledger_bus_worker(ledger: Ledger, nats_url: str, bus: Bus) -> BusWorker:
-    """The bank's link to the clearing house: its outbox out, its inbox in."""
+def ledger_bus_worker(
+    ledger: Ledger,
+    nats_url: str,
+    bus: Bus,
+    *,
+    signer: SigningKey,
+    clearing_key: str,
+    seed_file: Path | None = None,
+) -> BusWorker:
+    """The bank's link to the clearing house: its outbox out, signed with the bank's key; its
+    inbox in, from the clearing house only, as its key (learnt at admission) attests."""
+
+    def key_of(source: str) -> str | None:
+        return clearing_key if source == CLEARING else None
+
     return BusWorker(
         ledger,
         nats_url=nats_url,
@@ -39,23 +57,31 @@ def ledger_bus_worker(ledger: Ledger, nats_url: str, bus: Bus) -> BusWorker:
         durable=bank_consumer(ledger.bank_id),
         filter_subject=bus.to_bank(ledger.bank_id),
         receive=ledger.receive,
+        signer=signer,
+        authenticator=Authenticator(bus, ledger.bank_id, key_of),
+        seed_file=seed_file,
     )
 
 
 def ledger_runtime(settings: LedgerSettings, ledger: Ledger | None = None) -> Runtime:
-    """The ledger (opened here unless given) and, with NATS, its bus worker and, with a
-    signing key, its checkpoints."""
+    """The ledger (opened here unless given) and, with NATS, its bus worker and its signed
+    checkpoints."""
     owned = ledger is None
     ledger = ledger or open_ledger(settings)
     runtime = Runtime(ledger, owns_application=owned)
-    if settings.nats_url:
-        runtime.worker = ledger_bus_worker(ledger, settings.nats_url, settings.bus)
-        if settings.signing_key is not None:
-            checkpointer = Checkpointer(ledger, settings.signing_key)
-            job = Periodic(
-                "checkpoints", checkpointer.checkpoint_and_log, settings.checkpoint_seconds
-            )
-            runtime.jobs = [job]
+    if settings.bus_link is not None:
+        nats_url, key, clearing_key = settings.bus_link
+        runtime.worker = ledger_bus_worker(
+            ledger,
+            nats_url,
+            settings.bus,
+            signer=key,
+            clearing_key=clearing_key,
+            seed_file=settings.nats_seed,
+        )
+        checkpointer = Checkpointer(ledger, key)
+        every = settings.checkpoint_seconds
+        runtime.jobs = [Periodic("checkpoints", checkpointer.checkpoint_and_log, every)]
     return runtime
 
 

@@ -12,6 +12,9 @@ from services.common.settings import (
     bus_settings,
     check_seconds,
     check_store_url,
+    load_signing_key,
+    nats_seed_option,
+    public_key_option,
     service_tokens,
 )
 from services.ledger.domain_terms import (
@@ -20,7 +23,7 @@ from services.ledger.domain_terms import (
 )
 from shared.bus import DEFAULT_BUS, DEFAULT_NAMESPACE, Bus
 from shared.identifiers import InvalidBankId, check_bank_id
-from shared.signing import SigningKey, SigningKeyError
+from shared.signing import SigningKey
 
 # Names of environment variables, not secrets.
 OPERATOR_TOKEN_VAR = "TIMEBANK_OPERATOR_TOKEN"  # noqa: S105
@@ -38,9 +41,21 @@ class LedgerSettings:
     # Without it the bank works alone: local exchanges only.
     nats_url: str | None = None
     bus: Bus = DEFAULT_BUS
-    # With a key, the bank sends the clearing house signed checkpoints of its log's hash chain.
+    # The bank's own key (the one it was admitted with): it signs what the bank puts on the
+    # bus and the checkpoints of its log's hash chain. Needed with NATS.
     signing_key: SigningKey | None = None
     checkpoint_seconds: float = DEFAULT_CHECKPOINT_SECONDS
+    # The clearing house's public key, learnt at admission: only what it signed is applied.
+    clearing_key: str | None = None
+    # The bank's NATS user (its nkey seed file); without it, the server's anonymous user.
+    nats_seed: Path | None = None
+
+    @property
+    def bus_link(self) -> tuple[str, SigningKey, str] | None:
+        """The NATS URL, the bank's key and the clearing house's key, when on the bus."""
+        if self.nats_url is None or self.signing_key is None or self.clearing_key is None:
+            return None
+        return self.nats_url, self.signing_key, self.clearing_key
 
     @classmethod
     def build(
@@ -55,6 +70,8 @@ class LedgerSettings:
         nats_namespace: str = DEFAULT_NAMESPACE,
         signing_key_path: Path | None = None,
         checkpoint_seconds: float = DEFAULT_CHECKPOINT_SECONDS,
+        clearing_key: str | None = None,
+        nats_seed: Path | None = None,
     ) -> LedgerSettings:
         """Check everything a ledger needs before it starts; tokens come from ``environ``."""
         try:
@@ -68,10 +85,14 @@ class LedgerSettings:
         if max_exchange_minutes <= 0:
             raise SettingsError("the maximum per exchange must be > 0 minutes")
         bus = bus_settings(nats_url, nats_namespace)
-        try:
-            signing_key = SigningKey.load(signing_key_path) if signing_key_path else None
-        except SigningKeyError as e:
-            raise SettingsError(str(e)) from e
+        signing_key = load_signing_key(signing_key_path)
+        clearing_key = public_key_option("--clearing-key", clearing_key)
+        if nats_url is not None and (signing_key is None or clearing_key is None):
+            raise SettingsError(
+                "on the federation's bus (--nats-url) a bank signs what it sends and trusts "
+                "only the clearing house's signature: give --signing-key (the bank's key, as "
+                "admitted) and --clearing-key (the clearing house's public key)"
+            )
         return cls(
             bank_id=bank_id,
             store_url=url,
@@ -82,6 +103,8 @@ class LedgerSettings:
             bus=bus,
             signing_key=signing_key,
             checkpoint_seconds=check_seconds("checkpoint interval", checkpoint_seconds),
+            clearing_key=clearing_key,
+            nats_seed=nats_seed_option(nats_seed),
         )
 
 

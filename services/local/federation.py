@@ -19,8 +19,10 @@ import httpx2 as httpx
 
 from services.ledger.settings import DEFAULT_CHECKPOINT_SECONDS
 from services.local.config import FederationConfig
+from services.local.nats_config import new_seed, write_auth_config
 from services.local.nats_server import NatsServer, free_ports
 from shared.bus import DEFAULT_NAMESPACE, Bus
+from shared.protocol import CLEARING
 from shared.signing import SigningKey
 
 log = logging.getLogger(__name__)
@@ -96,26 +98,37 @@ class LocalFederation:
     def description_path(self) -> Path:
         return self.data_dir / DESCRIPTION_FILE
 
-    def key_path(self, bank_id: str) -> Path:
-        """The bank's signing key (made at its first start, kept across runs)."""
-        return self.data_dir / "keys" / f"{bank_id}.key"
+    def seed_path(self, name: str) -> Path:
+        """A participant's NATS user (its nkey seed), when this federation runs its own NATS."""
+        return self.data_dir / "keys" / f"{name}.nk"
+
+    def key_path(self, name: str) -> Path:
+        """A bank's or the clearing house's signing key (made at its first start, kept across
+        runs)."""
+        return self.data_dir / "keys" / f"{name}.key"
 
     def start(self) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         (self.data_dir / "logs").mkdir(exist_ok=True)
         (self.data_dir / "keys").mkdir(mode=0o700, exist_ok=True)
-        for bank in self.config.banks:
-            if not self.key_path(bank.id).exists():
-                SigningKey.generate().save(self.key_path(bank.id))
+        for name in (CLEARING, *(bank.id for bank in self.config.banks)):
+            if not self.key_path(name).exists():
+                SigningKey.generate().save(self.key_path(name))
+        clearing_key = SigningKey.load(self.key_path(CLEARING)).public_key
         try:
             if not self.nats_url:
-                self.nats = NatsServer(self.data_dir / "nats")
+                self.nats = NatsServer(self.data_dir / "nats", config_file=self._nats_users())
                 self.nats.start()
                 self.nats_url = self.nats.url
             self._prepare(
                 self.clearing,
                 ["clearing", "serve", "--store", self._store("clearing")],
-                ["--deadline-seconds", str(self.config.clearing.deadline_seconds)],
+                [
+                    "--deadline-seconds",
+                    str(self.config.clearing.deadline_seconds),
+                    "--signing-key",
+                    str(self.key_path(CLEARING)),
+                ],
                 {"TIMEBANK_ADMIN_TOKEN": self.clearing.token},
             )
             for bank in self.config.banks:
@@ -129,14 +142,20 @@ class LocalFederation:
                         str(self.key_path(bank.id)),
                         "--checkpoint-seconds",
                         str(self.checkpoint_seconds),
+                        "--clearing-key",
+                        clearing_key,
                     ],
                     {"TIMEBANK_OPERATOR_TOKEN": self.banks[bank.id].token},
                 )
-            for service in (self.clearing, *self.banks.values()):
-                self._launch(service)
-            for service in (self.clearing, *self.banks.values()):
-                self._wait_healthy(service)
+            # A bank is admitted (its key registered) before it starts: what it sends before
+            # then could not be authenticated, and would be set aside.
+            self._launch(self.clearing)
+            self._wait_healthy(self.clearing)
             self._admit_banks()
+            for service in self.banks.values():
+                self._launch(service)
+            for service in self.banks.values():
+                self._wait_healthy(service)
             self._write_description()
         except BaseException:
             self.stop()
@@ -182,18 +201,24 @@ class LocalFederation:
                 "url": self.clearing.url,
                 "admin_token": self.clearing.token,
                 "store": self._store("clearing"),
+                "public_key": SigningKey.load(self.key_path(CLEARING)).public_key,
+                "nats_seed": self._seed_named(CLEARING),
             },
             "banks": {
                 bank.id: {
                     "url": self.banks[bank.id].url,
                     "operator_token": self.banks[bank.id].token,
                     "clearing_token": self.banks[bank.id].clearing_token,
+                    "nats_seed": self._seed_named(bank.id),
                     "store": self._store(bank.id),
                     "overdraft_limit_minutes": bank.overdraft_limit_minutes,
                 }
                 for bank in self.config.banks
             },
         }
+
+    def _seed_named(self, name: str) -> str | None:
+        return str(self.seed_path(name)) if self.nats is not None else None
 
     def failed(self) -> str | None:
         """The name of a service whose process has ended, if any."""
@@ -217,6 +242,18 @@ class LocalFederation:
     def _store(self, name: str) -> str:
         return local_store_url(self.data_dir, name)
 
+    def _nats_users(self) -> Path:
+        """The NATS server's users: an nkey for the clearing house and each bank (made once,
+        kept in the data dir), each with only its own permissions."""
+        names = [CLEARING, *(bank.id for bank in self.config.banks)]
+        for name in names:
+            if not self.seed_path(name).exists():
+                new_seed(self.seed_path(name))
+        config = self.data_dir / "nats-auth.conf"
+        banks = [(bank.id, self.seed_path(bank.id)) for bank in self.config.banks]
+        write_auth_config(config, self.bus, self.seed_path(CLEARING), banks)
+        return config
+
     def _prepare(
         self, service: Service, command: list[str], options: list[str], tokens: dict[str, str]
     ) -> None:
@@ -226,6 +263,8 @@ class LocalFederation:
         service.argv = [sys.executable, "-m", "services.cli", *command, *options]
         service.argv += ["--host", HOST, "--port", str(port), "--nats-url", self.nats_url]
         service.argv += ["--nats-namespace", self.bus.namespace]
+        if self.nats is not None:
+            service.argv += ["--nats-seed", str(self.seed_path(service.name))]
         service.env = {**os.environ, **tokens}
 
     def _launch(self, service: Service) -> None:

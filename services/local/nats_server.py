@@ -7,6 +7,7 @@ import logging
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -105,6 +106,7 @@ class NatsServer:
         port: int = 0,
         log_file: Path | None = None,
         name: str = "timebank",
+        config_file: Path | None = None,
     ) -> None:
         self.store_dir = Path(store_dir)
         self.host = host
@@ -112,6 +114,9 @@ class NatsServer:
         self.log_file = (
             Path(log_file) if log_file is not None else self.store_dir / "nats-server.log"
         )
+        # Its users and their permissions (services/local/nats_config.py); without one,
+        # anyone who reaches the port may connect.
+        self.config_file = config_file
         self._port = port
         self._monitor_port = 0
         self._process: subprocess.Popen[bytes] | None = None
@@ -199,6 +204,8 @@ class NatsServer:
             "-m",
             str(self._monitor_port),
         ]
+        if self.config_file is not None:
+            command += ["-c", str(self.config_file)]
         log.info("starting %s", " ".join(command))
         with self.log_file.open("ab") as output:
             # Where this run's output begins, so a failure quotes this run and not an earlier one.
@@ -301,6 +308,12 @@ class NatsServer:
             process.wait(KILL_WAIT_SECONDS)
         except subprocess.TimeoutExpired:
             raise NatsServerError(f"nats-server (pid {process.pid}) survived SIGKILL") from None
+
+    def reload(self) -> None:
+        """Make the running server read its config file again (its users), with no restart."""
+        if self._process is None or not self.running:
+            raise NatsServerError("nats-server is not running")
+        self._process.send_signal(signal.SIGHUP)
 
     def restart(self, timeout: float = 10.0) -> None:
         """Stop and start again on the same ports and store directory."""

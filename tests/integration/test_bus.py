@@ -7,15 +7,13 @@ import asyncio
 import random
 import threading
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
 from services.clearing.application import Clearing
-from services.clearing.service import clearing_bus_worker
-from services.common.bus_worker import BusWorker
 from services.common.inbox import Outcome, Received
 from services.common.outbox import Outbox
 from services.common.relay import OutboxRelay
@@ -26,63 +24,19 @@ from services.ledger.application import (
 from services.ledger.domain_terms import (
     OverdraftLimitExceeded,
 )
-from services.ledger.service import ledger_bus_worker
 from services.local.nats_server import NatsServer
 from shared.bus import (
     DEAD_REASON_HEADER,
     Bus,
     connect,
+    publish_headers,
 )
 from shared.protocol import CLEARING, Codec, DecisionApplied, Envelope, TransferRequested
+from shared.signing import envelope_payload
+from tests.helpers import admit, clearing_worker, participant_key
+from tests.integration.bus_federation import eventually, run_federation
 
 pytestmark = pytest.mark.timeout(90)
-
-
-async def eventually(check: Callable[[], bool], seconds: float = 20.0) -> None:
-    deadline = time.monotonic() + seconds
-    while not check():
-        if time.monotonic() > deadline:
-            pytest.fail("the federation did not settle in time")
-        await asyncio.sleep(0.05)
-
-
-Scenario = Callable[[Clearing, dict[str, Ledger], str], Awaitable[None]]
-
-
-def run_federation(
-    tmp_path: Path,
-    nats_url: str,
-    bus: Bus,
-    scenario: Scenario,
-    bank_ids: tuple[str, ...] = ("gp", "college"),
-    limit_minutes: int = 600,
-) -> None:
-    """A clearing house and banks on SQLite, linked by their bus workers; maya banks at gp and
-    bob at college."""
-
-    async def main() -> None:
-        clearing = Clearing(parse_store_url(f"sqlite:///{tmp_path}/clearing.db"))
-        banks = {b: Ledger(b, parse_store_url(f"sqlite:///{tmp_path}/{b}.db")) for b in bank_ids}
-        workers: list[BusWorker] = [clearing_bus_worker(clearing, nats_url, bus)]
-        workers += [ledger_bus_worker(ledger, nats_url, bus) for ledger in banks.values()]
-        for worker in workers:
-            await worker.start()
-        try:
-            for bank_id in bank_ids:
-                clearing.admit_bank(bank_id, bank_id.title(), limit_minutes)
-            banks["gp"].open_member("maya", "Maya", "person")
-            banks["college"].open_member("bob", "Bob", "person")
-            await eventually(
-                lambda: all(set(bank_ids) <= set(b.known_banks()) for b in banks.values())
-            )
-            await scenario(clearing, banks, nats_url)
-        finally:
-            for worker in workers:
-                await worker.stop()
-            for app in (clearing, *banks.values()):
-                app.close()
-
-    asyncio.run(main())
 
 
 def test_transfer_commits_at_both_banks_and_the_clearing_over_nats(
@@ -160,14 +114,14 @@ def test_a_relay_that_publishes_everything_again_is_deduplicated_by_jetstream(
                 )
             )
         ledger.save(outbox)
-        first = OutboxRelay(ledger, js, bus, name="first")
+        first = OutboxRelay(ledger, js, bus, name="first", signer=participant_key("gp"))
         assert await first.publish_batch() == 5
         # A relay that lost its position (a crash before recording it) publishes all again.
-        again = OutboxRelay(ledger, js, bus, name="again")
+        again = OutboxRelay(ledger, js, bus, name="again", signer=participant_key("gp"))
         assert await again.publish_batch() == 5
         assert (await js.stream_info(bus.to_clearing_stream)).state.messages == 5
         # The first relay resumes after what it recorded: nothing is published twice.
-        resumed = OutboxRelay(ledger, js, bus, name="first")
+        resumed = OutboxRelay(ledger, js, bus, name="first", signer=participant_key("gp"))
         assert resumed.position == first.position
         assert await resumed.publish_batch() == 0
         await nc.close()
@@ -301,7 +255,8 @@ def test_stopping_a_bus_worker_waits_for_the_batch_being_saved(
 
     async def main() -> None:
         clearing = Clearing(parse_store_url(f"sqlite:///{tmp_path}/clearing.db"))
-        worker = clearing_bus_worker(clearing, nats_url, bus)
+        admit(clearing, "gp", 600)
+        worker = clearing_worker(clearing, nats_url, bus)
         worker.receive = slow_receive
         await worker.start()
         nc = await connect(nats_url, "test-sender")
@@ -309,7 +264,11 @@ def test_stopping_a_bus_worker_waits_for_the_batch_being_saved(
             source="gp", destination=CLEARING, seq=1, message=DecisionApplied(
                 transfer_id="t1", committed=True)
         )  # fmt: skip
-        await nc.jetstream().publish(bus.to_clearing("gp"), Codec().encode(envelope))
+        data = Codec().encode(envelope)
+        signature = participant_key("gp").sign(envelope_payload(data))
+        await nc.jetstream().publish(
+            bus.to_clearing("gp"), data, headers=publish_headers(envelope, data, signature)
+        )
         await asyncio.to_thread(started.wait, 10)
         assert started.is_set()
 

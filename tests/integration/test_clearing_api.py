@@ -37,12 +37,28 @@ def admit(client: TestClient, bank_id: str = "rushey-green", **extra: object) ->
     return admitted
 
 
+def test_admission_tells_the_bank_the_clearing_houses_public_key(tmp_path: Path) -> None:
+    key_file = tmp_path / "clearing.key"
+    key = SigningKey.generate()
+    key.save(key_file)
+    settings = ClearingSettings.build(
+        {"TIMEBANK_ADMIN_TOKEN": ADMIN_TOKEN},
+        store_url=f"sqlite:///{tmp_path}/clearing.db",
+        signing_key_path=key_file,
+    )
+    with TestClient(create_app(settings)) as client:
+        admitted = admit(client, public_key=SigningKey.generate().public_key)
+    assert admitted["clearing_public_key"] == key.public_key
+
+
 def test_admission_answers_the_bank_with_its_own_clearing_token_once(client: TestClient) -> None:
     admitted = admit(client, public_key=SigningKey.generate().public_key)
 
     token = admitted.pop("clearing_token")
     assert isinstance(token, str)
     assert len(token) >= 32
+    # Off the bus, the clearing house has no key of its own to give.
+    assert admitted.pop("clearing_public_key") is None
     assert admitted == {
         "bank_id": "rushey-green",
         "name": "Rushey Green",

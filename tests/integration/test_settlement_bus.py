@@ -13,7 +13,6 @@ from pathlib import Path
 import pytest
 
 from services.clearing.application import Clearing
-from services.clearing.service import clearing_bus_worker
 from services.clearing.settlement import CycleStatus, ObligationStatus
 from services.clearing.views import SettlementView
 from services.common.bus_worker import BusWorker
@@ -21,8 +20,8 @@ from services.common.stores import parse_store_url
 from services.ledger.application import (
     Ledger,
 )
-from services.ledger.service import ledger_bus_worker
 from shared.bus import Bus
+from tests.helpers import admit, bank_bus_worker, clearing_worker
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -54,14 +53,14 @@ class Running:
         self.clearing = self._open_clearing()
         self.clearing_worker: BusWorker | None = None
         self.bank_workers = [
-            ledger_bus_worker(ledger, nats_url, bus) for ledger in self.banks.values()
+            bank_bus_worker(ledger, nats_url, bus) for ledger in self.banks.values()
         ]
 
     def _open_clearing(self) -> Clearing:
         return Clearing(parse_store_url(f"sqlite:///{self.tmp_path}/clearing.db"))
 
     async def start_clearing(self) -> None:
-        self.clearing_worker = clearing_bus_worker(self.clearing, self.nats_url, self.bus)
+        self.clearing_worker = clearing_worker(self.clearing, self.nats_url, self.bus)
         await self.clearing_worker.start()
 
     async def stop_clearing(self) -> None:
@@ -103,7 +102,7 @@ def run_federation(
         await fed.start()
         try:
             for bank_id in BANK_IDS:
-                fed.clearing.admit_bank(bank_id, bank_id.title(), LIMIT)
+                admit(fed.clearing, bank_id, LIMIT)
                 for member in MEMBERS:
                     fed.banks[bank_id].open_member(member, member.title(), "person", OVERDRAFT)
             await eventually(

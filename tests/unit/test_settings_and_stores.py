@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 from starlette.requests import Request
 
+from services.clearing.settings import ADMIN_TOKEN_VAR, ClearingSettings
 from services.common.auth import MIN_TOKEN_LENGTH, TokenRegistry, bearer_role
 from services.common.idempotency import (
     MAX_KEY_LENGTH,
@@ -23,6 +24,7 @@ from services.ledger.settings import (
     SettingsError,
     default_store_url,
 )
+from shared.signing import SigningKey
 
 OPERATOR = "operator-" + "o" * 24
 AUDITOR = "auditor-" + "a" * 24
@@ -266,6 +268,46 @@ def test_limits_are_checked_and_kept() -> None:
         build({OPERATOR_TOKEN_VAR: OPERATOR}, default_overdraft_minutes=-1)
     with pytest.raises(SettingsError, match="maximum"):
         build({OPERATOR_TOKEN_VAR: OPERATOR}, max_exchange_minutes=0)
+
+
+# Keys on the bus.
+
+
+@pytest.fixture
+def bank_key_file(tmp_path: Path) -> Path:
+    path = tmp_path / "bank.key"
+    SigningKey.generate().save(path)
+    return path
+
+
+def test_a_bank_on_the_bus_needs_its_key_and_the_clearing_houses(bank_key_file: Path) -> None:
+    environ = {OPERATOR_TOKEN_VAR: OPERATOR}
+    url = "nats://127.0.0.1:4222"
+    clearing_key = SigningKey.generate().public_key
+    with pytest.raises(SettingsError, match="--signing-key"):
+        build(environ, nats_url=url, clearing_key=clearing_key)
+    with pytest.raises(SettingsError, match="--clearing-key"):
+        build(environ, nats_url=url, signing_key_path=bank_key_file)
+    with pytest.raises(SettingsError, match="--clearing-key: public_key must be base64"):
+        build(environ, nats_url=url, signing_key_path=bank_key_file, clearing_key="not a key!")
+    settings = build(
+        environ, nats_url=url, signing_key_path=bank_key_file, clearing_key=clearing_key
+    )
+    assert settings.bus_link is not None
+    assert settings.bus_link[2] == clearing_key
+    # Alone (no NATS), a bank needs neither.
+    assert build(environ).bus_link is None
+
+
+def test_the_clearing_house_on_the_bus_needs_its_key(bank_key_file: Path) -> None:
+    environ = {ADMIN_TOKEN_VAR: OPERATOR}
+    with pytest.raises(SettingsError, match="--signing-key"):
+        ClearingSettings.build(environ, store_url="memory://", nats_url="nats://127.0.0.1:1")
+    settings = ClearingSettings.build(
+        environ, store_url="memory://", nats_url="nats://127.0.0.1:1",
+        signing_key_path=bank_key_file,
+    )  # fmt: skip
+    assert settings.bus_link is not None
 
 
 # Token registry.
