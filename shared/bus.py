@@ -11,6 +11,7 @@ import contextlib
 import hashlib
 import logging
 import re
+import ssl
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
@@ -207,10 +208,16 @@ def _with_defaults(config: StreamConfig) -> StreamConfig:
 
 
 async def connect(
-    url: str, name: str, *, seed_file: Path | None = None, inbox_prefix: str | None = None
+    url: str,
+    name: str,
+    *,
+    seed_file: Path | None = None,
+    inbox_prefix: str | None = None,
+    tls: ssl.SSLContext | None = None,
 ) -> NATS:
     """Connect, reconnecting for ever: a restarted NATS server is waited for, not fatal.
-    With ``seed_file``, as the NATS user of that nkey."""
+    With ``seed_file``, as the NATS user of that nkey; with ``tls``, over TLS (the server's
+    certificate checked, and the client's own presented when the context holds one)."""
 
     async def on_disconnect() -> None:
         log.warning("%s: disconnected from NATS at %s", name, url)
@@ -232,6 +239,7 @@ async def connect(
         error_cb=on_error,
         nkeys_seed=str(seed_file) if seed_file is not None else None,
         inbox_prefix=inbox_prefix or "_INBOX",
+        tls=tls,
     )
 
 

@@ -29,6 +29,11 @@ def envelope_payload(data: bytes) -> bytes:
     return b"timebank-envelope-v1\n" + data
 
 
+def confirmation_payload(bank_id: str, settlement_id: int, number: int) -> bytes:
+    """What a creditor bank signs to confirm it was paid obligation ``number`` of a cycle."""
+    return f"timebank-settlement-confirmation-v1\n{bank_id}\n{settlement_id}\n{number}".encode()
+
+
 def checkpoint_payload(bank_id: str, position: int, chain_hash: str) -> bytes:
     """What a checkpoint's signature covers: the bank, the log position and the chain hash."""
     return f"timebank-checkpoint-v1\n{bank_id}\n{position}\n{chain_hash}".encode()

@@ -16,13 +16,14 @@ from fastapi.testclient import TestClient
 
 from services.clearing.application import Clearing
 from services.clearing.service import clearing_bus_worker
+from services.clearing.views import SettlementView
 from services.common.bus_worker import BusWorker
 from services.ledger.application import Ledger
 from services.ledger.service import ledger_bus_worker
 from services.ledger.settings import LedgerSettings
 from shared.bus import Bus
 from shared.protocol import CLEARING
-from shared.signing import SigningKey
+from shared.signing import SigningKey, confirmation_payload
 
 OPERATOR_TOKEN = "operator-" + "o" * 24
 AUDITOR_TOKEN = "auditor-" + "a" * 24
@@ -121,3 +122,11 @@ def admit(clearing: Clearing, bank_id: str, limit_minutes: int) -> None:
     """Admit a bank with its test key, as `timebank up` admits one with its own."""
     public_key = participant_key(bank_id).public_key
     clearing.admit_bank(bank_id, bank_id.title(), limit_minutes, public_key=public_key)
+
+
+def confirm(clearing: Clearing, settlement_id: int, number: int, creditor: str) -> SettlementView:
+    """The creditor bank confirms it was paid, signed with its test key."""
+    signature = participant_key(creditor).sign(
+        confirmation_payload(creditor, settlement_id, number)
+    )
+    return clearing.confirm_obligation(settlement_id, number, creditor, signature)

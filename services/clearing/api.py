@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from services.clearing.application import Clearing
 from services.clearing.domain_terms import (
+    BadSignature,
     BankExists,
     InvalidRequest,
     ProtocolViolation,
@@ -42,6 +43,7 @@ CLEARING_ERRORS: dict[type[Exception], tuple[int, str]] = {
     SettlementOpen: (409, "settlement_open"),
     SettlementBlocked: (409, "transfers_in_flight"),
     NotCreditor: (403, "not_creditor"),
+    BadSignature: (403, "bad_signature"),
 }
 
 
@@ -180,6 +182,18 @@ def get_positions(clearing: ClearingDep) -> Positions:
     return Positions(positions=by_bank, sum_minutes=sum(by_bank.values()))
 
 
+class Transfers(BaseModel):
+    transfers: list[TransferView]
+
+
+@transfers.get("", dependencies=[Reader])
+def list_transfers(clearing: ClearingDep, status: Literal["stuck"]) -> Transfers:
+    """Transfers in a state an operator must look at. ``stuck``: decided, but some bank has
+    not applied the decision after every re-send (the clearing house re-sends with a growing
+    pause, a bounded number of times, then stops and lists the transfer here)."""
+    return Transfers(transfers=clearing.stuck_transfers())
+
+
 @transfers.get("/{transfer_id}", dependencies=[Reader])
 def get_transfer(transfer_id: str, clearing: ClearingDep) -> TransferView:
     """A cross-bank transfer as the coordinator sees it."""
@@ -206,15 +220,32 @@ def get_settlement(settlement_id: int, clearing: ClearingDep) -> SettlementView:
     return clearing.get_settlement(settlement_id)
 
 
+class Confirmation(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    signature: str = Field(
+        min_length=1,
+        max_length=200,
+        description="The creditor bank's Ed25519 signature (base64), by the key it was "
+        "admitted with, over `timebank-settlement-confirmation-v1\\n<bank>\\n<settlement>\\n"
+        "<number>` (`timebank settle confirm` makes it).",
+    )
+
+
 @settlements.post("/{settlement_id}/obligations/{number}/confirm")
 def confirm_obligation(
-    settlement_id: int, number: int, clearing: ClearingDep, bank_id: CallingBank
+    settlement_id: int,
+    number: int,
+    body: Confirmation,
+    clearing: ClearingDep,
+    bank_id: CallingBank,
 ) -> SettlementView:
-    """The creditor bank, with its clearing token, records that it was paid. Confirming again
-    changes nothing. When every obligation is confirmed, the cycle completes: positions move
-    by the settled amounts and each bank posts the same between its federation and
-    settlement accounts."""
-    return clearing.confirm_obligation(settlement_id, number, bank_id)
+    """The creditor bank, with its clearing token and a signature by its own key, records
+    that it was paid; neither the admin nor a reissued token can do it for the bank.
+    Confirming again changes nothing. When every obligation is confirmed, the cycle
+    completes: positions move by the settled amounts and each bank posts the same between
+    its federation and settlement accounts."""
+    return clearing.confirm_obligation(settlement_id, number, bank_id, body.signature)
 
 
 ROUTERS = (health, banks, positions, transfers, settlements)

@@ -21,6 +21,7 @@ from services.clearing.domain import (
 from services.clearing.domain_terms import (
     DEFAULT_DEADLINE_SECONDS,
     DEFAULT_RESEND_SECONDS,
+    BadSignature,
     BankExists,
     InvalidRequest,
     UnknownTransfer,
@@ -43,7 +44,7 @@ from services.common.inbox import Outcome, Received, UnitOfWork, receive_from
 from services.common.stores import Store
 from shared.identifiers import InvalidBankId, check_bank_id
 from shared.protocol import CLEARING, BankEntry, DirectoryChanged, Envelope
-from shared.signing import SigningKeyError, check_public_key
+from shared.signing import SigningKeyError, check_public_key, confirmation_payload, verify
 
 
 def utc_now() -> datetime:
@@ -176,10 +177,22 @@ class Clearing(ServiceApplication):
             self.save(*uow.aggregates)
             return settlement_view(cycle)
 
-    def confirm_obligation(self, settlement_id: int, number: int, bank_id: str) -> SettlementView:
-        """The creditor bank ``bank_id`` received what obligation ``number`` owes it. When the
-        last obligation is confirmed, the cycle completes and every bank is told."""
+    def confirm_obligation(
+        self, settlement_id: int, number: int, bank_id: str, signature: str
+    ) -> SettlementView:
+        """The creditor bank ``bank_id`` received what obligation ``number`` owes it, as it
+        says with a signature by its own key (shared.signing.confirmation_payload), so that
+        no administrator or reissued token can say it for the bank. When the last obligation
+        is confirmed, the cycle completes and every bank is told."""
         with self._lock:
+            # What does not exist is said first (404), then whether the bank signed (403).
+            settlement_cycle(self.find, settlement_id).obligation(number)
+            key = member_bank(self.find, bank_id).public_key
+            payload = confirmation_payload(bank_id, settlement_id, number)
+            if not key or not verify(key, payload, signature):
+                raise BadSignature(
+                    f"the confirmation is not signed with {bank_id}'s key", bank_id=bank_id
+                )
             uow = UnitOfWork(self, CLEARING)
             cycle = confirm_receipt(uow, settlement_id, number, bank_id, self.clock)
             self.save(*uow.aggregates)
@@ -216,9 +229,15 @@ class Clearing(ServiceApplication):
         with self._lock:
             return self._coordinator.expire_overdue(now)
 
+    def stuck_transfers(self) -> list[TransferView]:
+        """Decided transfers some bank has still not applied after every re-send."""
+        with self._lock:
+            found = (self.find(i, Transfer) for i in self._coordinator.stuck())
+            return [transfer_view(t) for t in found if t is not None]
+
     def resend_unacknowledged(self) -> list[str]:
-        """Send a decision again to each bank that has not acknowledged it within
-        ``resend_after``: a decision is repeated until every bank told of it has applied it."""
+        """Send a decision again to each bank that has not acknowledged it: first after
+        ``resend_after``, then twice as long each time, up to a bound; then it is stuck."""
         now = self.clock()
         with self._lock:
             return self._coordinator.resend_unacknowledged(now)

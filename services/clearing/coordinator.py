@@ -4,6 +4,7 @@ them again until each has applied the decision."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -37,10 +38,23 @@ from shared.protocol import (
     TransferRequested,
 )
 
+log = logging.getLogger(__name__)
+
 _TRANSFER_TOPICS = [
     get_topic(t)
-    for t in (Transfer.Requested, Transfer.Committed, Transfer.Aborted, Transfer.Acknowledged)
+    for t in (
+        Transfer.Requested,
+        Transfer.Committed,
+        Transfer.Aborted,
+        Transfer.Acknowledged,
+        Transfer.Resent,
+    )
 ]
+# A decision a bank does not apply is sent again after resend_after, then after twice as long
+# each time, at most this far apart, this many times; then it waits on the stuck list, for an
+# operator (GET /v1/transfers?status=stuck), and is not sent again by itself.
+MAX_RESEND_INTERVAL = timedelta(minutes=10)
+MAX_RESENDS = 8
 
 
 @dataclass
@@ -48,6 +62,17 @@ class _Awaiting:
     informed: list[str]
     acknowledged: set[str]
     sent_at: datetime
+    resends: int = 0
+
+    def due(self, now: datetime, resend_after: timedelta) -> bool:
+        if self.resends >= MAX_RESENDS:
+            return False
+        wait = min(resend_after * (1 << self.resends), MAX_RESEND_INTERVAL)
+        return now - self.sent_at >= wait
+
+    @property
+    def stuck(self) -> bool:
+        return self.resends >= MAX_RESENDS
 
 
 class _TransferIndex:
@@ -76,6 +101,9 @@ class _TransferIndex:
                     self._decided(i, list(informed), at or recorded)
                 case Transfer.Acknowledged(originator_id=i, bank_id=bank_id):
                     self._acknowledged(i, bank_id)
+                case Transfer.Resent(originator_id=i, at=at, attempt=attempt):
+                    if (awaiting := self.awaiting.get(i)) is not None:
+                        awaiting.sent_at, awaiting.resends = at, attempt
 
     def _decided(self, aggregate_id: UUID, informed: list[str], at: datetime) -> None:
         self.preparing.pop(aggregate_id, None)
@@ -233,7 +261,7 @@ class Coordinator:
     def resend_unacknowledged(self, now: datetime) -> list[str]:
         """Send a decision again to each bank that has not acknowledged it within
         ``resend_after``: a decision is repeated until every bank told of it has applied it."""
-        due = [i for i, a in self._index.awaiting.items() if now - a.sent_at >= self._resend_after]
+        due = [i for i, a in self._index.awaiting.items() if a.due(now, self._resend_after)]
         return [t for t in (self._resend(i, now) for i in due) if t is not None]
 
     def _expire(self, aggregate_id: UUID) -> str | None:
@@ -255,9 +283,19 @@ class Coordinator:
             self._index.awaiting.pop(aggregate_id, None)
             return None
         tell_decision(uow, transfer, to=waiting)
+        if transfer.resend(waiting, now) >= MAX_RESENDS:
+            log.warning(
+                "transfer %s: %s did not apply its decision after %d re-sends; it is stuck",
+                transfer.transfer_id,
+                ", ".join(waiting),
+                MAX_RESENDS,
+            )
         self._app.save(*uow.aggregates)
-        self._index.awaiting[aggregate_id].sent_at = now
         return transfer.transfer_id
+
+    def stuck(self) -> list[UUID]:
+        """Decisions re-sent as often as they will be, still not applied by some bank."""
+        return [i for i, a in self._index.awaiting.items() if a.stuck]
 
     def _abort(self, uow: UnitOfWork, transfer: Transfer, reason: str, detail: str) -> None:
         transfer.abort(reason, detail, at=self._clock())

@@ -328,6 +328,7 @@ class Transfer(Aggregate):
         self.reason: str | None = None
         self.detail = ""
         self.acknowledged_by: list[str] = []
+        self.resends = 0
         # The banks told of the decision: both, unless it was refused before the payee's
         # bank was ever asked.
         self.informed: list[str] = []
@@ -403,6 +404,24 @@ class Transfer(Aggregate):
     @event(Acknowledged)
     def _acknowledged(self, bank_id: str) -> None:
         self.acknowledged_by.append(bank_id)
+
+    class Resent(Aggregate.Event):
+        # The banks told the decision again, when, and how many times it has been re-sent.
+        to: list[str]
+        at: datetime
+        attempt: int
+
+    def resend(self, to: list[str], at: datetime) -> int:
+        """The decision is sent again to banks that have not acknowledged it; returns how
+        many times it has been re-sent, this one included."""
+        if not self.is_decided:
+            raise ProtocolViolation(f"transfer {self.transfer_id} has no decision to send")
+        self._resent(to=to, at=at, attempt=self.resends + 1)
+        return self.resends
+
+    @event(Resent)
+    def _resent(self, to: list[str], at: datetime, attempt: int) -> None:
+        self.resends = attempt
 
 
 class Directory(Aggregate):

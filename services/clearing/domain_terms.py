@@ -65,6 +65,10 @@ class CheckpointConflict(ClearingError):
     """A bank signed two different hashes for one position of its log: a fork or a rewrite."""
 
 
+class BadSignature(ClearingError):
+    """An act that binds a bank is not signed with the key the bank was admitted with."""
+
+
 class UnknownBank(ClearingError):
     pass
 

@@ -4,6 +4,7 @@ clearing -> bus worker -> housekeeping -> ASGI app."""
 from __future__ import annotations
 
 import logging
+import ssl
 from functools import partial
 from pathlib import Path
 
@@ -39,6 +40,7 @@ def clearing_bus_worker(
     *,
     signer: SigningKey,
     seed_file: Path | None = None,
+    tls: ssl.SSLContext | None = None,
 ) -> BusWorker:
     """The clearing house's link to every bank: its outboxes out, signed with its own key;
     every bank's messages in, each verified against the key the bank was admitted with."""
@@ -54,6 +56,7 @@ def clearing_bus_worker(
         signer=signer,
         authenticator=Authenticator(bus, CLEARING, clearing.public_key_of),
         seed_file=seed_file,
+        tls=tls,
         administered=clearing.bank_ids,
     )
 
@@ -77,7 +80,12 @@ def clearing_runtime(settings: ClearingSettings, clearing: Clearing | None = Non
     if settings.bus_link is not None:
         nats_url, key = settings.bus_link
         runtime.worker = clearing_bus_worker(
-            clearing, nats_url, settings.bus, signer=key, seed_file=settings.nats_seed
+            clearing,
+            nats_url,
+            settings.bus,
+            signer=key,
+            seed_file=settings.nats_seed,
+            tls=settings.nats_tls,
         )
         chores = partial(housekeeping, clearing)
         runtime.jobs = [Periodic("clearing-housekeeping", chores, EXPIRY_INTERVAL_SECONDS)]

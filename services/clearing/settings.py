@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +16,7 @@ from services.common.settings import (
     check_store_url,
     load_signing_key,
     nats_seed_option,
+    nats_tls_options,
     service_tokens,
 )
 from shared.bus import DEFAULT_BUS, DEFAULT_NAMESPACE, Bus
@@ -36,6 +38,8 @@ class ClearingSettings:
     signing_key: SigningKey | None = None
     # The clearing house's NATS user (its nkey seed file); without it, the anonymous user.
     nats_seed: Path | None = None
+    # TLS to NATS, between hosts (the CA, and this participant's certificate).
+    nats_tls: ssl.SSLContext | None = None
 
     @property
     def bus_link(self) -> tuple[str, SigningKey] | None:
@@ -55,6 +59,9 @@ class ClearingSettings:
         nats_namespace: str = DEFAULT_NAMESPACE,
         signing_key_path: Path | None = None,
         nats_seed: Path | None = None,
+        nats_tls_ca: Path | None = None,
+        nats_tls_cert: Path | None = None,
+        nats_tls_key: Path | None = None,
     ) -> ClearingSettings:
         """Check everything the clearing needs before it starts; tokens come from ``environ``."""
         url = check_store_url(store_url or DEFAULT_STORE_URL)
@@ -75,4 +82,5 @@ class ClearingSettings:
             bus=bus,
             signing_key=signing_key,
             nats_seed=nats_seed_option(nats_seed),
+            nats_tls=nats_tls_options(nats_tls_ca, nats_tls_cert, nats_tls_key),
         )

@@ -42,6 +42,9 @@ class TransferView:
     memo: str
     deadline: datetime
     acknowledged_by: list[str]
+    resends: int = field(
+        default=0, metadata={"description": "How often the decision was sent again."}
+    )
 
 
 @dataclass(frozen=True)
@@ -93,6 +96,7 @@ def transfer_view(transfer: Transfer) -> TransferView:
         memo=transfer.memo,
         deadline=transfer.deadline,
         acknowledged_by=list(transfer.acknowledged_by),
+        resends=transfer.resends,
     )
 
 

@@ -12,6 +12,18 @@ import typer
 from services.cli.common import app, configure_logging, exit_cleanly_on_signals, fail
 from shared.bus import DEFAULT_NAMESPACE
 
+# How often (in half-second turns) `up` gives NATS the users the clearing's directory calls for.
+NATS_SYNC_TURNS = 4
+
+
+def sync_nats_users(federation: Any) -> None:
+    """A bank suspended at the clearing house loses its NATS user; reinstated, it gets it back.
+    A failure is said and tried again next time (the clearing house may be restarting)."""
+    try:
+        federation.sync_nats_users()
+    except Exception as e:
+        typer.secho(f"warning: could not bring NATS's users up to date: {e}", err=True)
+
 
 @app.command("up")
 def up(
@@ -54,8 +66,12 @@ def up(
             for bank_id, bank in described["banks"].items():
                 typer.echo(f"{bank_id}: {bank['url']}  operator token: {bank['operator_token']}")
             typer.echo(f"written to {federation.description_path}; Ctrl-C stops everything")
+            turns = 0
             while (failed := federation.failed()) is None:
                 time.sleep(0.5)
+                turns += 1
+                if turns % NATS_SYNC_TURNS == 0:
+                    sync_nats_users(federation)
             raise fail(f"{failed} stopped unexpectedly; see {data_dir}/logs/{failed}.log", 1)
         finally:
             federation.stop()
@@ -146,16 +162,26 @@ def settle_confirm(
     number: Annotated[int, typer.Argument(help="The obligation's number in the cycle.")],
     bank: Annotated[str, typer.Option(help="The creditor bank that was paid.")],
     data_dir: DataDir = Path("timebank-data"),
+    signing_key: Annotated[
+        Path | None,
+        typer.Option(
+            help="The creditor bank's own key, which signs the confirmation. Default: the "
+            "bank's key file named in federation.json."
+        ),
+    ] = None,
 ) -> None:
-    """Confirm, as the creditor bank (with its own clearing token), that an obligation was
-    paid. The last confirmation completes the cycle."""
+    """Confirm, as the creditor bank (with its own clearing token, signed with its own key),
+    that an obligation was paid. The last confirmation completes the cycle."""
     from services.local.client import RequestFailed
+    from shared.signing import SigningKeyError
 
     client = federation_client(data_dir)
     if bank not in client.described.get("banks", {}):
         raise fail(f"{bank} is not a bank of this federation")
     try:
-        cycle = client.ok(client.confirm_obligation(settlement_id, number, bank))
+        cycle = client.ok(client.confirm_obligation(settlement_id, number, bank, signing_key))
+    except (SigningKeyError, KeyError) as e:
+        raise fail(f"no usable signing key for {bank}: {e}") from None
     except (RequestFailed, OSError) as e:
         raise fail(str(e), 1) from None
     typer.echo(

@@ -15,6 +15,24 @@ from services.ledger.domain_terms import DEFAULT_MAX_EXCHANGE_MINUTES, DEFAULT_O
 from services.ledger.settings import DEFAULT_CHECKPOINT_SECONDS
 from shared.bus import DEFAULT_NAMESPACE
 
+# Options both services take.
+NatsSeed = Annotated[
+    Path | None,
+    typer.Option(
+        envvar="TIMEBANK_NATS_SEED",
+        help="The NATS user's nkey seed file (mode 600) this service connects with.",
+    ),
+]
+LogLevel = Annotated[str, typer.Option(help="debug, info, warning or error.")]
+NatsTlsCa = Annotated[
+    Path | None,
+    typer.Option(help="TLS to NATS (between hosts): the CA that signed the server's certificate."),
+]
+NatsTlsCert = Annotated[
+    Path | None, typer.Option(help="This service's own TLS certificate, for the NATS server.")
+]
+NatsTlsKey = Annotated[Path | None, typer.Option(help="The key of --nats-tls-cert.")]
+
 ledger_app = typer.Typer(help="Run and inspect one bank's ledger service.", no_args_is_help=True)
 app.add_typer(ledger_app, name="ledger")
 clearing_app = typer.Typer(help="Run the federation's clearing house.", no_args_is_help=True)
@@ -69,14 +87,11 @@ def ledger_serve(
             "admission: with --nats-url, only messages it signed are applied."
         ),
     ] = None,
-    nats_seed: Annotated[
-        Path | None,
-        typer.Option(
-            envvar="TIMEBANK_NATS_SEED",
-            help="The NATS user's nkey seed file (mode 600) this service connects with.",
-        ),
-    ] = None,
-    log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
+    nats_seed: NatsSeed = None,
+    nats_tls_ca: NatsTlsCa = None,
+    nats_tls_cert: NatsTlsCert = None,
+    nats_tls_key: NatsTlsKey = None,
+    log_level: LogLevel = "info",
 ) -> None:
     """Serve one bank's ledger over HTTP. Tokens come from TIMEBANK_OPERATOR_TOKEN
     (required) and TIMEBANK_AUDITOR_TOKEN (optional, read-only)."""
@@ -96,6 +111,9 @@ def ledger_serve(
             checkpoint_seconds=checkpoint_seconds,
             clearing_key=clearing_key,
             nats_seed=nats_seed,
+            nats_tls_ca=nats_tls_ca,
+            nats_tls_cert=nats_tls_cert,
+            nats_tls_key=nats_tls_key,
         )
 
     serve_service(
@@ -182,14 +200,11 @@ def clearing_serve(
             "the clearing house sends on the bus; needed with --nats-url."
         ),
     ] = None,
-    nats_seed: Annotated[
-        Path | None,
-        typer.Option(
-            envvar="TIMEBANK_NATS_SEED",
-            help="The NATS user's nkey seed file (mode 600) this service connects with.",
-        ),
-    ] = None,
-    log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
+    nats_seed: NatsSeed = None,
+    nats_tls_ca: NatsTlsCa = None,
+    nats_tls_cert: NatsTlsCert = None,
+    nats_tls_key: NatsTlsKey = None,
+    log_level: LogLevel = "info",
 ) -> None:
     """Serve the clearing house over HTTP. The admin token comes from TIMEBANK_ADMIN_TOKEN
     (required); TIMEBANK_AUDITOR_TOKEN (optional) may read."""
@@ -205,6 +220,9 @@ def clearing_serve(
             nats_namespace=nats_namespace,
             signing_key_path=signing_key,
             nats_seed=nats_seed,
+            nats_tls_ca=nats_tls_ca,
+            nats_tls_cert=nats_tls_cert,
+            nats_tls_key=nats_tls_key,
         )
 
     serve_service(

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -67,6 +68,7 @@ class BusWorker:
         authenticator: Authenticator,
         seed_file: Path | None = None,
         administered: Callable[[], Iterable[str]] | None = None,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         self.app = app
         self.nats_url = nats_url
@@ -80,6 +82,7 @@ class BusWorker:
         self.authenticator = authenticator
         # The participant's NATS user (its nkey seed); without one, the server's anonymous one.
         self.seed_file = seed_file
+        self.tls = tls
         # The clearing house sets up the bus: every stream, its own consumer and one per bank
         # (``administered`` names the banks). A bank's worker only uses its own consumer.
         self.administered = administered
@@ -98,6 +101,7 @@ class BusWorker:
             self.name,
             seed_file=self.seed_file,
             inbox_prefix=self.bus.inbox_prefix(self.authenticator.me),
+            tls=self.tls,
         )
         js = self._nc.jetstream()
         self.relay = OutboxRelay(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -86,3 +87,24 @@ def nats_seed_option(path: Path | None) -> Path | None:
     if not seed.startswith(b"SU"):
         raise SettingsError(f"--nats-seed {path}: not a NATS user's seed (it starts with SU)")
     return path
+
+
+def nats_tls_options(
+    ca_file: Path | None, cert_file: Path | None, key_file: Path | None
+) -> ssl.SSLContext | None:
+    """A client TLS context for NATS between hosts: the CA that signed the server's
+    certificate, and this participant's own certificate and key when the server asks for one.
+    None when no CA is given (and then no certificate may be)."""
+    if ca_file is None:
+        if cert_file is not None or key_file is not None:
+            raise SettingsError("--nats-tls-cert and --nats-tls-key need --nats-tls-ca")
+        return None
+    if (cert_file is None) != (key_file is None):
+        raise SettingsError("--nats-tls-cert and --nats-tls-key go together")
+    try:
+        context = ssl.create_default_context(cafile=str(ca_file))
+        if cert_file is not None and key_file is not None:
+            context.load_cert_chain(str(cert_file), str(key_file))
+    except (OSError, ssl.SSLError) as e:
+        raise SettingsError(f"NATS TLS: cannot use the certificates given ({e})") from e
+    return context

@@ -3,6 +3,7 @@ ledger -> bus worker -> checkpoints -> ASGI app."""
 
 from __future__ import annotations
 
+import ssl
 from pathlib import Path
 
 from fastapi import FastAPI
@@ -41,6 +42,7 @@ def ledger_bus_worker(
     signer: SigningKey,
     clearing_key: str,
     seed_file: Path | None = None,
+    tls: ssl.SSLContext | None = None,
 ) -> BusWorker:
     """The bank's link to the clearing house: its outbox out, signed with the bank's key; its
     inbox in, from the clearing house only, as its key (learnt at admission) attests."""
@@ -60,6 +62,7 @@ def ledger_bus_worker(
         signer=signer,
         authenticator=Authenticator(bus, ledger.bank_id, key_of),
         seed_file=seed_file,
+        tls=tls,
     )
 
 
@@ -78,6 +81,7 @@ def ledger_runtime(settings: LedgerSettings, ledger: Ledger | None = None) -> Ru
             signer=key,
             clearing_key=clearing_key,
             seed_file=settings.nats_seed,
+            tls=settings.nats_tls,
         )
         checkpointer = Checkpointer(ledger, key)
         every = settings.checkpoint_seconds

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +15,7 @@ from services.common.settings import (
     check_store_url,
     load_signing_key,
     nats_seed_option,
+    nats_tls_options,
     public_key_option,
     service_tokens,
 )
@@ -49,6 +51,8 @@ class LedgerSettings:
     clearing_key: str | None = None
     # The bank's NATS user (its nkey seed file); without it, the server's anonymous user.
     nats_seed: Path | None = None
+    # TLS to NATS, between hosts (the CA, and this participant's certificate).
+    nats_tls: ssl.SSLContext | None = None
 
     @property
     def bus_link(self) -> tuple[str, SigningKey, str] | None:
@@ -72,6 +76,9 @@ class LedgerSettings:
         checkpoint_seconds: float = DEFAULT_CHECKPOINT_SECONDS,
         clearing_key: str | None = None,
         nats_seed: Path | None = None,
+        nats_tls_ca: Path | None = None,
+        nats_tls_cert: Path | None = None,
+        nats_tls_key: Path | None = None,
     ) -> LedgerSettings:
         """Check everything a ledger needs before it starts; tokens come from ``environ``."""
         try:
@@ -105,6 +112,7 @@ class LedgerSettings:
             checkpoint_seconds=check_seconds("checkpoint interval", checkpoint_seconds),
             clearing_key=clearing_key,
             nats_seed=nats_seed_option(nats_seed),
+            nats_tls=nats_tls_options(nats_tls_ca, nats_tls_cert, nats_tls_key),
         )
 
 

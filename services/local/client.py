@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import httpx2 as httpx
@@ -13,6 +14,7 @@ import httpx2 as httpx
 from services.ledger.domain_terms import (
     FEDERATION_ACCOUNT,
 )
+from shared.signing import SigningKey, confirmation_payload
 
 SETTLE_SECONDS = 20.0
 
@@ -133,14 +135,24 @@ class FederationClient:
         cycle: dict[str, Any] = self.ok(self.clearing_request("POST", "/v1/settlements"))
         return cycle
 
-    def confirm_obligation(self, settlement_id: int, number: int, creditor: str) -> httpx.Response:
-        """The creditor bank, with its own clearing token, confirms it was paid."""
-        token = self.described["banks"][creditor]["clearing_token"]
+    def confirm_obligation(
+        self, settlement_id: int, number: int, creditor: str, key_file: Path | None = None
+    ) -> httpx.Response:
+        """The creditor bank, with its own clearing token and signed with its own key (its
+        key file in federation.json unless given), confirms it was paid."""
+        bank = self.described["banks"][creditor]
+        key = SigningKey.load(key_file or Path(bank["signing_key"]))
+        signature = key.sign(confirmation_payload(creditor, settlement_id, number))
         url = (
             f"{self.described['clearing']['url']}/v1/settlements/{settlement_id}"
             f"/obligations/{number}/confirm"
         )
-        return httpx.post(url, headers={"Authorization": f"Bearer {token}"}, timeout=self.timeout)
+        return httpx.post(
+            url,
+            json={"signature": signature},
+            headers={"Authorization": f"Bearer {bank['clearing_token']}"},
+            timeout=self.timeout,
+        )
 
     def wait_until_mirrored(self, seconds: float = SETTLE_SECONDS) -> bool:
         """Until every bank's federation account mirrors its position at the clearing house

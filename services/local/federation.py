@@ -87,6 +87,7 @@ class LocalFederation:
         self.checkpoint_seconds = checkpoint_seconds
         self.data_dir = data_dir.resolve()
         self.nats: NatsServer | None = None
+        self._suspended_on_nats: frozenset[str] = frozenset()
         self.nats_url = nats_url or ""
         self.bus = Bus(nats_namespace)
         self.clearing = Service("clearing", "", secrets.token_urlsafe(24))
@@ -210,6 +211,7 @@ class LocalFederation:
                     "operator_token": self.banks[bank.id].token,
                     "clearing_token": self.banks[bank.id].clearing_token,
                     "nats_seed": self._seed_named(bank.id),
+                    "signing_key": str(self.key_path(bank.id)),
                     "store": self._store(bank.id),
                     "overdraft_limit_minutes": bank.overdraft_limit_minutes,
                 }
@@ -242,17 +244,46 @@ class LocalFederation:
     def _store(self, name: str) -> str:
         return local_store_url(self.data_dir, name)
 
-    def _nats_users(self) -> Path:
+    def _nats_users(self, suspended: frozenset[str] = frozenset()) -> Path:
         """The NATS server's users: an nkey for the clearing house and each bank (made once,
-        kept in the data dir), each with only its own permissions."""
+        kept in the data dir), each with only its own permissions; a suspended bank has no
+        user, so it cannot connect."""
         names = [CLEARING, *(bank.id for bank in self.config.banks)]
         for name in names:
             if not self.seed_path(name).exists():
                 new_seed(self.seed_path(name))
         config = self.data_dir / "nats-auth.conf"
-        banks = [(bank.id, self.seed_path(bank.id)) for bank in self.config.banks]
+        banks = [
+            (bank.id, self.seed_path(bank.id))
+            for bank in self.config.banks
+            if bank.id not in suspended
+        ]
         write_auth_config(config, self.bus, self.seed_path(CLEARING), banks)
         return config
+
+    def sync_nats_users(self) -> bool:
+        """Give the NATS server this federation runs the users the clearing house's directory
+        calls for: a bank suspended there loses its NATS user, a bank reinstated gets it back,
+        by a config reload (no restart). Returns whether anything changed."""
+        if self.nats is None:
+            return False
+        response = httpx.get(
+            f"{self.clearing.url}/v1/banks",
+            headers={"Authorization": f"Bearer {self.clearing.token}"},
+            timeout=10,
+        )
+        response.raise_for_status()
+        suspended = frozenset(
+            b["bank_id"] for b in response.json()["banks"] if b["status"] == "suspended"
+        )
+        if suspended == self._suspended_on_nats:
+            return False
+        self._nats_users(suspended)
+        self.nats.reload()
+        self._suspended_on_nats = suspended
+        names = ", ".join(sorted(suspended)) or "none"
+        log.warning("NATS users now leave out the suspended banks: %s", names)
+        return True
 
     def _prepare(
         self, service: Service, command: list[str], options: list[str], tokens: dict[str, str]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import http.client
+import json
 import logging
 import os
 import re
@@ -199,13 +200,13 @@ class NatsServer:
             "-js",
             "-sd",
             str(self.store_dir),
-            "--server_name",
-            self.name,
             "-m",
             str(self._monitor_port),
         ]
-        if self.config_file is not None:
-            command += ["-c", str(self.config_file)]
+        if self.config_file is None:
+            command += ["--server_name", self.name]
+        else:
+            command += ["-c", str(self._server_config(self.config_file))]
         log.info("starting %s", " ".join(command))
         with self.log_file.open("ab") as output:
             # Where this run's output begins, so a failure quotes this run and not an earlier one.
@@ -308,6 +309,17 @@ class NatsServer:
             process.wait(KILL_WAIT_SECONDS)
         except subprocess.TimeoutExpired:
             raise NatsServerError(f"nats-server (pid {process.pid}) survived SIGKILL") from None
+
+    def _server_config(self, included: Path) -> Path:
+        """The file given to nats-server: its name, and the config file included. A reload
+        (SIGHUP) reads files only, so what must not change across one is written here and
+        not given as a flag."""
+        wrapper = included.with_name(f"{included.stem}.server.conf")
+        # nats-server resolves an include relative to the including file.
+        wrapper.write_text(
+            f"server_name: {json.dumps(self.name)}\ninclude {json.dumps(included.name)}\n"
+        )
+        return wrapper
 
     def reload(self) -> None:
         """Make the running server read its config file again (its users), with no restart."""

@@ -127,6 +127,30 @@ def test_serve_with_bad_settings_exits_quickly_with_a_message_and_no_traceback(
     assert not (tmp_path / "timebank-data").exists()
 
 
+@pytest.mark.parametrize(
+    ("seed", "said"),
+    [
+        pytest.param(None, "cannot read it", id="missing"),
+        pytest.param(b"not a seed at all", "not an nkey seed", id="garbage"),
+    ],
+)
+def test_serve_with_a_missing_or_wrong_nats_seed_exits_2_with_one_line(
+    tmp_path: Path, seed: bytes | None, said: str
+) -> None:
+    seed_file = tmp_path / "gp.nk"
+    if seed is not None:
+        seed_file.write_bytes(seed)
+    for service in (("ledger", "serve", "--bank", BANK_ID), ("clearing", "serve")):
+        result = run_timebank(
+            *service, "--nats-seed", str(seed_file), "--port", "9",
+            cwd=tmp_path, env=timebank_env(TIMEBANK_ADMIN_TOKEN="admin-" + "x" * 24),
+        )  # fmt: skip
+        assert result.returncode == 2
+        [line] = result.stderr.strip().splitlines()
+        assert "--nats-seed" in line
+        assert said in line
+
+
 # A served bank over real HTTP.
 
 

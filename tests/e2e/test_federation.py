@@ -6,6 +6,7 @@ mid-transfers), each ending with invariants 1-5 of the design checked from the A
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
@@ -15,12 +16,14 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx2
+import nats
+import nats.errors
 import pytest
 
 from services.local.client import FederationClient
 from services.local.config import BankConfig, ClearingConfig, FederationConfig
 from services.local.federation import LocalFederation
-from shared.bus import Bus
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -42,14 +45,11 @@ def federation_config(deadline_seconds: float) -> FederationConfig:
 
 
 def start_federation(
-    tmp_path: Path, nats_url: str, bus: Bus, deadline_seconds: float
+    tmp_path: Path, deadline_seconds: float
 ) -> Iterator[tuple[LocalFederation, FederationClient]]:
-    federation = LocalFederation(
-        federation_config(deadline_seconds),
-        tmp_path / "federation",
-        nats_url=nats_url,
-        nats_namespace=bus.namespace,
-    )
+    """As `timebank up` runs it: its own NATS server, where each participant has a user of
+    its own with only its own permissions, and every envelope is signed."""
+    federation = LocalFederation(federation_config(deadline_seconds), tmp_path / "federation")
     with federation:
         client = FederationClient(federation.describe())
         for bank_id, members in MEMBERS.items():
@@ -59,19 +59,15 @@ def start_federation(
 
 
 @pytest.fixture
-def short_deadline(
-    tmp_path: Path, nats_url: str, bus: Bus
-) -> Iterator[tuple[LocalFederation, FederationClient]]:
+def short_deadline(tmp_path: Path) -> Iterator[tuple[LocalFederation, FederationClient]]:
     """Transfers to a silent bank abort after 3 s."""
-    yield from start_federation(tmp_path, nats_url, bus, deadline_seconds=3)
+    yield from start_federation(tmp_path, deadline_seconds=3)
 
 
 @pytest.fixture
-def long_deadline(
-    tmp_path: Path, nats_url: str, bus: Bus
-) -> Iterator[tuple[LocalFederation, FederationClient]]:
+def long_deadline(tmp_path: Path) -> Iterator[tuple[LocalFederation, FederationClient]]:
     """No transfer aborts for its deadline while a service is down for a few seconds."""
-    yield from start_federation(tmp_path, nats_url, bus, deadline_seconds=120)
+    yield from start_federation(tmp_path, deadline_seconds=120)
 
 
 def audited_at_rest(federation: LocalFederation) -> dict[str, Any]:
@@ -247,3 +243,44 @@ def test_the_clearing_house_and_a_bank_killed_mid_transfers_settle_each_exactly_
     verdict = audited_at_rest(federation)
     assert verdict["ok"] is True
     assert verdict["positions"] == committed
+
+
+def test_a_suspended_bank_loses_its_nats_user_and_gets_it_back_when_reinstated(
+    short_deadline: tuple[LocalFederation, FederationClient],
+) -> None:
+    federation, client = short_deadline
+    assert federation.nats is not None
+    url, seed = federation.nats.url, federation.seed_path(COLLEGE)
+
+    async def can_connect() -> bool:
+        try:
+            nc = await nats.connect(
+                url, nkeys_seed=str(seed), allow_reconnect=False, connect_timeout=2
+            )
+        except (nats.errors.Error, OSError):
+            return False
+        await nc.close()
+        return True
+
+    def connects_soon(expected: bool) -> bool:
+        """Whether connecting gives ``expected`` within 10 s (a reload takes a moment)."""
+        deadline = time.monotonic() + 10
+        while asyncio.run(can_connect()) != expected:
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.2)
+        return True
+
+    assert asyncio.run(can_connect())
+    admin = {"Authorization": f"Bearer {federation.clearing.token}"}
+    clearing = federation.clearing.url
+    assert httpx2.post(f"{clearing}/v1/banks/{COLLEGE}/suspend", headers=admin).is_success
+    assert federation.sync_nats_users()
+    assert connects_soon(False)
+    assert not federation.sync_nats_users()  # nothing more to change
+    assert httpx2.post(f"{clearing}/v1/banks/{COLLEGE}/reinstate", headers=admin).is_success
+    assert federation.sync_nats_users()
+    assert connects_soon(True)
+    # Back on the bus: a payment to it commits.
+    transfer_id = client.transfer(GP, "amara", COLLEGE, "priya", 5, "after reinstatement")
+    assert client.outcome(GP, transfer_id)["status"] == "committed"

@@ -34,7 +34,7 @@ from services.ledger.domain_terms import (
     DEFAULT_OVERDRAFT_MINUTES,
 )
 from shared.protocol import CLEARING
-from shared.signing import SigningKey, checkpoint_payload
+from shared.signing import SigningKey, checkpoint_payload, confirmation_payload
 from tests.helpers import run_in_terminal
 
 TIMEBANK = Path(sys.executable).parent / "timebank"
@@ -94,7 +94,10 @@ def written(tmp_path_factory: pytest.TempPathFactory) -> Path:
     pump(apps, read)
     cycle = clearing.open_settlement()
     for obligation in cycle.obligations:
-        clearing.confirm_obligation(cycle.settlement_id, obligation.number, obligation.creditor)
+        creditor = obligation.creditor
+        signed = confirmation_payload(creditor, cycle.settlement_id, obligation.number)
+        signature = keys[creditor].sign(signed)
+        clearing.confirm_obligation(cycle.settlement_id, obligation.number, creditor, signature)
     pump(apps, read)
     gp.exchange("ann", "bob", 10, "tea")
     for checkpointer in checkpointers.values():

@@ -108,11 +108,16 @@ def test_a_new_bank_token_replaces_the_old_one(client: TestClient) -> None:
     assert new != old
     confirm = "/v1/settlements/1/obligations/1/confirm"
     # The old token is no bank's any more; the new one is the bank's (no such obligation: 404).
+    body = {"signature": "c2lnbmVk"}
     assert_problem(
-        client.post(confirm, headers={"Authorization": f"Bearer {old}"}), 401, "unauthorized"
+        client.post(confirm, json=body, headers={"Authorization": f"Bearer {old}"}),
+        401,
+        "unauthorized",
     )
     assert_problem(
-        client.post(confirm, headers={"Authorization": f"Bearer {new}"}), 404, "unknown_obligation"
+        client.post(confirm, json=body, headers={"Authorization": f"Bearer {new}"}),
+        404,
+        "unknown_obligation",
     )
 
 
@@ -121,3 +126,14 @@ def test_only_the_admin_issues_bank_tokens_and_only_for_members(client: TestClie
 
     assert_problem(client.post("/v1/banks/rushey-green/token", headers=AUDITOR), 403, "forbidden")
     assert_problem(client.post("/v1/banks/atlantis/token", headers=ADMIN), 404, "unknown_bank")
+
+
+def test_stuck_transfers_are_listed_for_readers_and_other_statuses_are_refused(
+    client: TestClient,
+) -> None:
+    response = client.get("/v1/transfers", params={"status": "stuck"}, headers=AUDITOR)
+    assert response.status_code == 200
+    assert response.json() == {"transfers": []}
+    assert_problem(client.get("/v1/transfers", params={"status": "stuck"}), 401, "unauthorized")
+    refused = client.get("/v1/transfers", params={"status": "committed"}, headers=AUDITOR)
+    assert_problem(refused, 422, "invalid_request")

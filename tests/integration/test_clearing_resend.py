@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 from services.clearing.application import Clearing
+from services.clearing.coordinator import MAX_RESEND_INTERVAL, MAX_RESENDS
 from services.common.outbox import QUEUED_TOPIC, Outbox, envelope_of
 from services.common.stores import parse_store_url
 from shared.protocol import (
@@ -100,3 +101,39 @@ def test_what_is_awaited_survives_a_restart_of_the_clearing_house(store_url: str
     assert restarted.resend_unacknowledged() == ["t1"]
     assert decisions_sent(restarted)[2:] == ["beta"]
     restarted.close()
+
+
+def test_resends_back_off_and_stop_and_the_transfer_is_listed_as_stuck(store_url: str) -> None:
+    """A bank that never applies the decision: re-sent after 10 s, 20 s, 40 s ... (at most
+    ten minutes apart), MAX_RESENDS times in all, then listed as stuck and not sent again,
+    also after a restart."""
+    clock = Clock()
+    clearing = open_clearing(store_url, clock)
+    commit_one_transfer(clearing)
+    acknowledge(clearing, "alpha", seq=2)
+    assert clearing.stuck_transfers() == []
+    pauses = []
+    waited = timedelta(0)
+    for _ in range(200):  # bounded: 8 re-sends need well under 200 steps of 10 s
+        clock.now += timedelta(seconds=10)
+        waited += timedelta(seconds=10)
+        if clearing.resend_unacknowledged():
+            pauses.append(waited)
+            waited = timedelta(0)
+    assert len(pauses) == MAX_RESENDS
+    assert [p.total_seconds() for p in pauses] == [
+        min(10 * 2**n, MAX_RESEND_INTERVAL.total_seconds()) for n in range(MAX_RESENDS)
+    ]
+    assert decisions_sent(clearing)[2:] == ["beta"] * MAX_RESENDS
+    [stuck] = clearing.stuck_transfers()
+    assert (stuck.transfer_id, stuck.acknowledged_by, stuck.resends) == ("t1", ["alpha"], 8)
+    clearing.close()
+
+    again = open_clearing(store_url, clock)
+    clock.now += timedelta(hours=5)
+    assert again.resend_unacknowledged() == []
+    assert [t.transfer_id for t in again.stuck_transfers()] == ["t1"]
+    # Once the bank applies it after all, it is no longer stuck.
+    acknowledge(again, "beta", seq=2)
+    assert again.stuck_transfers() == []
+    again.close()

@@ -21,7 +21,8 @@ from services.clearing.views import BankView, ObligationView, SettlementView
 from services.common.auth import digest
 from services.common.stores import parse_store_url
 from shared.protocol import CLEARING, AnyMessage, CreditPrepared, Envelope, TransferRequested
-from tests.helpers import AUDITOR_TOKEN, assert_problem
+from shared.signing import SigningKey, confirmation_payload
+from tests.helpers import AUDITOR_TOKEN, assert_problem, participant_key
 
 ADMIN_TOKEN = "admin-" + "z" * 26
 START = datetime(2026, 3, 1, 9, 0, tzinfo=UTC)
@@ -80,7 +81,12 @@ class Federation:
         assert self.clearing.get_transfer(transfer_id).status == "committed"
 
     def admit(self, bank_id: str) -> dict[str, Any]:
-        body = {"bank_id": bank_id, "name": bank_id.title(), "limit_minutes": LIMIT}
+        body = {
+            "bank_id": bank_id,
+            "name": bank_id.title(),
+            "limit_minutes": LIMIT,
+            "public_key": participant_key(bank_id).public_key,
+        }
         response = self.client.post("/v1/banks", json=body, headers=ADMIN)
         assert response.status_code == 201, response.text
         admitted: dict[str, Any] = response.json()
@@ -91,10 +97,23 @@ class Federation:
         return bearer(self.tokens[bank_id])
 
     def confirm(
-        self, settlement_id: int, number: int, headers: dict[str, str] | None
+        self,
+        settlement_id: int,
+        number: int,
+        headers: dict[str, str] | None,
+        signed_by: SigningKey | str | None = None,
     ) -> Any:  # an httpx Response
+        """Confirm with these headers, signed with a key (by default: the key of the bank whose
+        token the headers carry, or college's when they carry none)."""
+        bank = next((b for b, t in self.tokens.items() if headers == bearer(t)), "college")
+        if isinstance(signed_by, str):
+            bank, signed_by = signed_by, None
+        key = signed_by or participant_key(bank)
+        signature = key.sign(confirmation_payload(bank, settlement_id, number))
         return self.client.post(
-            f"/v1/settlements/{settlement_id}/obligations/{number}/confirm", headers=headers
+            f"/v1/settlements/{settlement_id}/obligations/{number}/confirm",
+            json={"signature": signature},
+            headers=headers,
         )
 
 
@@ -338,6 +357,29 @@ def test_confirming_with_another_banks_token_is_403_not_creditor(
     assert [o["status"] for o in view["obligations"]] == ["pending", "pending"]
 
 
+def test_no_admin_confirms_for_a_bank_not_even_with_a_token_it_reissued(
+    owing: Federation,
+) -> None:
+    body = open_cycle(owing)
+    creditor = creditor_of(body, 1)
+    reissued = owing.client.post(f"/v1/banks/{creditor}/token", headers=ADMIN)
+    assert reissued.status_code == 200
+    token = bearer(reissued.json()["clearing_token"])
+    url = "/v1/settlements/1/obligations/1/confirm"
+    # Without the bank's signature, or signed by the admin's own key or by another bank's.
+    assert_problem(owing.client.post(url, headers=token), 422, "invalid_request")
+    outsider = SigningKey.generate()
+    for key in (outsider, participant_key("gp"), participant_key(creditor_of(body, 2))):
+        problem = assert_problem(owing.confirm(1, 1, token, key), 403, "bad_signature")
+        assert problem["bank_id"] == creditor
+    view = owing.client.get("/v1/settlements/1", headers=AUDITOR).json()
+    assert [o["status"] for o in view["obligations"]] == ["pending", "pending"]
+    # The bank itself, with its own key, can.
+    done = owing.confirm(1, 1, token, creditor)
+    assert done.status_code == 200, done.text
+    assert [o["status"] for o in done.json()["obligations"]] == ["confirmed", "pending"]
+
+
 def test_an_unknown_settlement_is_404_unknown_settlement(owing: Federation) -> None:
     assert_problem(
         owing.client.get("/v1/settlements/1", headers=AUDITOR), 404, "unknown_settlement"
@@ -370,5 +412,7 @@ def test_a_non_numeric_settlement_or_obligation_is_422(owing: Federation) -> Non
     assert_problem(
         owing.client.get("/v1/settlements/first", headers=AUDITOR), 422, "invalid_request"
     )
-    response = owing.client.post("/v1/settlements/1/obligations/one/confirm", headers=token)
+    response = owing.client.post(
+        "/v1/settlements/1/obligations/one/confirm", json={"signature": "x"}, headers=token
+    )
     assert_problem(response, 422, "invalid_request")

@@ -22,6 +22,7 @@ from services.ledger.application import (
 )
 from shared.bus import Bus
 from tests.helpers import admit, bank_bus_worker, clearing_worker
+from tests.helpers import confirm as confirm_receipt
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -170,7 +171,7 @@ async def confirm(fed: Running, view: SettlementView, numbers: list[int]) -> Set
     for o in view.obligations:
         if o.number in numbers:
             view = await asyncio.to_thread(
-                fed.clearing.confirm_obligation, view.settlement_id, o.number, o.creditor
+                confirm_receipt, fed.clearing, view.settlement_id, o.number, o.creditor
             )
     return view
 

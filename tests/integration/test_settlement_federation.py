@@ -39,6 +39,7 @@ from services.ledger.application import (
     Ledger,
 )
 from shared.protocol import CLEARING, Envelope, SettlementCompleted
+from tests.helpers import admit, confirm
 
 START = datetime(2026, 3, 1, 9, 0, tzinfo=UTC)
 MEMBERS = ("ann", "ben")
@@ -149,7 +150,7 @@ class Federation:
         for o in view.obligations:
             if numbers is None or o.number in numbers:
                 self.clock.advance()
-                view = self.clearing.confirm_obligation(view.settlement_id, o.number, o.creditor)
+                view = confirm(self.clearing, view.settlement_id, o.number, o.creditor)
         return view
 
 
@@ -177,7 +178,7 @@ def open_federation(new_store_url: Callable[[str], str]) -> Iterator[FederationF
         if not clearing.banks():
             for bank_id in bank_ids:
                 limit = (limits or {}).get(bank_id, BANK_LIMIT)
-                clearing.admit_bank(bank_id, bank_id.title(), limit)
+                admit(clearing, bank_id, limit)
                 for member_id in MEMBERS:
                     banks[bank_id].open_member(member_id, member_id.title(), "person", OVERDRAFT)
             fed.pump.run()
@@ -370,7 +371,7 @@ def test_a_cycle_after_random_transfers_settles_every_position_to_zero_once(
 
     for o in view.obligations[:-1]:
         fed.clock.advance()
-        view = fed.clearing.confirm_obligation(1, o.number, o.creditor)
+        view = confirm(fed.clearing, 1, o.number, o.creditor)
         assert view.status == CycleStatus.OPEN
         assert view.obligations[o.number - 1].status == ObligationStatus.CONFIRMED
         assert view.obligations[o.number - 1].confirmed_at == fed.clock.now
@@ -378,7 +379,7 @@ def test_a_cycle_after_random_transfers_settles_every_position_to_zero_once(
         assert fed.positions() == before
     last = view.obligations[-1]
     fed.clock.advance()
-    view = fed.clearing.confirm_obligation(1, last.number, last.creditor)
+    view = confirm(fed.clearing, 1, last.number, last.creditor)
     assert (view.status, view.completed_at) == (CycleStatus.COMPLETED, fed.clock.now)
     assert {o.status for o in view.obligations} == {ObligationStatus.CONFIRMED}
     assert set(fed.positions().values()) == {0}
@@ -470,7 +471,7 @@ def test_a_cycle_survives_a_restart_of_every_application_mid_cycle_and_settles_o
     fed.pump.run()
     assert set(fed.pump.outcomes()) == {Outcome.DUPLICATE}
     # Confirming again what was confirmed before the restart changes nothing.
-    again = fed.clearing.confirm_obligation(1, half[0], view.obligations[half[0] - 1].creditor)
+    again = confirm(fed.clearing, 1, half[0], view.obligations[half[0] - 1].creditor)
     assert again == view
     rest = [o.number for o in view.obligations if o.number not in half]
     view = fed.confirm_all(view, rest)
@@ -553,11 +554,11 @@ def test_the_clearing_refuses_what_a_cycle_does_not_allow(
     with pytest.raises(SettlementOpen):
         fed.clearing.open_settlement()
     with pytest.raises(UnknownSettlement):
-        fed.clearing.confirm_obligation(2, 1, first.creditor)
+        confirm(fed.clearing, 2, 1, first.creditor)
     with pytest.raises(UnknownObligation):
-        fed.clearing.confirm_obligation(1, len(view.obligations) + 1, first.creditor)
+        confirm(fed.clearing, 1, len(view.obligations) + 1, first.creditor)
     with pytest.raises(NotCreditor):
-        fed.clearing.confirm_obligation(1, first.number, bystander)
+        confirm(fed.clearing, 1, first.number, bystander)
     # None of it was written.
     assert fed.clearing.get_settlement(1) == view
     assert [s.settlement_id for s in fed.clearing.settlements()] == [1]
