@@ -13,7 +13,11 @@ from eventsourcing.utils import get_topic
 
 from services.audit.eventlog import UnreadableRow
 from services.audit.findings import DECODE, Finding
-from services.clearing.domain import CheckpointLog, MemberBank, Transfer
+from services.clearing.domain import (
+    CheckpointLog,
+    MemberBank,
+    Transfer,
+)
 from services.clearing.domain_terms import TransferPhase
 
 _ADMITTED = get_topic(MemberBank.Admitted)

@@ -16,6 +16,8 @@ from services.clearing.domain import (
     Directory,
     MemberBank,
     Transfer,
+)
+from services.clearing.domain_rules import (
     member_bank,
 )
 from services.clearing.domain_terms import (

@@ -15,6 +15,8 @@ from eventsourcing.utils import get_topic
 from services.clearing.domain import (
     MemberBank,
     Transfer,
+)
+from services.clearing.domain_rules import (
     member_bank,
     refusal_for,
 )

@@ -1,12 +1,12 @@
 """The clearing house's books: member banks (limit, position, reservations), transfers, the
-directory, the banks' signed checkpoints, and the rule that refuses a transfer before it starts.
+directory, and the banks' signed checkpoints.
 
 The aggregates stay in this module: its path is part of every stored event's topic."""
 
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Protocol, TypeVar
+from typing import Any
 from uuid import UUID
 
 from eventsourcing.domain import Aggregate, event
@@ -21,14 +21,11 @@ from services.clearing.domain_terms import (
     SettlementBlocked,
     TransferDecided,
     TransferPhase,
-    UnknownBank,
     bank_id_to_uuid,
     checkpoint_log_id,
     directory_id,
     transfer_id_to_uuid,
 )
-
-A = TypeVar("A", bound=Aggregate)
 
 
 class MemberBank(Aggregate):
@@ -257,34 +254,6 @@ class MemberBank(Aggregate):
             raise ProtocolViolation(
                 f"no reservation for transfer {transfer_id} at bank {self.bank_id}"
             ) from None
-
-
-def refusal_for(
-    payer_bank: MemberBank, payee_bank: MemberBank | None, payee_bank_id: str, minutes: int
-) -> Refusal | None:
-    """Why a transfer from ``payer_bank`` to ``payee_bank_id`` (found as ``payee_bank``, or
-    not a member) must be aborted before the payee's bank is asked; None if it may go on."""
-    if payee_bank_id == payer_bank.bank_id:
-        return Refusal("invalid_transfer", "payer and payee are in the same bank")
-    if payee_bank is None:
-        return Refusal("unknown_bank", f"{payee_bank_id} is not a member bank")
-    if payee_bank.status != BankStatus.ACTIVE:
-        return Refusal("bank_suspended", f"bank {payee_bank_id} is suspended")
-    return payer_bank.reservation_refusal(minutes)
-
-
-class Finder(Protocol):
-    """A lookup by aggregate id that answers None when there is none of that class: an
-    application's ``find`` or a unit of work's ``get``."""
-
-    def __call__(self, aggregate_id: UUID, cls: type[A], /) -> A | None: ...
-
-
-def member_bank(find: Finder, bank_id: str) -> MemberBank:
-    bank = find(bank_id_to_uuid(bank_id), MemberBank)
-    if bank is None:
-        raise UnknownBank(f"bank {bank_id} is not a member", bank_id=bank_id)
-    return bank
 
 
 class Transfer(Aggregate):

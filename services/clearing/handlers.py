@@ -7,6 +7,8 @@ from services.clearing.coordinator import Coordinator
 from services.clearing.domain import (
     CheckpointLog,
     MemberBank,
+)
+from services.clearing.domain_rules import (
     member_bank,
 )
 from services.clearing.domain_terms import (

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from datetime import datetime
 
-from services.clearing.domain import (
+from services.clearing.domain_rules import (
     Finder,
     member_bank,
 )

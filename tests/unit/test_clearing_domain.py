@@ -11,6 +11,8 @@ from services.clearing.domain import (
     Directory,
     MemberBank,
     Transfer,
+)
+from services.clearing.domain_rules import (
     refusal_for,
 )
 from services.clearing.domain_terms import (
