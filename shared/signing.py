@@ -34,6 +34,11 @@ def confirmation_payload(bank_id: str, settlement_id: int, number: int) -> bytes
     return f"timebank-settlement-confirmation-v1\n{bank_id}\n{settlement_id}\n{number}".encode()
 
 
+def rotation_payload(bank_id: str, public_key: str, previous_key_until_seq: int) -> bytes:
+    """What a bank signs, with its current key, to register ``public_key`` in its place."""
+    return f"timebank-key-rotation-v1\n{bank_id}\n{public_key}\n{previous_key_until_seq}".encode()
+
+
 def checkpoint_payload(bank_id: str, position: int, chain_hash: str) -> bytes:
     """What a checkpoint's signature covers: the bank, the log position and the chain hash."""
     return f"timebank-checkpoint-v1\n{bank_id}\n{position}\n{chain_hash}".encode()

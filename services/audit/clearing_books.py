@@ -21,6 +21,7 @@ from services.clearing.domain import (
 from services.clearing.domain_terms import TransferPhase
 
 _ADMITTED = get_topic(MemberBank.Admitted)
+_KEY_ROTATED = get_topic(MemberBank.KeyRotated)
 _BANK_DEBITED = get_topic(MemberBank.Debited)
 _BANK_CREDITED = get_topic(MemberBank.Credited)
 _BANK_SETTLED = get_topic(MemberBank.Settled)
@@ -48,7 +49,8 @@ class ClearingBooks:
     """What the clearing house's log says, rebuilt from its events."""
 
     positions: dict[str, int] = field(default_factory=dict)
-    public_keys: dict[str, str] = field(default_factory=dict)
+    # Every key each bank has held (admitted with, then rotated to), oldest first.
+    public_keys: dict[str, list[str]] = field(default_factory=dict)
     transfers: dict[str, ClearingTransfer] = field(default_factory=dict)
     checkpoints: dict[str, list[tuple[int, str, str]]] = field(default_factory=dict)
     events: int = 0
@@ -79,6 +81,18 @@ def fold_clearing(
     return books
 
 
+def _moved(books: ClearingBooks, topic: str, bank_id: str, d: dict[str, Any]) -> None:
+    """A bank's position moved: by a committed transfer (counted on it) or a settlement."""
+    sign = -1 if topic == _BANK_DEBITED else 1
+    books.positions[bank_id] += sign * int(d["minutes"])
+    if topic != _BANK_SETTLED:
+        transfer = books.transfers[d["transfer_id"]]
+        if topic == _BANK_DEBITED:
+            transfer.debited += 1
+        else:
+            transfer.credited += 1
+
+
 def _fold_clearing_event(
     books: ClearingBooks,
     row: Notification,
@@ -95,17 +109,11 @@ def _fold_clearing_event(
     if topic == _ADMITTED:
         banks[origin] = d["bank_id"]
         books.positions[d["bank_id"]] = 0
-        books.public_keys[d["bank_id"]] = d.get("public_key", "")
+        books.public_keys[d["bank_id"]] = [d.get("public_key", "")]
+    elif topic == _KEY_ROTATED:
+        books.public_keys[banks[origin]].append(d["public_key"])
     elif topic in (_BANK_DEBITED, _BANK_CREDITED, _BANK_SETTLED):
-        bank_id = banks[origin]
-        sign = -1 if topic == _BANK_DEBITED else 1
-        books.positions[bank_id] += sign * int(d["minutes"])
-        if topic != _BANK_SETTLED:
-            transfer = books.transfers[d["transfer_id"]]
-            if topic == _BANK_DEBITED:
-                transfer.debited += 1
-            else:
-                transfer.credited += 1
+        _moved(books, topic, banks[origin], d)
     elif topic == _REQUESTED:
         transfers[origin] = d["transfer_id"]
         books.transfers[d["transfer_id"]] = ClearingTransfer(
@@ -127,6 +135,7 @@ def _fold_clearing_event(
 _CLEARING_TOPICS = frozenset(
     {
         _ADMITTED,
+        _KEY_ROTATED,
         _BANK_DEBITED,
         _BANK_CREDITED,
         _BANK_SETTLED,

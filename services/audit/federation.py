@@ -152,7 +152,7 @@ def cross_check(
     problems += _check_transfers(clearing, bank_sides)
     for bank_id, side in sorted(bank_sides.items()):
         problems += _check_checkpoints(
-            bank_id, clearing.public_keys.get(bank_id, ""), clearing.checkpoints, side
+            bank_id, clearing.public_keys.get(bank_id, []), clearing.checkpoints, side
         )
     return problems
 
@@ -238,7 +238,7 @@ def _check_bank_commits(
 
 def _check_checkpoints(
     bank_id: str,
-    public_key: str,
+    public_keys: list[str],
     all_checkpoints: dict[str, list[tuple[int, str, str]]],
     side: BankTransfers,
 ) -> Iterator[Finding]:
@@ -246,14 +246,14 @@ def _check_checkpoints(
     previous = 0
     for position, chain_hash, signature in sorted(all_checkpoints.get(bank_id, [])):
         where = f"checkpoint of {bank_id} at {position}"
-        if not public_key or not verify(
-            public_key, checkpoint_payload(bank_id, position, chain_hash), signature
-        ):
+        payload = checkpoint_payload(bank_id, position, chain_hash)
+        if not any(key and verify(key, payload, signature) for key in public_keys):
             yield Finding(
                 position,
                 where,
                 CHECKPOINT,
-                "its signature does not verify against the key the bank was admitted with",
+                "its signature does not verify against the key the bank was admitted with "
+                "(or any it rotated to)",
             )
             continue
         head = side.heads.get(position)

@@ -157,6 +157,36 @@ def issue_bank_token(bank_id: str, clearing: ClearingDep) -> BankToken:
     return BankToken(bank_id=bank_id, clearing_token=token)
 
 
+class NewKey(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    public_key: str = Field(min_length=1, max_length=64, description="The new key, base64.")
+    previous_key_until_seq: int = Field(
+        ge=0,
+        description="The sequence number of the bank's last message to the clearing house "
+        "signed with its current key; later ones are signed with the new key.",
+    )
+    signature: str = Field(
+        min_length=1,
+        max_length=200,
+        description="By the bank's current key, over `timebank-key-rotation-v1\\n<bank>\\n"
+        "<new key>\\n<previous_key_until_seq>`.",
+    )
+
+
+@banks.post("/{bank_id}/key")
+def rotate_bank_key(
+    bank_id: str, body: NewKey, clearing: ClearingDep, calling: CallingBank
+) -> BankView:
+    """A bank registers a new signing key, with its own clearing token, the request signed
+    with its current key: neither the admin nor anyone holding only a token can do it."""
+    if calling != bank_id:
+        raise Problem(403, "forbidden", f"only {bank_id} may register a key for itself")
+    return clearing.rotate_key(
+        bank_id, body.public_key, body.previous_key_until_seq, body.signature
+    )
+
+
 @banks.get("", dependencies=[Reader])
 def list_banks(clearing: ClearingDep) -> Banks:
     """Every member bank with its status, limit, position and reservations."""

@@ -46,7 +46,13 @@ from services.common.inbox import Outcome, Received, UnitOfWork, receive_from
 from services.common.stores import Store
 from shared.identifiers import InvalidBankId, check_bank_id
 from shared.protocol import CLEARING, BankEntry, DirectoryChanged, Envelope
-from shared.signing import SigningKeyError, check_public_key, confirmation_payload, verify
+from shared.signing import (
+    SigningKeyError,
+    check_public_key,
+    confirmation_payload,
+    rotation_payload,
+    verify,
+)
 
 
 def utc_now() -> datetime:
@@ -139,12 +145,34 @@ class Clearing(ServiceApplication):
             bank.issue_token(token_digest)
             self.save(bank)
 
-    def public_key_of(self, bank_id: str) -> str | None:
-        """The key a member bank was admitted with (its messages must be signed with it)."""
+    def keys_of(self, bank_id: str, seq: int) -> list[str]:
+        """The keys a member bank's message numbered ``seq`` may be signed with: the key it
+        was admitted with, or those it rotated to since (none if it has no key)."""
         bank = self.find(bank_id_to_uuid(bank_id), MemberBank)
         if bank is None or not bank.public_key:
-            return None
-        return bank.public_key
+            return []
+        return bank.keys_for(seq)
+
+    def rotate_key(
+        self, bank_id: str, public_key: str, previous_key_until_seq: int, signature: str
+    ) -> BankView:
+        """A bank's new key, registered by a request signed with its current key
+        (shared.signing.rotation_payload): its messages numbered after
+        ``previous_key_until_seq`` must be signed with the new key."""
+        try:
+            check_public_key(public_key)
+        except SigningKeyError as e:
+            raise InvalidRequest(str(e)) from None
+        with self._lock:
+            bank = member_bank(self.find, bank_id)
+            payload = rotation_payload(bank_id, public_key, previous_key_until_seq)
+            if not bank.public_key or not verify(bank.public_key, payload, signature):
+                raise BadSignature(
+                    f"the new key is not signed with {bank_id}'s current key", bank_id=bank_id
+                )
+            bank.rotate_key(public_key, previous_key_until_seq)
+            self.save(bank)
+            return bank_view(bank)
 
     def bank_with_token_digest(self, token_digest: str) -> str | None:
         """The bank whose clearing-house token has this SHA-256 digest (hex), if any. Every

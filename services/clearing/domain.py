@@ -87,6 +87,9 @@ class MemberBank(Aggregate):
         self.limit_minutes = limit_minutes
         self.token_digest = token_digest
         self.public_key = public_key
+        # Keys the bank signed with before its current one: [key, the last sequence number of
+        # its messages to the clearing house that key signed], oldest first.
+        self.retired_keys: list[list[Any]] = []
         self.status = BankStatus.ACTIVE
         self.position_minutes = 0
         self.reserved_minutes = 0
@@ -109,6 +112,49 @@ class MemberBank(Aggregate):
     @event(TokenIssued)
     def _token_issued(self, token_digest: str) -> None:
         self.token_digest = token_digest
+
+    class KeyRotated(Aggregate.Event):
+        public_key: str
+        previous_key: str
+        previous_key_until_seq: int
+
+    def rotate_key(self, public_key: str, previous_key_until_seq: int) -> None:
+        """The bank signs with ``public_key`` from now on; its messages numbered up to
+        ``previous_key_until_seq`` were signed with the key it had until now."""
+        if not self.public_key:
+            raise InvalidRequest(f"bank {self.bank_id} has no key to rotate")
+        if public_key == self.public_key:
+            raise InvalidRequest("the new key is the key the bank has now")
+        last = self.retired_keys[-1][1] if self.retired_keys else 0
+        if previous_key_until_seq < last:
+            raise InvalidRequest(
+                f"the previous key's last message cannot come before {last}, where the key "
+                "before it ended"
+            )
+        self._key_rotated(
+            public_key=public_key,
+            previous_key=self.public_key,
+            previous_key_until_seq=previous_key_until_seq,
+        )
+
+    @event(KeyRotated)
+    def _key_rotated(self, public_key: str, previous_key: str, previous_key_until_seq: int) -> None:
+        self.retired_keys.append([previous_key, previous_key_until_seq])
+        self.public_key = public_key
+
+    def keys_for(self, seq: int) -> list[str]:
+        """The keys that may sign the bank's message numbered ``seq``: the one it held then
+        and any it rotated to since (a message queued before a rotation but published after
+        it is signed with the newer key); only the current key past the last rotation."""
+        for n, (_key, until) in enumerate(self.retired_keys):
+            if seq <= until:
+                return [str(key) for key, _ in self.retired_keys[n:]] + [self.public_key]
+        return [self.public_key]
+
+    @property
+    def keys_held(self) -> list[str]:
+        """Every key the bank has signed with, oldest first."""
+        return [str(key) for key, _ in self.retired_keys] + [self.public_key]
 
     class Suspended(Aggregate.Event):
         pass

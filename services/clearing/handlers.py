@@ -48,13 +48,14 @@ def handle(coordinator: Coordinator, source: str, message: AnyMessage, uow: Unit
 
 
 def on_checkpoint(source: str, message: CheckpointPublished, uow: UnitOfWork) -> None:
-    """Keep a bank's signed checkpoint of its log, if its signature verifies against the
-    public key given at the bank's admission."""
-    public_key = member_bank(uow.get, source).public_key
-    if not public_key:
+    """Keep a bank's signed checkpoint of its log, if its signature verifies against a key
+    the bank has held (the one given at its admission, or one it rotated to since: a
+    checkpoint signed just before a rotation may arrive after it)."""
+    bank = member_bank(uow.get, source)
+    if not bank.public_key:
         raise MessageRejected(f"{source} has no public key here: its checkpoint is unsigned")
     payload = checkpoint_payload(source, message.position, message.chain_hash)
-    if not verify(public_key, payload, message.signature):
+    if not any(verify(key, payload, message.signature) for key in bank.keys_held):
         raise MessageRejected(
             f"the signature of {source}'s checkpoint at {message.position} does not verify"
         )

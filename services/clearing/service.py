@@ -54,7 +54,7 @@ def clearing_bus_worker(
         filter_subject=bus.to_clearing("*"),
         receive=clearing.receive,
         signer=signer,
-        authenticator=Authenticator(bus, CLEARING, clearing.public_key_of),
+        authenticator=Authenticator(bus, CLEARING, clearing.keys_of),
         seed_file=seed_file,
         tls=tls,
         administered=clearing.bank_ids,

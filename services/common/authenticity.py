@@ -5,15 +5,16 @@ reason and never reaches the inbox, so it takes no sender's sequence number."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from shared.bus import Bus
 from shared.protocol import Envelope
 from shared.signing import envelope_payload, verify
 
-# A participant's registered public key (base64), or None if it has none here.
-KeyOf = Callable[[str], str | None]
+# The public keys (base64) that may sign a participant's message with this sequence number (a
+# bank that rotated its key signed its earlier messages with the earlier key); none: unknown.
+KeysOf = Callable[[str, int], Sequence[str]]
 
 
 @dataclass(frozen=True)
@@ -22,7 +23,7 @@ class Authenticator:
 
     bus: Bus
     me: str
-    key_of: KeyOf
+    keys_of: KeysOf
 
     def refusal(
         self, subject: str, envelope: Envelope, data: bytes, signature: str | None
@@ -36,11 +37,12 @@ class Authenticator:
                 f"a message from {envelope.source} to {envelope.destination} comes on "
                 f"{expected}, not on {subject}"
             )
-        key = self.key_of(envelope.source)
-        if not key:
+        keys = self.keys_of(envelope.source, envelope.seq)
+        if not keys:
             return f"{envelope.source} has no key registered here"
         if not signature:
             return f"unsigned: a message from {envelope.source} must carry its signature"
-        if not verify(key, envelope_payload(data), signature):
+        payload = envelope_payload(data)
+        if not any(verify(key, payload, signature) for key in keys):
             return f"the signature does not verify against {envelope.source}'s key"
         return None

@@ -47,8 +47,8 @@ def ledger_bus_worker(
     """The bank's link to the clearing house: its outbox out, signed with the bank's key; its
     inbox in, from the clearing house only, as its key (learnt at admission) attests."""
 
-    def key_of(source: str) -> str | None:
-        return clearing_key if source == CLEARING else None
+    def keys_of(source: str, _seq: int) -> list[str]:
+        return [clearing_key] if source == CLEARING else []
 
     return BusWorker(
         ledger,
@@ -60,7 +60,7 @@ def ledger_bus_worker(
         filter_subject=bus.to_bank(ledger.bank_id),
         receive=ledger.receive,
         signer=signer,
-        authenticator=Authenticator(bus, ledger.bank_id, key_of),
+        authenticator=Authenticator(bus, ledger.bank_id, keys_of),
         seed_file=seed_file,
         tls=tls,
     )

@@ -57,7 +57,7 @@ def main() -> None:
         codec.decode(data)
     decode = time.perf_counter() - started
 
-    check = Authenticator(bus, CLEARING, lambda source: key.public_key)
+    check = Authenticator(bus, CLEARING, lambda source, seq: [key.public_key])
     subject = bus.to_clearing("gp")
     started = time.perf_counter()
     for data, signature in zip(encoded, signatures, strict=True):

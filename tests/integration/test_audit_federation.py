@@ -24,7 +24,7 @@ from services.audit.findings import CHECKPOINT, INVARIANT_2, INVARIANT_3, INVARI
 from services.audit.replay import audit_bank
 from services.clearing.application import Clearing
 from services.common.chain import rolling_hashes
-from services.common.outbox import QUEUED_TOPIC, envelope_of
+from services.common.outbox import QUEUED_TOPIC, Outbox, envelope_of, outbox_id
 from services.common.stores import parse_store_url
 from services.ledger.application import (
     Ledger,
@@ -34,7 +34,7 @@ from services.ledger.domain_terms import (
     DEFAULT_OVERDRAFT_MINUTES,
 )
 from shared.protocol import CLEARING
-from shared.signing import SigningKey, checkpoint_payload, confirmation_payload
+from shared.signing import SigningKey, checkpoint_payload, confirmation_payload, rotation_payload
 from tests.helpers import run_in_terminal
 
 TIMEBANK = Path(sys.executable).parent / "timebank"
@@ -68,7 +68,7 @@ def pump(apps: dict[str, Any], read: dict[str, int]) -> None:
 @pytest.fixture(scope="module")
 def written(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A federation's stores after exchanges, transfers (committed and aborted), signed
-    checkpoints and a settlement; copied for each test to damage."""
+    checkpoints, a settlement and a key rotation; copied for each test to damage."""
     directory = tmp_path_factory.mktemp("federation")
     keys = {bank_id: SigningKey.generate() for bank_id in BANKS}
     clearing = Clearing(parse_store_url(store(directory, "clearing")))
@@ -99,6 +99,14 @@ def written(tmp_path_factory: pytest.TempPathFactory) -> Path:
         signature = keys[creditor].sign(signed)
         clearing.confirm_obligation(cycle.settlement_id, obligation.number, creditor, signature)
     pump(apps, read)
+    # gp rotates its key: its later checkpoints are signed with the new one.
+    rotated = SigningKey.generate()
+    sent = gp.find(outbox_id("gp", CLEARING), Outbox)
+    until = sent.queued if sent is not None else 0
+    signature = keys["gp"].sign(rotation_payload("gp", rotated.public_key, until))
+    clearing.rotate_key("gp", rotated.public_key, until, signature)
+    keys["gp"] = rotated
+    checkpointers["gp"] = Checkpointer(gp, rotated)
     gp.exchange("ann", "bob", 10, "tea")
     for checkpointer in checkpointers.values():
         checkpointer.checkpoint()

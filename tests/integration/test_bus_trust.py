@@ -22,6 +22,7 @@ from shared.protocol import (
     CLEARING,
     AnyMessage,
     BankEntry,
+    CheckpointPublished,
     Codec,
     CreditRequested,
     DirectoryChanged,
@@ -30,7 +31,7 @@ from shared.protocol import (
     TransferCommitted,
     TransferRequested,
 )
-from shared.signing import SigningKey, envelope_payload
+from shared.signing import SigningKey, checkpoint_payload, envelope_payload, rotation_payload
 from tests.helpers import participant_key
 from tests.integration.bus_federation import eventually, run_federation
 
@@ -216,6 +217,38 @@ def test_a_genuine_message_delivered_again_much_later_has_no_second_effect(
         assert college.get_member("bob").balance_minutes == 25
         assert len(college.statement("bob").entries) == 2
         assert clearing.positions() == {"gp": -25, "college": 25}
+        await nc.close()
+
+    run_federation(tmp_path, nats_url, bus, scenario)
+
+
+def test_after_a_key_rotation_only_the_new_key_signs_what_follows(
+    tmp_path: Path, nats_url: str, bus: Bus
+) -> None:
+    """gp rotates its key at the clearing house (the request signed with its admitted key):
+    its next message signed with the old key is set aside, the same one signed with the new
+    key counts."""
+
+    async def scenario(clearing: Clearing, banks: dict[str, Ledger], url: str) -> None:
+        old, new = participant_key("gp"), SigningKey.generate()
+        seq = next_seq(banks["gp"], "gp", CLEARING)
+        signature = old.sign(rotation_payload("gp", new.public_key, seq - 1))
+        clearing.rotate_key("gp", new.public_key, seq - 1, signature)
+        nc = await connect(url, "test-rotation")
+        js = nc.jetstream()
+        chain_hash = "ab" * 32
+        for n, key in enumerate((old, new)):
+            checkpoint = CheckpointPublished(
+                position=7,
+                chain_hash=chain_hash,
+                signature=new.sign(checkpoint_payload("gp", 7, chain_hash)),
+            )
+            envelope = Envelope(source="gp", destination=CLEARING, seq=seq, message=checkpoint)
+            await publish(js, bus.to_clearing("gp"), envelope, key, f"rotated-{n}")
+        [reason] = await dead_reasons(js, bus, CLEARING_CONSUMER, 1)
+        assert "does not verify against gp's key" in reason
+        await eventually(lambda: clearing.checkpoints("gp") != [])
+        assert [c[:2] for c in clearing.checkpoints("gp")] == [(7, chain_hash)]
         await nc.close()
 
     run_federation(tmp_path, nats_url, bus, scenario)

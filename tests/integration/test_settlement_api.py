@@ -21,7 +21,7 @@ from services.clearing.views import BankView, ObligationView, SettlementView
 from services.common.auth import digest
 from services.common.stores import parse_store_url
 from shared.protocol import CLEARING, AnyMessage, CreditPrepared, Envelope, TransferRequested
-from shared.signing import SigningKey, confirmation_payload
+from shared.signing import SigningKey, confirmation_payload, rotation_payload
 from tests.helpers import AUDITOR_TOKEN, assert_problem, participant_key
 
 ADMIN_TOKEN = "admin-" + "z" * 26
@@ -416,3 +416,31 @@ def test_a_non_numeric_settlement_or_obligation_is_422(owing: Federation) -> Non
         "/v1/settlements/1/obligations/one/confirm", json={"signature": "x"}, headers=token
     )
     assert_problem(response, 422, "invalid_request")
+
+
+def test_a_bank_registers_a_new_key_signed_with_its_current_one_and_only_it_can(
+    owing: Federation,
+) -> None:
+    body = open_cycle(owing)
+    creditor = creditor_of(body, 1)
+    old, new = participant_key(creditor), SigningKey.generate()
+    url = f"/v1/banks/{creditor}/key"
+
+    def request(signed_by: SigningKey) -> dict[str, Any]:
+        signature = signed_by.sign(rotation_payload(creditor, new.public_key, 7))
+        return {"public_key": new.public_key, "previous_key_until_seq": 7, "signature": signature}
+
+    as_creditor = owing.as_bank(creditor)
+    assert_problem(owing.client.post(url, json=request(old), headers=ADMIN), 401, "unauthorized")
+    other = owing.as_bank(creditor_of(body, 2))
+    assert_problem(owing.client.post(url, json=request(old), headers=other), 403, "forbidden")
+    for wrong in (new, SigningKey.generate()):
+        response = owing.client.post(url, json=request(wrong), headers=as_creditor)
+        assert_problem(response, 403, "bad_signature")
+    rotated = owing.client.post(url, json=request(old), headers=as_creditor)
+    assert rotated.status_code == 200, rotated.text
+    assert rotated.json()["bank_id"] == creditor
+    # From now on the bank's acts are signed with the new key, not the old one.
+    assert_problem(owing.confirm(1, 1, as_creditor, old), 403, "bad_signature")
+    done = owing.confirm(1, 1, as_creditor, new)
+    assert done.status_code == 200, done.text

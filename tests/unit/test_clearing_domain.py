@@ -495,3 +495,37 @@ def test_a_cycle_cannot_count_on_credit_that_transfers_in_flight_may_spend() -> 
         bank.expect_settlement(1, 100)
     assert bank.collect_events() == []
     assert bank.settling_minutes == 0
+
+
+# Key rotation.
+
+
+def test_a_rotated_key_signs_what_comes_after_its_predecessors_last_message() -> None:
+    bank = MemberBank.admit("alpha", "Alpha", 100, public_key="k1")
+    assert bank.keys_for(1) == ["k1"]
+    bank.rotate_key("k2", previous_key_until_seq=5)
+    # Up to 5: the old key, or the new one (queued before, published after the rotation).
+    assert bank.keys_for(5) == ["k1", "k2"]
+    assert bank.keys_for(6) == ["k2"]
+    bank.rotate_key("k3", previous_key_until_seq=9)
+    assert bank.keys_for(3) == ["k1", "k2", "k3"]
+    assert bank.keys_for(7) == ["k2", "k3"]
+    assert bank.keys_for(10) == ["k3"]
+    assert bank.keys_held == ["k1", "k2", "k3"]
+    assert bank.public_key == "k3"
+    replayed = MemberBank.admit("alpha", "Alpha", 100, public_key="k1")
+    for event in bank.collect_events()[1:]:
+        event.mutate(replayed)
+    assert replayed.keys_for(7) == ["k2", "k3"]
+
+
+def test_a_rotation_that_would_rewrite_history_or_change_nothing_is_refused() -> None:
+    bank = MemberBank.admit("alpha", "Alpha", 100, public_key="k1")
+    bank.rotate_key("k2", previous_key_until_seq=5)
+    with pytest.raises(InvalidRequest, match="cannot come before 5"):
+        bank.rotate_key("k3", previous_key_until_seq=4)
+    with pytest.raises(InvalidRequest, match="the key the bank has now"):
+        bank.rotate_key("k2", previous_key_until_seq=8)
+    with pytest.raises(InvalidRequest, match="no key to rotate"):
+        MemberBank.admit("beta", "Beta", 100).rotate_key("k1", previous_key_until_seq=0)
+    assert bank.keys_held == ["k1", "k2"]
