@@ -8,6 +8,7 @@ import base64
 import binascii
 import functools
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -114,3 +115,9 @@ def verify(public_key: str, payload: bytes, signature: str) -> bool:
     except (InvalidSignature, binascii.Error, ValueError):
         return False
     return True
+
+
+def verify_any(public_keys: Iterable[str], payload: bytes, signature: str) -> bool:
+    """True if ``signature`` is by the holder of one of ``public_keys`` (empty ones skipped:
+    a participant without a key signs nothing)."""
+    return any(key and verify(key, payload, signature) for key in public_keys)

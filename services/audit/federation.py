@@ -52,7 +52,7 @@ from services.ledger.domain_terms import (
     EntryKind,
     TransferStatus,
 )
-from shared.signing import checkpoint_payload, verify
+from shared.signing import checkpoint_payload, verify_any
 
 _TRANSFER_STARTED = get_topic(CrossBankTransfer.Started)
 _TRANSFER_COMMITTED = get_topic(CrossBankTransfer.Committed)
@@ -247,7 +247,7 @@ def _check_checkpoints(
     for position, chain_hash, signature in sorted(all_checkpoints.get(bank_id, [])):
         where = f"checkpoint of {bank_id} at {position}"
         payload = checkpoint_payload(bank_id, position, chain_hash)
-        if not any(key and verify(key, payload, signature) for key in public_keys):
+        if not verify_any(public_keys, payload, signature):
             yield Finding(
                 position,
                 where,

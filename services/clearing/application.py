@@ -51,8 +51,16 @@ from shared.signing import (
     check_public_key,
     confirmation_payload,
     rotation_payload,
-    verify,
+    verify_any,
 )
+
+
+def _check_signed(bank: MemberBank, payload: bytes, signature: str, what: str) -> None:
+    """An act that binds the bank must be signed with its current key."""
+    if not verify_any([bank.public_key], payload, signature):
+        raise BadSignature(
+            f"{what} is not signed with {bank.bank_id}'s current key", bank_id=bank.bank_id
+        )
 
 
 def utc_now() -> datetime:
@@ -166,10 +174,7 @@ class Clearing(ServiceApplication):
         with self._lock:
             bank = member_bank(self.find, bank_id)
             payload = rotation_payload(bank_id, public_key, previous_key_until_seq)
-            if not bank.public_key or not verify(bank.public_key, payload, signature):
-                raise BadSignature(
-                    f"the new key is not signed with {bank_id}'s current key", bank_id=bank_id
-                )
+            _check_signed(bank, payload, signature, "the new key")
             bank.rotate_key(public_key, previous_key_until_seq)
             self.save(bank)
             return bank_view(bank)
@@ -217,12 +222,8 @@ class Clearing(ServiceApplication):
         with self._lock:
             # What does not exist is said first (404), then whether the bank signed (403).
             settlement_cycle(self.find, settlement_id).obligation(number)
-            key = member_bank(self.find, bank_id).public_key
             payload = confirmation_payload(bank_id, settlement_id, number)
-            if not key or not verify(key, payload, signature):
-                raise BadSignature(
-                    f"the confirmation is not signed with {bank_id}'s key", bank_id=bank_id
-                )
+            _check_signed(member_bank(self.find, bank_id), payload, signature, "the confirmation")
             uow = UnitOfWork(self, CLEARING)
             cycle = confirm_receipt(uow, settlement_id, number, bank_id, self.clock)
             self.save(*uow.aggregates)

@@ -24,7 +24,7 @@ from shared.protocol import (
     DecisionApplied,
     TransferRequested,
 )
-from shared.signing import checkpoint_payload, verify
+from shared.signing import checkpoint_payload, verify_any
 
 
 def handle(coordinator: Coordinator, source: str, message: AnyMessage, uow: UnitOfWork) -> None:
@@ -55,7 +55,7 @@ def on_checkpoint(source: str, message: CheckpointPublished, uow: UnitOfWork) ->
     if not bank.public_key:
         raise MessageRejected(f"{source} has no public key here: its checkpoint is unsigned")
     payload = checkpoint_payload(source, message.position, message.chain_hash)
-    if not any(verify(key, payload, message.signature) for key in bank.keys_held):
+    if not verify_any(bank.keys_held, payload, message.signature):
         raise MessageRejected(
             f"the signature of {source}'s checkpoint at {message.position} does not verify"
         )

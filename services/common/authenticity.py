@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from shared.bus import Bus
 from shared.protocol import Envelope
-from shared.signing import envelope_payload, verify
+from shared.signing import envelope_payload, verify_any
 
 # The public keys (base64) that may sign a participant's message with this sequence number (a
 # bank that rotated its key signed its earlier messages with the earlier key); none: unknown.
@@ -43,6 +43,6 @@ class Authenticator:
         if not signature:
             return f"unsigned: a message from {envelope.source} must carry its signature"
         payload = envelope_payload(data)
-        if not any(verify(key, payload, signature) for key in keys):
+        if not verify_any(keys, payload, signature):
             return f"the signature does not verify against {envelope.source}'s key"
         return None
