@@ -88,6 +88,8 @@ class LocalFederation:
         self.data_dir = data_dir.resolve()
         self.nats: NatsServer | None = None
         self._suspended_on_nats: frozenset[str] = frozenset()
+        # The clearing house's public key, read from its key file at start.
+        self.clearing_public_key = ""
         self.nats_url = nats_url or ""
         self.bus = Bus(nats_namespace)
         self.clearing = Service("clearing", "", secrets.token_urlsafe(24))
@@ -115,7 +117,7 @@ class LocalFederation:
         for name in (CLEARING, *(bank.id for bank in self.config.banks)):
             if not self.key_path(name).exists():
                 SigningKey.generate().save(self.key_path(name))
-        clearing_key = SigningKey.load(self.key_path(CLEARING)).public_key
+        self.clearing_public_key = SigningKey.load(self.key_path(CLEARING)).public_key
         try:
             if not self.nats_url:
                 self.nats = NatsServer(self.data_dir / "nats", config_file=self._nats_users())
@@ -144,7 +146,7 @@ class LocalFederation:
                         "--checkpoint-seconds",
                         str(self.checkpoint_seconds),
                         "--clearing-key",
-                        clearing_key,
+                        self.clearing_public_key,
                     ],
                     {"TIMEBANK_OPERATOR_TOKEN": self.banks[bank.id].token},
                 )
@@ -202,7 +204,7 @@ class LocalFederation:
                 "url": self.clearing.url,
                 "admin_token": self.clearing.token,
                 "store": self._store("clearing"),
-                "public_key": SigningKey.load(self.key_path(CLEARING)).public_key,
+                "public_key": self.clearing_public_key,
                 "nats_seed": self._seed_named(CLEARING),
             },
             "banks": {
