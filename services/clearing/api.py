@@ -60,6 +60,14 @@ class NewBank(BaseModel):
         description="The bank's Ed25519 public key, base64 (`timebank keys new`): the "
         "clearing house accepts the bank's log checkpoints only when signed by its key.",
     )
+    nats_key: str | None = Field(
+        default=None,
+        min_length=56,
+        max_length=56,
+        description="The bank's NATS user, its public nkey (`timebank keys nats`): where the "
+        "federation's NATS users follow the clearing house's directory (`timebank up`), "
+        "admitting the bank gives that user the bank's permissions, by a config reload.",
+    )
 
 
 @dataclass(frozen=True)
@@ -137,7 +145,12 @@ def admit_bank(body: NewBank, clearing: ClearingDep, request: Request) -> Admitt
     bank's own token at this API, shown this once."""
     token = secrets.token_urlsafe(32)
     view = clearing.admit_bank(
-        body.bank_id, body.name, body.limit_minutes, digest(token).hex(), body.public_key or ""
+        body.bank_id,
+        body.name,
+        body.limit_minutes,
+        digest(token).hex(),
+        body.public_key or "",
+        body.nats_key or "",
     )
     settings: ClearingSettings = request.app.state.settings
     key = settings.signing_key.public_key if settings.signing_key is not None else None

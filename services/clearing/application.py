@@ -45,6 +45,7 @@ from services.common.application import ServiceApplication
 from services.common.inbox import Outcome, Received, UnitOfWork, receive_from
 from services.common.stores import Store
 from shared.identifiers import InvalidBankId, check_bank_id
+from shared.nats_users import InvalidNatsKey, check_user_nkey
 from shared.protocol import CLEARING, BankEntry, DirectoryChanged, Envelope
 from shared.signing import (
     SigningKeyError,
@@ -100,10 +101,13 @@ class Clearing(ServiceApplication):
         limit_minutes: int,
         token_digest: str = "",
         public_key: str = "",
+        nats_key: str = "",
     ) -> BankView:
         try:
             check_bank_id(bank_id)
-        except InvalidBankId as e:
+            if nats_key:
+                check_user_nkey(nats_key)
+        except (InvalidBankId, InvalidNatsKey) as e:
             raise InvalidRequest(str(e)) from None
         with self._lock:
             if self.find(bank_id_to_uuid(bank_id), MemberBank) is not None:
@@ -113,7 +117,9 @@ class Clearing(ServiceApplication):
                     check_public_key(public_key)
                 except SigningKeyError as e:
                     raise InvalidRequest(str(e)) from None
-            bank = MemberBank.admit(bank_id, name, limit_minutes, token_digest, public_key)
+            bank = MemberBank.admit(
+                bank_id, name, limit_minutes, token_digest, public_key, nats_key
+            )
             directory = self._directory()
             directory.list_bank(bank_id)
             uow = UnitOfWork(self, CLEARING)

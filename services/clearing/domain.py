@@ -48,6 +48,7 @@ class MemberBank(Aggregate):
         limit_minutes: int,
         token_digest: str = "",
         public_key: str = "",
+        nats_key: str = "",
     ) -> MemberBank:
         if not name.strip() or len(name) > 200:
             raise InvalidRequest("name must be 1-200 characters")
@@ -61,6 +62,7 @@ class MemberBank(Aggregate):
             limit_minutes=limit_minutes,
             token_digest=token_digest,
             public_key=public_key,
+            nats_key=nats_key,
         )
 
     class Admitted(Aggregate.Created):
@@ -72,6 +74,9 @@ class MemberBank(Aggregate):
         token_digest: str = ""
         # The bank's Ed25519 public key (base64), for its signed log checkpoints.
         public_key: str = ""
+        # The bank's NATS user (its public nkey): the server's config gives it the bank's
+        # permissions. Empty: its NATS user is set up by other means.
+        nats_key: str = ""
 
     @event(Admitted)
     def __init__(
@@ -81,12 +86,14 @@ class MemberBank(Aggregate):
         limit_minutes: int,
         token_digest: str = "",
         public_key: str = "",
+        nats_key: str = "",
     ) -> None:
         self.bank_id = bank_id
         self.name = name
         self.limit_minutes = limit_minutes
         self.token_digest = token_digest
         self.public_key = public_key
+        self.nats_key = nats_key
         # Keys the bank signed with before its current one: [key, the last sequence number of
         # its messages to the clearing house that key signed], oldest first.
         self.retired_keys: list[list[Any]] = []

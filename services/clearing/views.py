@@ -24,6 +24,12 @@ class BankView:
         metadata={"description": "What the federation owes the bank (< 0: owes)."}
     )
     reserved_minutes: int = field(metadata={"description": "Held for transfers not yet decided."})
+    nats_key: str = field(
+        metadata={
+            "description": "The bank's NATS user (its public nkey), given at admission: the "
+            "NATS server's config lets that user act for this bank only. Empty: none given."
+        },
+    )
 
 
 @dataclass(frozen=True)
@@ -79,6 +85,7 @@ def bank_view(bank: MemberBank) -> BankView:
         limit_minutes=bank.limit_minutes,
         position_minutes=bank.position_minutes,
         reserved_minutes=bank.reserved_minutes,
+        nats_key=bank.nats_key,
     )
 
 

@@ -8,8 +8,14 @@ import signal
 from collections.abc import Iterator
 from contextlib import contextmanager
 from types import FrameType
+from typing import Annotated
 
 import typer
+
+# Options several commands take.
+NatsNamespace = Annotated[
+    str, typer.Option(help="Prefix of the federation's NATS subjects and streams.")
+]
 
 app = typer.Typer(
     help="timebank-federation: linked time banks, one event-sourced ledger each.",

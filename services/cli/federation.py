@@ -9,7 +9,7 @@ from typing import Annotated, Any
 
 import typer
 
-from services.cli.common import app, configure_logging, exit_cleanly_on_signals, fail
+from services.cli.common import NatsNamespace, app, configure_logging, exit_cleanly_on_signals, fail
 from shared.bus import DEFAULT_NAMESPACE
 
 # How often (in half-second turns) `up` gives NATS the users the clearing's directory calls for.
@@ -34,10 +34,7 @@ def up(
     nats_url: Annotated[
         str | None, typer.Option(help="Use this NATS server instead of starting one.")
     ] = None,
-    nats_namespace: Annotated[
-        str,
-        typer.Option(help="Prefix of the federation's NATS subjects and streams."),
-    ] = DEFAULT_NAMESPACE,
+    nats_namespace: NatsNamespace = DEFAULT_NAMESPACE,
 ) -> None:
     """Run a whole federation here: NATS, the clearing house and every bank in the config.
     Prints every URL and token, writes them to DATA_DIR/federation.json, and stops everything

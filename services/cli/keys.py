@@ -1,4 +1,5 @@
-"""`timebank keys new`: a bank's or the clearing house's Ed25519 key pair."""
+"""`timebank keys new` and `timebank keys nats`: a participant's Ed25519 signing key, and its
+NATS user's nkey."""
 
 from __future__ import annotations
 
@@ -36,3 +37,23 @@ def keys_new(
     except OSError as e:
         raise fail(f"cannot write {out}: {e.strerror}") from None
     typer.echo(key.public_key)
+
+
+@keys_app.command("nats")
+def keys_nats(
+    out: Annotated[
+        Path, typer.Option(help="Where to write the NATS user's nkey seed (readable by you only).")
+    ],
+) -> None:
+    """Make a NATS user (an nkey): the seed goes to OUT (never overwritten) for `--nats-seed
+    OUT` of `timebank ledger serve` or `timebank clearing serve`; its public nkey is printed,
+    for the bank's admission (`"nats_key"` in POST /v1/banks), which gives that user the
+    bank's permissions on the federation's NATS server."""
+    from shared.nats_users import new_seed
+
+    try:
+        typer.echo(new_seed(out))
+    except FileExistsError:
+        raise fail(f"{out} exists; a NATS seed is never overwritten") from None
+    except OSError as e:
+        raise fail(f"cannot write {out}: {e.strerror}") from None

@@ -10,7 +10,7 @@ from typing import Annotated, Any, Protocol, TypeVar
 
 import typer
 
-from services.cli.common import app, configure_logging, exit_cleanly_on_signals, fail
+from services.cli.common import NatsNamespace, app, configure_logging, exit_cleanly_on_signals, fail
 from services.ledger.domain_terms import DEFAULT_MAX_EXCHANGE_MINUTES, DEFAULT_OVERDRAFT_MINUTES
 from services.ledger.settings import DEFAULT_CHECKPOINT_SECONDS
 from shared.bus import DEFAULT_NAMESPACE
@@ -65,10 +65,7 @@ def ledger_serve(
             "Without it the bank runs alone (local exchanges only)."
         ),
     ] = None,
-    nats_namespace: Annotated[
-        str,
-        typer.Option(help="Prefix of the federation's NATS subjects and streams."),
-    ] = DEFAULT_NAMESPACE,
+    nats_namespace: NatsNamespace = DEFAULT_NAMESPACE,
     signing_key: Annotated[
         Path | None,
         typer.Option(
@@ -186,10 +183,7 @@ def clearing_serve(
         str | None,
         typer.Option(help="The federation's NATS server. Without it no transfer moves."),
     ] = None,
-    nats_namespace: Annotated[
-        str,
-        typer.Option(help="Prefix of the federation's NATS subjects and streams."),
-    ] = DEFAULT_NAMESPACE,
+    nats_namespace: NatsNamespace = DEFAULT_NAMESPACE,
     deadline_seconds: Annotated[
         float, typer.Option(help="A transfer whose payee bank has not answered by then aborts.")
     ] = 30.0,

@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -19,9 +20,10 @@ import httpx2 as httpx
 
 from services.ledger.settings import DEFAULT_CHECKPOINT_SECONDS
 from services.local.config import FederationConfig
-from services.local.nats_config import new_seed, write_auth_config
+from services.local.nats_config import write_auth_config
 from services.local.nats_server import NatsServer, free_ports
 from shared.bus import DEFAULT_NAMESPACE, Bus
+from shared.nats_users import new_seed, public_nkey
 from shared.protocol import CLEARING
 from shared.signing import SigningKey
 
@@ -87,7 +89,8 @@ class LocalFederation:
         self.checkpoint_seconds = checkpoint_seconds
         self.data_dir = data_dir.resolve()
         self.nats: NatsServer | None = None
-        self._suspended_on_nats: frozenset[str] = frozenset()
+        # The banks' NATS users (id, public nkey) the server was last given.
+        self._users_on_nats: frozenset[tuple[str, str]] = frozenset()
         # The clearing house's public key, read from its key file at start.
         self.clearing_public_key = ""
         self.nats_url = nats_url or ""
@@ -246,27 +249,28 @@ class LocalFederation:
     def _store(self, name: str) -> str:
         return local_store_url(self.data_dir, name)
 
-    def _nats_users(self, suspended: frozenset[str] = frozenset()) -> Path:
-        """The NATS server's users: an nkey for the clearing house and each bank (made once,
-        kept in the data dir), each with only its own permissions; a suspended bank has no
-        user, so it cannot connect."""
-        names = [CLEARING, *(bank.id for bank in self.config.banks)]
-        for name in names:
+    def _nats_users(self) -> Path:
+        """The NATS server's users at start: an nkey for the clearing house and each bank in
+        the config (made once, kept in the data dir), each with only its own permissions."""
+        for name in (CLEARING, *(bank.id for bank in self.config.banks)):
             if not self.seed_path(name).exists():
                 new_seed(self.seed_path(name))
+        self._users_on_nats = frozenset(
+            (bank.id, public_nkey(self.seed_path(bank.id))) for bank in self.config.banks
+        )
+        return self._write_nats_users(self._users_on_nats)
+
+    def _write_nats_users(self, banks: Iterable[tuple[str, str]]) -> Path:
         config = self.data_dir / "nats-auth.conf"
-        banks = [
-            (bank.id, self.seed_path(bank.id))
-            for bank in self.config.banks
-            if bank.id not in suspended
-        ]
-        write_auth_config(config, self.bus, self.seed_path(CLEARING), banks)
+        clearing = public_nkey(self.seed_path(CLEARING))
+        write_auth_config(config, self.bus, clearing, sorted(banks))
         return config
 
     def sync_nats_users(self) -> bool:
         """Give the NATS server this federation runs the users the clearing house's directory
-        calls for: a bank suspended there loses its NATS user, a bank reinstated gets it back,
-        by a config reload (no restart). Returns whether anything changed."""
+        calls for, by a config reload (no restart): a bank admitted with a NATS key gets its
+        user, a suspended bank loses it, a reinstated one gets it back. Returns whether
+        anything changed."""
         if self.nats is None:
             return False
         response = httpx.get(
@@ -275,17 +279,30 @@ class LocalFederation:
             timeout=10,
         )
         response.raise_for_status()
-        suspended = frozenset(
-            b["bank_id"] for b in response.json()["banks"] if b["status"] == "suspended"
+        users = frozenset(
+            (bank["bank_id"], self._nats_key_of(bank))
+            for bank in response.json()["banks"]
+            if bank["status"] == "active" and self._nats_key_of(bank)
         )
-        if suspended == self._suspended_on_nats:
+        if users == self._users_on_nats:
             return False
-        self._nats_users(suspended)
+        self._write_nats_users(users)
         self.nats.reload()
-        self._suspended_on_nats = suspended
-        names = ", ".join(sorted(suspended)) or "none"
-        log.warning("NATS users now leave out the suspended banks: %s", names)
+        before, self._users_on_nats = self._users_on_nats, users
+        log.warning(
+            "NATS users brought in line with the clearing house's directory: added %s; removed %s",
+            ", ".join(sorted(b for b, _ in users - before)) or "none",
+            ", ".join(sorted(b for b, _ in before - users)) or "none",
+        )
         return True
+
+    def _nats_key_of(self, bank: dict[str, Any]) -> str:
+        """The bank's NATS user: the key it was admitted with, or for a bank in the config
+        admitted without one (by an older run), the seed kept for it here."""
+        key = str(bank.get("nats_key") or "")
+        if not key and bank["bank_id"] in self.banks and self.seed_path(bank["bank_id"]).exists():
+            key = public_nkey(self.seed_path(bank["bank_id"]))
+        return key
 
     def _prepare(
         self, service: Service, command: list[str], options: list[str], tokens: dict[str, str]
@@ -350,6 +367,8 @@ class LocalFederation:
                 "limit_minutes": bank.limit_minutes,
                 "public_key": SigningKey.load(self.key_path(bank.id)).public_key,
             }
+            if self.nats is not None:
+                body["nats_key"] = public_nkey(self.seed_path(bank.id))
             response = httpx.post(f"{self.clearing.url}/v1/banks", json=body, headers=headers)
             if response.status_code == 201:
                 self.banks[bank.id].clearing_token = response.json()["clearing_token"]

@@ -7,7 +7,10 @@ mid-transfers), each ending with invariants 1-5 of the design checked from the A
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import os
+import socket
 import subprocess
 import sys
 import threading
@@ -245,14 +248,10 @@ def test_the_clearing_house_and_a_bank_killed_mid_transfers_settle_each_exactly_
     assert verdict["positions"] == committed
 
 
-def test_a_suspended_bank_loses_its_nats_user_and_gets_it_back_when_reinstated(
-    short_deadline: tuple[LocalFederation, FederationClient],
-) -> None:
-    federation, client = short_deadline
-    assert federation.nats is not None
-    url, seed = federation.nats.url, federation.seed_path(COLLEGE)
+def can_connect(url: str, seed: Path) -> bool:
+    """Whether the NATS user of this nkey seed may connect to the server."""
 
-    async def can_connect() -> bool:
+    async def attempt() -> bool:
         try:
             nc = await nats.connect(
                 url, nkeys_seed=str(seed), allow_reconnect=False, connect_timeout=2
@@ -262,25 +261,117 @@ def test_a_suspended_bank_loses_its_nats_user_and_gets_it_back_when_reinstated(
         await nc.close()
         return True
 
-    def connects_soon(expected: bool) -> bool:
-        """Whether connecting gives ``expected`` within 10 s (a reload takes a moment)."""
-        deadline = time.monotonic() + 10
-        while asyncio.run(can_connect()) != expected:
-            if time.monotonic() > deadline:
-                return False
-            time.sleep(0.2)
-        return True
+    return asyncio.run(attempt())
 
-    assert asyncio.run(can_connect())
+
+def connects_soon(url: str, seed: Path, expected: bool) -> bool:
+    """Whether connecting gives ``expected`` within 10 s (a reload takes a moment)."""
+    deadline = time.monotonic() + 10
+    while can_connect(url, seed) != expected:
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.2)
+    return True
+
+
+def test_a_suspended_bank_loses_its_nats_user_and_gets_it_back_when_reinstated(
+    short_deadline: tuple[LocalFederation, FederationClient],
+) -> None:
+    federation, client = short_deadline
+    assert federation.nats is not None
+    url, seed = federation.nats.url, federation.seed_path(COLLEGE)
+
+    assert can_connect(url, seed)
     admin = {"Authorization": f"Bearer {federation.clearing.token}"}
     clearing = federation.clearing.url
     assert httpx2.post(f"{clearing}/v1/banks/{COLLEGE}/suspend", headers=admin).is_success
     assert federation.sync_nats_users()
-    assert connects_soon(False)
+    assert connects_soon(url, seed, False)
     assert not federation.sync_nats_users()  # nothing more to change
     assert httpx2.post(f"{clearing}/v1/banks/{COLLEGE}/reinstate", headers=admin).is_success
     assert federation.sync_nats_users()
-    assert connects_soon(True)
+    assert connects_soon(url, seed, True)
     # Back on the bus: a payment to it commits.
     transfer_id = client.transfer(GP, "amara", COLLEGE, "priya", 5, "after reinstatement")
     assert client.outcome(GP, transfer_id)["status"] == "committed"
+
+
+def test_a_bank_admitted_to_a_running_federation_gets_its_nats_user_and_pays_and_is_paid(
+    long_deadline: tuple[LocalFederation, FederationClient], tmp_path: Path
+) -> None:
+    """A new bank makes its keys (`timebank keys new`, `timebank keys nats`) and is admitted
+    over HTTP with both public halves: the NATS server then lets its user in, by a reload, and
+    the bank, started by hand, pays and is paid across the federation."""
+    federation, client = long_deadline
+    assert federation.nats is not None
+    library = "brockley-library"
+    key_file, seed_file = tmp_path / "library.key", tmp_path / "library.nk"
+    public_key = run_timebank("keys", "new", "--out", str(key_file))
+    nats_key = run_timebank("keys", "nats", "--out", str(seed_file))
+    assert not can_connect(federation.nats.url, seed_file)  # not admitted yet
+
+    admitted = client.ok(
+        client.clearing_request(
+            "POST",
+            "/v1/banks",
+            json={"bank_id": library, "name": "Brockley Library", "limit_minutes": 600,
+                  "public_key": public_key, "nats_key": nats_key},
+        )
+    )  # fmt: skip
+    assert admitted["nats_key"] == nats_key
+    assert federation.sync_nats_users()
+    assert connects_soon(federation.nats.url, seed_file, True)
+
+    port = free_port()
+    operator_token = "library-operator-token"
+    process = subprocess.Popen(
+        [str(TIMEBANK), "ledger", "serve", "--bank", library,
+         "--store", f"sqlite:///{tmp_path / 'library.db'}", "--port", str(port),
+         "--nats-url", federation.nats.url, "--nats-namespace", federation.bus.namespace,
+         "--nats-seed", str(seed_file), "--signing-key", str(key_file),
+         "--clearing-key", admitted["clearing_public_key"]],
+        env={**os.environ, "TIMEBANK_OPERATOR_TOKEN": operator_token},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        client.described["banks"][library] = {
+            "url": f"http://127.0.0.1:{port}",
+            "operator_token": operator_token,
+        }
+        wait_until_serving(f"http://127.0.0.1:{port}/healthz")
+        client.open_member(library, "lena", "Lena")
+        paid = client.transfer(GP, "amara", library, "lena", 40, "Reading group")
+        assert client.outcome(GP, paid)["status"] == "committed"
+        pays = client.transfer(library, "lena", COLLEGE, "priya", 25, "Language class")
+        assert client.outcome(library, pays)["status"] == "committed"
+        members = {**MEMBERS, library: ["lena"]}
+        assert client.wait_until_settled(members)
+        assert client.member(library, "lena")["balance_minutes"] == 15
+        assert client.check_invariants(members) == []
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+def run_timebank(*args: str) -> str:
+    """Run the timebank command; its one line of output."""
+    done = subprocess.run([str(TIMEBANK), *args], capture_output=True, text=True, check=True)
+    return done.stdout.strip()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def wait_until_serving(url: str, seconds: float = 20.0) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        with contextlib.suppress(httpx2.TransportError):
+            if httpx2.get(url, timeout=1).is_success:
+                return
+        time.sleep(0.1)
+    pytest.fail(f"nothing served {url} within {seconds} s")

@@ -13,7 +13,7 @@ import pytest
 from services.clearing.application import Clearing
 from services.common.bus_worker import BusWorker
 from services.common.stores import parse_store_url
-from services.ledger.application import Ledger
+from services.ledger.application import Ledger, UnknownTransfer
 from shared.bus import Bus
 from tests.helpers import admit, bank_bus_worker, clearing_worker
 
@@ -24,6 +24,20 @@ async def eventually(check: Callable[[], bool], seconds: float = 20.0) -> None:
         if time.monotonic() > deadline:
             pytest.fail("the federation did not settle in time")
         await asyncio.sleep(0.05)
+
+
+def committed_everywhere(banks: dict[str, Ledger], payer_bank: str, *transfer_ids: str) -> bool:
+    """Whether both banks of each transfer (requested at payer_bank) have applied its commit.
+    The clearing house sends the decision to each independently, so one may apply it first."""
+    for transfer_id in transfer_ids:
+        payee_bank = banks[payer_bank].get_transfer(transfer_id).payee_bank
+        for bank in (banks[payer_bank], banks[payee_bank]):
+            try:
+                if bank.get_transfer(transfer_id).status != "committed":
+                    return False
+            except UnknownTransfer:  # the payee bank has not been asked for the credit yet
+                return False
+    return True
 
 
 Scenario = Callable[[Clearing, dict[str, Ledger], str], Awaitable[None]]

@@ -17,9 +17,10 @@ from nats.js.api import StreamConfig
 
 from services.clearing.application import Clearing
 from services.ledger.application import Ledger
-from services.local.nats_config import new_seed, write_auth_config
+from services.local.nats_config import write_auth_config
 from services.local.nats_server import NatsServer
 from shared.bus import CLEARING_CONSUMER, Bus, bank_consumer, connect, consumer_config
+from shared.nats_users import new_seed
 from shared.protocol import CLEARING
 from tests.integration.bus_federation import eventually, run_federation
 
@@ -32,10 +33,9 @@ BANKS = ("gp", "college")
 def secured(tmp_path: Path) -> Iterator[tuple[NatsServer, dict[str, Path]]]:
     """A nats-server with the federation's users (the clearing house, gp, college)."""
     seeds = {name: tmp_path / f"{name}.nk" for name in (CLEARING, *BANKS)}
-    for seed in seeds.values():
-        new_seed(seed)
+    nkeys = {name: new_seed(seed) for name, seed in seeds.items()}
     config = tmp_path / "nats-auth.conf"
-    write_auth_config(config, Bus(), seeds[CLEARING], [(b, seeds[b]) for b in BANKS])
+    write_auth_config(config, Bus(), nkeys[CLEARING], [(b, nkeys[b]) for b in BANKS])
     with NatsServer(tmp_path / "nats", config_file=config) as server:
         yield server, seeds
 

@@ -33,7 +33,7 @@ from shared.protocol import (
 )
 from shared.signing import SigningKey, checkpoint_payload, envelope_payload, rotation_payload
 from tests.helpers import participant_key
-from tests.integration.bus_federation import eventually, run_federation
+from tests.integration.bus_federation import committed_everywhere, eventually, run_federation
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -129,10 +129,11 @@ def test_forged_requests_are_dead_lettered_and_take_no_genuine_sequence_number(
         # The genuine messages with those very sequence numbers are applied.
         to_college = gp.request_transfer("maya", "college", "bob", 40, "real").value.transfer_id
         to_gp = banks["college"].request_transfer("bob", "gp", "maya", 15, "back").value
+        # Each transfer is committed at both of its banks: the payer's and the payee's books.
         await eventually(
             lambda: (
-                gp.get_transfer(to_college).status == "committed"
-                and banks["college"].get_transfer(to_gp.transfer_id).status == "committed"
+                committed_everywhere(banks, "gp", to_college)
+                and committed_everywhere(banks, "college", to_gp.transfer_id)
             )
         )
         assert clearing.positions() == {"gp": -25, "college": 25}
@@ -183,8 +184,7 @@ def test_forged_messages_from_the_clearing_house_move_nothing_at_a_bank(
         # The clearing house's genuine messages, numbered as the forgeries were, still count.
         gp = banks["gp"]
         transfer_id = gp.request_transfer("maya", "college", "bob", 30, "real").value.transfer_id
-        await eventually(lambda: gp.get_transfer(transfer_id).status == "committed")
-        assert college.get_transfer(transfer_id).status == "committed"
+        await eventually(lambda: committed_everywhere(banks, "gp", transfer_id))
         assert college.get_member("bob").balance_minutes == 30
         await nc.close()
 
@@ -213,7 +213,7 @@ def test_a_genuine_message_delivered_again_much_later_has_no_second_effect(
             await js.publish(copy.subject, copy.data, headers=headers)
         await asyncio.sleep(1.0)
         again = gp.request_transfer("maya", "college", "bob", 5, "after").value.transfer_id
-        await eventually(lambda: gp.get_transfer(again).status == "committed")
+        await eventually(lambda: committed_everywhere(banks, "gp", again))
         assert college.get_member("bob").balance_minutes == 25
         assert len(college.statement("bob").entries) == 2
         assert clearing.positions() == {"gp": -25, "college": 25}

@@ -6,11 +6,13 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
+import nkeys
 import pytest
 from fastapi.testclient import TestClient
 
 from services.clearing.service import create_app
 from services.clearing.settings import ClearingSettings
+from shared.nats_users import new_seed
 from shared.signing import SigningKey
 from tests.helpers import AUDITOR_TOKEN, assert_problem
 
@@ -66,6 +68,7 @@ def test_admission_answers_the_bank_with_its_own_clearing_token_once(client: Tes
         "limit_minutes": 600,
         "position_minutes": 0,
         "reserved_minutes": 0,
+        "nats_key": "",
     }
     listed = client.get("/v1/banks", headers=ADMIN).json()["banks"]
     assert listed == [admitted]  # the token is not shown again
@@ -83,6 +86,43 @@ def test_admission_with_an_unusable_public_key_is_refused_and_admits_nothing(
     client: TestClient, public_key: str
 ) -> None:
     body = {"bank_id": "b1", "name": "B", "limit_minutes": 1, "public_key": public_key}
+    response = client.post("/v1/banks", json=body, headers=ADMIN)
+
+    assert response.status_code == 422
+    assert client.get("/v1/banks", headers=ADMIN).json() == {"banks": []}
+
+
+def test_admission_keeps_the_banks_nats_user_and_lists_it(
+    client: TestClient, tmp_path: Path
+) -> None:
+    nats_key = new_seed(tmp_path / "bank.nk")
+    admitted = admit(client, nats_key=nats_key)
+
+    assert admitted["nats_key"] == nats_key
+    assert client.get("/v1/banks", headers=AUDITOR).json()["banks"][0]["nats_key"] == nats_key
+
+
+def a_user_nkey_with_its_checksum_broken() -> str:
+    seed = nkeys.encode_seed(bytes(32), nkeys.PREFIX_BYTE_USER)
+    key: str = nkeys.from_seed(seed).public_key.decode()
+    return key[:-1] + ("A" if key[-1] != "A" else "B")
+
+
+def an_account_nkey() -> str:
+    seed = nkeys.encode_seed(bytes(32), nkeys.PREFIX_BYTE_ACCOUNT)
+    key: str = nkeys.from_seed(seed).public_key.decode()
+    return key
+
+
+@pytest.mark.parametrize(
+    "nats_key",
+    [a_user_nkey_with_its_checksum_broken(), an_account_nkey(), "U" * 55, "U" + "1" * 55],
+    ids=["checksum", "not-a-user", "short", "not-base32"],
+)
+def test_admission_with_an_unusable_nats_key_is_refused_and_admits_nothing(
+    client: TestClient, nats_key: str
+) -> None:
+    body = {"bank_id": "b1", "name": "B", "limit_minutes": 1, "nats_key": nats_key}
     response = client.post("/v1/banks", json=body, headers=ADMIN)
 
     assert response.status_code == 422

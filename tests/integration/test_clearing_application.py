@@ -282,8 +282,8 @@ def test_banks_lists_every_member_in_admission_order_with_its_books(
     empty_clearing.admit_bank("gamma", "Gamma", 30)
     empty_clearing.admit_bank("alpha", "Alpha", 10)
     assert empty_clearing.banks() == [
-        BankView("gamma", "Gamma", BankStatus.ACTIVE, 30, 0, 0),
-        BankView("alpha", "Alpha", BankStatus.ACTIVE, 10, 0, 0),
+        BankView("gamma", "Gamma", BankStatus.ACTIVE, 30, 0, 0, ""),
+        BankView("alpha", "Alpha", BankStatus.ACTIVE, 10, 0, 0, ""),
     ]
     assert empty_clearing.positions() == {"gamma": 0, "alpha": 0}
 
