@@ -62,6 +62,13 @@ class ServiceApplication(EventSourcedProjection[UUID]):
         self._tell_listeners([r.domain_event for r in recordings])
         return recordings
 
+    def record_events(self, events: SavedEvents) -> None:
+        """Store events already collected from their aggregates, in this order, in one
+        transaction, and tell the listeners (a writer that batches many commands' events and
+        takes its own snapshots)."""
+        self.events.put(events)
+        self._tell_listeners(events)
+
     def save_tracked(self, tracking: Tracking, aggregates: Sequence[Aggregate]) -> None:
         """Save aggregates' new events and a tracking record, in one transaction."""
         decided = _Decided(aggregates)
@@ -85,6 +92,11 @@ class ServiceApplication(EventSourcedProjection[UUID]):
         except AggregateNotFoundError:
             return None
         return aggregate if isinstance(aggregate, cls) else None
+
+    def recorded_version(self, aggregate_id: UUID) -> int:
+        """The version of the aggregate's last recorded event; 0 if it has none."""
+        last = self.recorder.select_events(aggregate_id, desc=True, limit=1)
+        return last[0].originator_version if last else 0
 
     def exists(self, aggregate_id: UUID) -> bool:
         return self.find(aggregate_id, Aggregate) is not None

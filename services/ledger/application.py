@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Sequence
-from uuid import uuid4
+from typing import TypeVar
+from uuid import UUID, uuid4
 
 from eventsourcing.domain import Aggregate
 from eventsourcing.persistence import IntegrityError
@@ -54,6 +55,8 @@ from services.ledger.views import (
 from services.ledger.writer import Executed, IdempotencyKey, Writer
 from shared.protocol import CLEARING, CheckpointPublished, Envelope, TransferRequested
 
+A = TypeVar("A", bound=Aggregate)
+
 
 class UnknownMember(LedgerError):
     """No account with that member id in this bank."""
@@ -74,11 +77,13 @@ class UnknownTransfer(LedgerError):
 class Ledger(ServiceApplication):
     """One bank's ledger.
 
-    Concurrency: within a process every command runs under one write lock, so decisions are
-    made on the latest state and SQLite sees one writer. A second process writing the same
-    store is still safe: each save is checked by the store's optimistic concurrency control
-    (a unique aggregate version), and a command that loses the race is decided again on
-    fresh state. Either way no update is lost and no rule is checked against stale balances.
+    Concurrency: commands go through one writer per process (writer.py), which decides every
+    command waiting in arrival order against its live accounts (each seeing what those before
+    it did) and saves them together in one transaction: group commit. A second process writing
+    the same store is still safe: each save is checked by the store's optimistic concurrency
+    control (a unique aggregate version), a batch that loses the race is decided again on
+    fresh state, and a refusal is checked against the store's latest state before it is
+    given. Either way no update is lost and no rule is checked against stale balances.
     """
 
     name = APPLICATION_NAME
@@ -96,13 +101,19 @@ class Ledger(ServiceApplication):
         self.bank_id = bank_id
         self.default_overdraft_minutes = default_overdraft_minutes
         self.max_exchange_minutes = max_exchange_minutes
-        self._writer = Writer(self)
         self._handlers = BankHandlers(bank_id, default_overdraft_minutes)
         self._totals = BankTotals()
         store.prepare()
         super().__init__(env={**store.env, "AGGREGATE_CACHE_MAXSIZE": str(cache_size)})
+        self._writer = Writer(self, working_set_size=cache_size)
         self._open_system_accounts()
         self._record_policy()
+
+    def find(self, aggregate_id: UUID, cls: type[A]) -> A | None:
+        # A command being decided reads the writer's live aggregates: no re-read, no copy.
+        if self._writer.deciding_here:
+            return self._writer.working.get(aggregate_id, cls)
+        return super().find(aggregate_id, cls)
 
     # Queries.
 
