@@ -9,6 +9,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from services.common.problems import PROBLEM_JSON, problem_body
 
 MAX_BODY_BYTES = 64 * 1024
+# A batch route (a path ending in /batch) takes up to 1,000 items in one body.
+MAX_BATCH_BODY_BYTES = 1024 * 1024
 
 
 def is_json(content_type: str) -> bool:
@@ -23,17 +25,27 @@ class JSONBodyGuard:
     not JSON (415).
 
     The body is counted as it arrives, so a chunked request without Content-Length is held
-    to the same limit; the app then reads the buffered copy.
+    to the same limit; the app then reads the buffered copy. A batch route's body may be
+    larger.
     """
 
-    def __init__(self, app: ASGIApp, max_body_bytes: int = MAX_BODY_BYTES) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        max_body_bytes: int = MAX_BODY_BYTES,
+        max_batch_body_bytes: int = MAX_BATCH_BODY_BYTES,
+    ) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
+        self.max_batch_body_bytes = max_batch_body_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        limit = self.max_body_bytes
+        if str(scope.get("path", "")).endswith("/batch"):
+            limit = self.max_batch_body_bytes
         body = bytearray()
         more = True
         while more:
@@ -42,13 +54,13 @@ class JSONBodyGuard:
                 return
             body += message.get("body", b"")
             more = message.get("more_body", False)
-            if len(body) > self.max_body_bytes:
+            if len(body) > limit:
                 await self._problem(
                     scope,
                     send,
                     413,
                     "payload_too_large",
-                    f"request bodies are limited to {self.max_body_bytes} bytes",
+                    f"request bodies are limited to {limit} bytes",
                 )
                 return
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from http import HTTPStatus
 from typing import Any
 
@@ -63,6 +63,43 @@ def problem_response(
     return JSONResponse(body, status_code=status, media_type=PROBLEM_JSON, headers=headers)
 
 
+def error_problem(
+    exc: BaseException, domain_errors: Mapping[type[Exception], tuple[int, str]], instance: str
+) -> dict[str, Any]:
+    """The problem details for an error a command raised: its mapped status and code, its
+    ``detail`` and ``extra``; any other error is a 500 (logged), its detail not shown."""
+    for cls in type(exc).__mro__:
+        if cls in domain_errors:
+            status, code = domain_errors[cls]
+            extra = getattr(exc, "extra", {})
+            return problem_body(status, code, getattr(exc, "detail", str(exc)), instance, **extra)
+    log.error("unexpected error on %s", instance, exc_info=exc)
+    return problem_body(500, "internal_error", "the service failed to handle this", instance)
+
+
+def validation_problem(
+    raw_errors: Sequence[Mapping[str, Any]], instance: str, *, skip: int = 1
+) -> dict[str, Any]:
+    """A 422 invalid_request problem for pydantic's errors; the first one is the detail.
+    ``skip``: how many leading parts of each error's location to leave out of the detail
+    (the request's "body", for a whole body)."""
+    errors = [
+        {
+            "location": [str(part) for part in err.get("loc", ())],
+            "message": err.get("msg", ""),
+            "type": err.get("type", ""),
+        }
+        for err in raw_errors
+    ]
+    first = errors[0] if errors else {"location": [], "message": "invalid request"}
+    if first.get("type") == "json_invalid":
+        detail = "the request body is not valid JSON"
+    else:
+        where = ".".join(first["location"][skip:]) or "body"
+        detail = f"{where}: {first['message']}"
+    return problem_body(422, "invalid_request", detail, instance, errors=errors)
+
+
 _STATUS_CODES = {
     401: "unauthorized",
     403: "forbidden",
@@ -83,14 +120,8 @@ def install_problem_handlers(
     """
 
     async def on_domain_error(request: Request, exc: Exception) -> JSONResponse:
-        for cls in type(exc).__mro__:
-            if cls in domain_errors:
-                status, code = domain_errors[cls]
-                break
-        else:  # pragma: no cover - registered only for mapped classes
-            raise exc
-        extra = getattr(exc, "extra", {})
-        return problem_response(request, status, code, getattr(exc, "detail", str(exc)), **extra)
+        body = error_problem(exc, domain_errors, request.url.path)
+        return JSONResponse(body, status_code=body["status"], media_type=PROBLEM_JSON)
 
     async def on_problem(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, Problem)
@@ -100,20 +131,8 @@ def install_problem_handlers(
 
     async def on_validation_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestValidationError)
-        errors = [
-            {
-                "location": [str(part) for part in err.get("loc", ())],
-                "message": err.get("msg", ""),
-                "type": err.get("type", ""),
-            }
-            for err in exc.errors()
-        ]
-        first = errors[0] if errors else {"location": [], "message": "invalid request"}
-        if first.get("type") == "json_invalid":
-            detail = "the request body is not valid JSON"
-        else:
-            detail = f"{'.'.join(first['location'][1:]) or 'body'}: {first['message']}"
-        return problem_response(request, 422, "invalid_request", detail, errors=errors)
+        body = validation_problem(exc.errors(), request.url.path)
+        return JSONResponse(body, status_code=422, media_type=PROBLEM_JSON)
 
     async def on_http_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, StarletteHTTPException)

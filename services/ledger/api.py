@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from collections.abc import Callable, Sequence
+from typing import Annotated, Any, Literal, TypeVar
 
 from fastapi import APIRouter, Depends, Header, Request, Response
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from services.common.deps import Reader, Writer, application
 from services.common.idempotency import (
@@ -14,6 +15,7 @@ from services.common.idempotency import (
     check_key,
     fingerprint,
 )
+from services.common.problems import error_problem, validation_problem
 from services.ledger.application import (
     Ledger,
     MemberExists,
@@ -29,6 +31,7 @@ from services.ledger.domain_terms import (
     OverdraftLimitExceeded,
     UnknownHold,
 )
+from services.ledger.orders import ExchangeOrder, TransferOrder
 from services.ledger.settings import LedgerSettings
 from services.ledger.views import (
     BankSummary,
@@ -84,6 +87,55 @@ class NewTransfer(RequestBody):
     payee: str = Field(min_length=1, max_length=64, description="The member paid, there.")
     minutes: int = Field(gt=0, examples=[120])
     memo: str = Field(max_length=MAX_MEMO_LENGTH, examples=["Evening class at the college"])
+
+
+MAX_BATCH_ITEMS = 1_000
+IdempotencyKeyField = Field(
+    default=None,
+    description="This item's own Idempotency-Key: a repeat of the item (in any batch, or as "
+    "a single request with the same key) returns its first result and changes nothing.",
+)
+
+
+class ExchangeItem(NewExchange):
+    idempotency_key: str | None = IdempotencyKeyField
+
+
+class TransferItem(NewTransfer):
+    idempotency_key: str | None = IdempotencyKeyField
+
+
+class Batch(RequestBody):
+    items: list[dict[str, Any]] = Field(
+        min_length=1,
+        max_length=MAX_BATCH_ITEMS,
+        description="Each item is checked, decided and answered on its own.",
+    )
+
+
+class ItemResult(BaseModel):
+    """One item's answer: its status as a single request would have had it, and its result
+    or its problem details."""
+
+    status: int
+    replayed: bool = False
+    problem: dict[str, Any] | None = None
+
+
+class ExchangeItemResult(ItemResult):
+    exchange: ExchangeReceipt | None = None
+
+
+class TransferItemResult(ItemResult):
+    transfer: TransferReceipt | None = None
+
+
+class ExchangeBatchResults(BaseModel):
+    results: list[ExchangeItemResult]
+
+
+class TransferBatchResults(BaseModel):
+    results: list[TransferItemResult]
 
 
 class Health(BaseModel):
@@ -190,6 +242,98 @@ def request_transfer(
     )
     mark_replay(response, executed)
     return executed.value
+
+
+ItemT = TypeVar("ItemT", bound=RequestBody)
+OrderT = TypeVar("OrderT")
+ResultT = TypeVar("ResultT")
+
+
+def decode_items(
+    batch: Batch, item_type: type[ItemT], operation: str, instance: str
+) -> list[tuple[ItemT, IdempotencyKey | None] | dict[str, Any]]:
+    """Each item checked on its own: the item and its idempotency key, or its problem."""
+    decoded: list[tuple[ItemT, IdempotencyKey | None] | dict[str, Any]] = []
+    for n, raw in enumerate(batch.items):
+        try:
+            item = item_type.model_validate(raw)
+            key = getattr(item, "idempotency_key", None)
+            body = item.model_dump(mode="json", exclude={"idempotency_key"})
+            decoded.append(
+                (item, key and IdempotencyKey(check_key(key), fingerprint(operation, body)))
+            )
+        except ValidationError as e:
+            decoded.append(validation_problem(e.errors(), f"{instance}#{n}", skip=0))
+        except InvalidIdempotencyKey as e:
+            decoded.append(error_problem(e, LEDGER_ERRORS, f"{instance}#{n}"))
+    return decoded
+
+
+def run_batch(
+    decoded: Sequence[tuple[ItemT, IdempotencyKey | None] | dict[str, Any]],
+    order: Callable[[ItemT, IdempotencyKey | None], OrderT],
+    execute: Callable[[list[OrderT]], list[Executed[ResultT] | Exception]],
+    instance: str,
+) -> list[tuple[int, Executed[ResultT] | dict[str, Any]]]:
+    """The valid items executed together, in order; each answer as (its place, the result or
+    its problem)."""
+    places = [n for n, d in enumerate(decoded) if isinstance(d, tuple)]
+    orders = [order(*d) for d in decoded if isinstance(d, tuple)]
+    answers: dict[int, Executed[ResultT] | dict[str, Any]] = {
+        n: d for n, d in enumerate(decoded) if isinstance(d, dict)
+    }
+    for n, outcome in zip(places, execute(orders) if orders else [], strict=True):
+        if isinstance(outcome, Exception):
+            answers[n] = error_problem(outcome, LEDGER_ERRORS, f"{instance}#{n}")
+        else:
+            answers[n] = outcome
+    return sorted(answers.items())
+
+
+@exchanges.post("/batch", dependencies=[Writer])
+def record_exchanges(body: Batch, ledger: LedgerDep) -> ExchangeBatchResults:
+    """Record up to 1,000 local exchanges in one request, decided in order and saved together.
+    Not all-or-nothing: each item is accepted (201) or refused (its problem details) on its
+    own, exactly as it would be alone, and may carry its own `idempotency_key`."""
+    instance = "/v1/exchanges/batch"
+    answers = run_batch(
+        decode_items(body, ExchangeItem, "POST /v1/exchanges", instance),
+        lambda item, key: ExchangeOrder(item.payer, item.payee, item.minutes, item.memo, key),
+        ledger.exchange_all,
+        instance,
+    )
+    return ExchangeBatchResults(
+        results=[
+            ExchangeItemResult(status=a["status"], problem=a)
+            if isinstance(a, dict)
+            else ExchangeItemResult(status=201, replayed=a.replayed, exchange=a.value)
+            for _, a in answers
+        ]
+    )
+
+
+@transfers.post("/batch", dependencies=[Writer])
+def request_transfers(body: Batch, ledger: LedgerDep) -> TransferBatchResults:
+    """Request up to 1,000 cross-bank transfers in one request, each held and sent on its own
+    (202), or refused with its problem details; not all-or-nothing. Each item may carry its
+    own `idempotency_key`."""
+    instance = "/v1/transfers/batch"
+    answers = run_batch(
+        decode_items(body, TransferItem, "POST /v1/transfers", instance),
+        lambda item, key: TransferOrder(
+            item.payer, item.to_bank, item.payee, item.minutes, item.memo, key
+        ),
+        ledger.request_transfer_all,
+        instance,
+    )
+    return TransferBatchResults(
+        results=[
+            TransferItemResult(status=a["status"], problem=a)
+            if isinstance(a, dict)
+            else TransferItemResult(status=202, replayed=a.replayed, transfer=a.value)
+            for _, a in answers
+        ]
+    )
 
 
 @transfers.get("/{transfer_id}", dependencies=[Reader])

@@ -40,6 +40,7 @@ from services.ledger.domain_terms import (
     transfer_id_to_uuid,
 )
 from services.ledger.handlers import BankHandlers
+from services.ledger.orders import ExchangeOrder, TransferOrder
 from services.ledger.views import (
     BankSummary,
     BankTotals,
@@ -52,7 +53,7 @@ from services.ledger.views import (
     member_view,
     statement,
 )
-from services.ledger.writer import Executed, IdempotencyKey, Writer
+from services.ledger.writer import Command, Executed, IdempotencyKey, Writer
 from shared.protocol import CLEARING, CheckpointPublished, Envelope, TransferRequested
 
 A = TypeVar("A", bound=Aggregate)
@@ -175,7 +176,22 @@ class Ledger(ServiceApplication):
         idempotency: IdempotencyKey | None = None,
     ) -> Executed[ExchangeReceipt]:
         """The payer received help and pays the payee, who gave it, in one atomic save."""
+        command = self._exchange(payer, payee, minutes, memo)
+        return self._writer.execute(command, idempotency, ExchangeReceipt)
 
+    def exchange_all(
+        self, orders: Sequence[ExchangeOrder]
+    ) -> list[Executed[ExchangeReceipt] | Exception]:
+        """Many exchanges, decided in this order and saved together: each is accepted or
+        refused on its own, with the answer it would have had alone."""
+        commands = [
+            (self._exchange(o.payer, o.payee, o.minutes, o.memo), o.idempotency) for o in orders
+        ]
+        return self._writer.execute_all(commands, ExchangeReceipt)
+
+    def _exchange(
+        self, payer: str, payee: str, minutes: int, memo: str
+    ) -> Command[ExchangeReceipt]:
         def command() -> tuple[Sequence[Aggregate], ExchangeReceipt]:
             check_amount(minutes, self.max_exchange_minutes)
             check_memo(memo)
@@ -203,7 +219,7 @@ class Ledger(ServiceApplication):
             )
             return [payer_account, payee_account], receipt
 
-        return self._writer.execute(command, idempotency, ExchangeReceipt)
+        return command
 
     def place_hold(
         self,
@@ -260,7 +276,22 @@ class Ledger(ServiceApplication):
         idempotency: IdempotencyKey | None = None,
     ) -> Executed[TransferReceipt]:
         """Hold the payer's minutes and ask the clearing house to move them to another bank."""
+        command = self._request_transfer(payer, to_bank, payee, minutes, memo)
+        return self._writer.execute(command, idempotency, TransferReceipt)
 
+    def request_transfer_all(
+        self, orders: Sequence[TransferOrder]
+    ) -> list[Executed[TransferReceipt] | Exception]:
+        """Many transfers, decided in this order and saved together, each on its own."""
+        commands = [
+            (self._request_transfer(o.payer, o.to_bank, o.payee, o.minutes, o.memo), o.idempotency)
+            for o in orders
+        ]
+        return self._writer.execute_all(commands, TransferReceipt)
+
+    def _request_transfer(
+        self, payer: str, to_bank: str, payee: str, minutes: int, memo: str
+    ) -> Command[TransferReceipt]:
         def command() -> tuple[Sequence[Aggregate], TransferReceipt]:
             check_amount(minutes, self.max_exchange_minutes)
             check_memo(memo)
@@ -306,7 +337,7 @@ class Ledger(ServiceApplication):
             receipt = TransferReceipt(transfer_id=transfer_id, status=TransferStatus.PENDING)
             return [account, transfer, outbox], receipt
 
-        return self._writer.execute(command, idempotency, TransferReceipt)
+        return command
 
     def send_checkpoint(self, checkpoint: CheckpointPublished) -> None:
         """Queue a signed checkpoint of this bank's log for the clearing house."""

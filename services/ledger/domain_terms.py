@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 from enum import StrEnum
+from functools import lru_cache
 from typing import Any
 from uuid import NAMESPACE_URL, UUID, uuid5
 
@@ -66,6 +67,7 @@ class HoldExists(LedgerError):
     """A hold with that id is already open on the account."""
 
 
+@lru_cache(maxsize=100_000)
 def account_id(member_id: str) -> UUID:
     """The aggregate id of a member's (or system) account: stable, derived from the id."""
     return uuid5(_ACCOUNT_NAMESPACE, member_id)

@@ -77,6 +77,11 @@ class _Request(Generic[T]):
         assert self.answer is not None
         return self.answer
 
+    def answer_or_error(self) -> Executed[T] | Exception:
+        if isinstance(self.error, Exception):
+            return self.error
+        return self.outcome()
+
 
 @dataclass
 class _Decision:
@@ -209,18 +214,37 @@ class Writer:
         in the next batch, and answer once that batch is saved; with a key, a repeat returns
         the first result."""
         request = _Request(command, idempotency, result_type)
+        self._submit([request])
+        return request.outcome()
+
+    def execute_all(
+        self, commands: Sequence[tuple[Command[T], IdempotencyKey | None]], result_type: type[T]
+    ) -> list[Executed[T] | Exception]:
+        """Run many commands, in this order, in as few batches as they fit (one, up to
+        MAX_BATCH, when nothing else waits): each with its own answer or the error it raised."""
+        requests = [_Request(c, key, result_type) for c, key in commands]
+        self._submit(requests)
+        return [r.answer_or_error() for r in requests]
+
+    def _submit(self, requests: Sequence[_Request[Any]]) -> None:
+        """Queue the requests and wait until each is answered, deciding batches meanwhile
+        whenever no other thread is."""
         me = threading.get_ident()
         if self._leader == me:
             raise RuntimeError("a ledger command may not run another command")
+
+        def answered() -> bool:
+            return all(r.finished for r in requests)
+
         with self._turn:
-            self._queue.append(request)
-            while not request.finished and self._leader is not None:
+            self._queue.extend(requests)
+            while not answered() and self._leader is not None:
                 self._turn.wait()
-            if request.finished:
-                return request.outcome()
+            if answered():
+                return
             self._leader = me
         try:
-            while not request.finished:
+            while not answered():
                 # The batch is taken once the lock is held: what queued meanwhile joins it.
                 with self.lock:
                     with self._turn:
@@ -231,7 +255,6 @@ class Writer:
             with self._turn:
                 self._leader = None
                 self._turn.notify_all()
-        return request.outcome()
 
     def recorded(self, idempotency: IdempotencyKey) -> dict[str, Any] | None:
         record = self.app.find(record_id(idempotency.key), IdempotencyRecord)
