@@ -30,7 +30,8 @@ from shared.signing import checkpoint_payload, verify_any
 def handle(coordinator: Coordinator, source: str, message: AnyMessage, uow: UnitOfWork) -> None:
     """Apply one message from bank ``source`` to the unit of work; MessageRejected if it can
     never be applied."""
-    if uow.app.find(bank_id_to_uuid(source), MemberBank) is None:
+    # Through the unit of work: the sender's record is read once per batch, not per message.
+    if uow.get(bank_id_to_uuid(source), MemberBank) is None:
         raise MessageRejected(f"{source} is not a member bank")
     match message:
         case TransferRequested():

@@ -38,6 +38,10 @@ from shared.signing import SigningKey
 log = logging.getLogger(__name__)
 
 FETCH_BATCH = 256
+# How long a fetch waits for a first message (then it asks again), and, once one has come, for
+# more that are not there yet: hardly at all, so a quiet bus adds no delay.
+FETCH_WAIT_SECONDS = 1.0
+MORE_WAIT_SECONDS = 0.002
 # How often the clearing house checks that every stream and consumer of the bus is there.
 ADMINISTER_SECONDS = 1.0
 # A message that arrived before an earlier one from the same sender waits this long.
@@ -199,7 +203,7 @@ class BusWorker:
         failing = False
         while not self._stopping:
             try:
-                messages: list[Msg] = await subscription.fetch(FETCH_BATCH, timeout=1.0)
+                messages = await self._next_messages(subscription)
             except (TimeoutError, NatsTimeoutError):
                 continue
             except asyncio.CancelledError:
@@ -224,6 +228,16 @@ class BusWorker:
                 # Nothing acknowledged: JetStream delivers the batch again after ack_wait.
                 log.exception("%s: a batch failed; it will be delivered again", self.name)
                 await asyncio.sleep(0.5)
+
+    @staticmethod
+    async def _next_messages(subscription: Any) -> list[Msg]:
+        """Wait for the next message, then take whatever else is already there, up to a batch.
+        (Asked for a whole batch at once, nats-py's fetch, once a first message has come,
+        waits for the batch to fill until its timeout: up to a second per hop when quiet.)"""
+        messages: list[Msg] = await subscription.fetch(1, timeout=FETCH_WAIT_SECONDS)
+        with contextlib.suppress(TimeoutError, NatsTimeoutError):
+            messages += await subscription.fetch(FETCH_BATCH - 1, timeout=MORE_WAIT_SECONDS)
+        return messages
 
     async def handle_batch(self, js: JetStreamContext, messages: Sequence[Msg]) -> None:
         decoded: list[tuple[Msg, Envelope]] = []

@@ -75,6 +75,9 @@ class OutboxRelay:
         self._loop = asyncio.get_running_loop()
         failures = 0
         while not self._stopped:
+            # Cleared before reading, so a save that comes while this batch is read or sent
+            # wakes the next turn at once instead of being lost until the idle wait ends.
+            self._wakeup.clear()
             try:
                 published = await self.publish_batch()
             except asyncio.CancelledError:
@@ -87,7 +90,6 @@ class OutboxRelay:
                 continue
             failures = 0
             if not published:
-                self._wakeup.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wakeup.wait(), self._idle_seconds)
 

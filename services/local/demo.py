@@ -44,8 +44,10 @@ def run_demo(console: Console, data_dir: Path) -> bool:
     """Tell the story; True if every invariant holds at the end."""
     console.rule("[bold]timebank-federation demo")
     console.print(f"Starting NATS, the clearing house and three banks in {data_dir} ...")
-    with LocalFederation(DEMO_CONFIG, data_dir, checkpoint_seconds=1) as federation:
-        client = FederationClient(federation.describe())
+    with (
+        LocalFederation(DEMO_CONFIG, data_dir, checkpoint_seconds=1) as federation,
+        FederationClient(federation.describe()) as client,
+    ):
         for bank_id, members in MEMBERS.items():
             for member_id, name in members:
                 client.open_member(bank_id, member_id, name)

@@ -53,8 +53,7 @@ def start_federation(
     """As `timebank up` runs it: its own NATS server, where each participant has a user of
     its own with only its own permissions, and every envelope is signed."""
     federation = LocalFederation(federation_config(deadline_seconds), tmp_path / "federation")
-    with federation:
-        client = FederationClient(federation.describe())
+    with federation, FederationClient(federation.describe()) as client:
         for bank_id, members in MEMBERS.items():
             for member_id in members:
                 client.open_member(bank_id, member_id, member_id.title())
