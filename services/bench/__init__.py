@@ -1,0 +1,1 @@
+"""`timebank bench`: each throughput and latency figure measured beside a raw baseline."""

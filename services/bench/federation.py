@@ -1,0 +1,255 @@
+"""Figure 3: cross-bank transfers around a ring of three banks, beside raw JetStream hops.
+
+A->B->C->A through the clearing house, 32 clients at once and then paced at half that rate;
+the baseline is 4-hop JetStream round trips on the same nats-server. Then the federation's
+invariants, from its APIs and from its logs.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from contextlib import closing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx2 as httpx
+
+from services.bench.invariants import Check, api_check, audit_federation_stores
+from services.bench.jetstream import measure_hops
+from services.bench.measure import (
+    BenchError,
+    CpuMeter,
+    Figure,
+    Operation,
+    Run,
+    run_paced,
+    run_threads,
+)
+from services.local.client import FederationClient
+from services.local.config import BankConfig, ClearingConfig, FederationConfig
+from services.local.federation import LocalFederation
+from services.local.nats_server import NatsServer
+
+BANKS = ("bench-a", "bench-b", "bench-c")
+CLIENTS = 32
+MINUTES = 1
+OVERDRAFT_MINUTES = 100_000
+CONFIG = FederationConfig(
+    # Long enough that no transfer aborts for its deadline under load.
+    clearing=ClearingConfig(deadline_seconds=120),
+    banks=[
+        BankConfig(
+            id=bank_id,
+            name=f"Bench bank {bank_id[-1].upper()}",
+            limit_minutes=1_000_000,
+            overdraft_limit_minutes=OVERDRAFT_MINUTES,
+        )
+        for bank_id in BANKS
+    ],
+)
+# Client t is member m<t> at every bank: it pays itself around the ring, so no balance drifts.
+MEMBERS = [f"m{t:02d}" for t in range(CLIENTS)]
+# A transfer is polled after 15% of the time it has taken so far (10-100 ms): the latency
+# is known to within about 15%, and a slow transfer is not polled hundreds of times.
+POLL_SHARE, POLL_MIN, POLL_MAX = 0.15, 0.01, 0.1
+DECIDED_WITHIN_SECONDS = 60.0
+
+Step = Callable[[str], None]
+
+
+@dataclass
+class FederationFigures:
+    figures: list[Figure]
+    checks: list[Check]
+    notes: list[str] = field(default_factory=list)
+
+
+def measure_federation(
+    data_dir: Path, count: int, paced_count: int, hops: int, seconds: float, step: Step
+) -> FederationFigures:
+    step("federation: starting NATS, the clearing house and three banks")
+    with NatsServer(data_dir / "nats") as nats_server:
+        federation = LocalFederation(CONFIG, data_dir / "federation", nats_url=nats_server.url)
+        with federation, closing(FederationClient(federation.describe())) as client:
+            described = client.described
+            _prepare(client)
+            step(f"federation: {count} transfers from {CLIENTS} clients")
+            with closing(_Transfers(client)) as load:
+                pids = _pids(federation, nats_server)
+                with CpuMeter(f"the {CLIENTS}-client transfers", pids) as cpu:
+                    full = load.run(count, seconds, rate=None)
+                if not full.done:
+                    raise BenchError(f"no transfer committed: {full.shortfall('transfers')}")
+                rate = full.rate / 2
+                step(f"federation: {paced_count} transfers paced at {rate:.1f}/s")
+                paced = load.run(paced_count, seconds, rate=rate)
+            step(f"JetStream: {hops} round trips of 4 hops, {CLIENTS} at once")
+            raw = measure_hops(nats_server.url, concurrency=CLIENTS, count=hops, seconds=seconds)
+            step(f"JetStream: round trips paced at {rate:.1f}/s")
+            raw_paced = measure_hops(
+                nats_server.url, concurrency=CLIENTS, count=paced_count, seconds=seconds, rate=rate
+            )
+            step("federation: invariants 1-5 from the APIs")
+            checks = [_api_invariants(client)]
+        step("federation: audit of every log")
+        overdrafts = {bank.id: bank.overdraft_limit_minutes for bank in CONFIG.banks}
+        bank_urls = {bank_id: bank["store"] for bank_id, bank in described["banks"].items()}
+        checks.append(
+            audit_federation_stores(described["clearing"]["store"], bank_urls, overdrafts)
+        )
+    notes = [
+        note
+        for what, run in (
+            ("transfers", full),
+            ("paced transfers", paced),
+            ("JetStream round trips", raw),
+            ("paced JetStream round trips", raw_paced),
+        )
+        if (note := run.shortfall(what))
+    ]
+    notes += [*load.notes(), cpu.note()]
+    notes.append(
+        "NATS: one nats-server (JetStream, no auth) for the federation and its baseline; "
+        "`timebank up` gives each participant its own nkey user"
+    )
+    notes.append(
+        "transfer latency: submit to committed at the payee bank, polled via GET "
+        "/v1/transfers/{id} (to within ~15%); the rate counts until decided at both banks"
+    )
+    return FederationFigures(_figures(full, paced, raw, raw_paced, rate), checks, notes)
+
+
+def _pids(federation: LocalFederation, nats_server: NatsServer) -> dict[str, int | None]:
+    services = [federation.clearing, *federation.banks.values()]
+    pids = {s.name: s.process.pid if s.process else None for s in services}
+    return {**pids, "nats-server": nats_server.pid}
+
+
+def _prepare(client: FederationClient) -> None:
+    """Open every client's member at every bank, and send one transfer around the ring (which
+    waits until each bank knows the others)."""
+    for bank_id in BANKS:
+        for member_id in MEMBERS:
+            client.open_member(bank_id, member_id, member_id.upper())
+    for i, payer_bank in enumerate(BANKS):
+        payee_bank = BANKS[(i + 1) % len(BANKS)]
+        member = MEMBERS[0]
+        transfer_id = client.transfer(payer_bank, member, payee_bank, member, MINUTES, "warm-up")
+        if client.outcome(payer_bank, transfer_id)["status"] != "committed":
+            raise BenchError(f"the warm-up transfer {transfer_id} did not commit")
+
+
+def _api_invariants(client: FederationClient) -> Check:
+    members = dict.fromkeys(BANKS, MEMBERS)
+    if not client.wait_until_settled(members):
+        return Check("federation invariants (APIs)", False, "minutes still held or reserved")
+    problems = client.check_invariants(members)
+    checked = f"{len(client.transfers)} transfers, {len(BANKS) * len(MEMBERS)} accounts"
+    return api_check("federation invariants 1-5 (APIs)", problems, checked)
+
+
+class _Transfers:
+    """Clients that each submit a transfer, then poll until it is decided at both banks; they
+    share one kept-alive connection pool per bank."""
+
+    def __init__(self, client: FederationClient) -> None:
+        self.client = client
+        self.lock = threading.Lock()
+        self.aborted: dict[str, int] = {}
+        self.sessions = {bank_id: self._session(bank_id) for bank_id in BANKS}
+
+    def run(self, count: int, seconds: float, rate: float | None) -> Run:
+        """Latencies are submit-to-committed at the payee; the run's time ends when every
+        transfer is decided at both banks."""
+        committed: list[float] = []
+        banks = self.sessions
+
+        def worker(thread: int) -> Operation:
+            member = MEMBERS[thread]
+
+            def transfer(i: int) -> None:
+                payer_bank = BANKS[(thread + i) % len(BANKS)]
+                payee_bank = BANKS[(thread + i + 1) % len(BANKS)]
+                body = {"payer": member, "to_bank": payee_bank, "payee": member,
+                        "minutes": MINUTES, "memo": "bench"}  # fmt: skip
+                began = time.perf_counter()
+                response = banks[payer_bank].post("/v1/transfers", json=body)
+                if response.status_code != 202:
+                    raise BenchError(f"{response.status_code} {response.text[:200]}")
+                transfer_id = response.json()["transfer_id"]
+                self.client.transfers[transfer_id] = (payer_bank, payee_bank)
+                view = _decided(banks[payee_bank], transfer_id, began)
+                latency = time.perf_counter() - began
+                _decided(banks[payer_bank], transfer_id, began)
+                with self.lock:
+                    if view["status"] == "committed":
+                        committed.append(latency)
+                    else:
+                        reason = str(view.get("reason"))
+                        self.aborted[reason] = self.aborted.get(reason, 0) + 1
+
+            return transfer
+
+        if rate is None:
+            run = run_threads(worker, threads=CLIENTS, count=count, seconds=seconds)
+        else:
+            run = run_paced(worker, threads=CLIENTS, count=count, rate=rate, seconds=seconds)
+        return Run(run.planned, run.seconds, committed, run.errors)
+
+    def _session(self, bank_id: str) -> httpx.Client:
+        bank = self.client.described["banks"][bank_id]
+        return httpx.Client(
+            base_url=bank["url"],
+            headers={"Authorization": f"Bearer {bank['operator_token']}"},
+            timeout=10.0,
+            limits=httpx.Limits(max_connections=CLIENTS, max_keepalive_connections=CLIENTS),
+        )
+
+    def close(self) -> None:
+        for session in self.sessions.values():
+            session.close()
+
+    def notes(self) -> list[str]:
+        if not self.aborted:
+            return []
+        reasons = ", ".join(f"{n} {reason}" for reason, n in sorted(self.aborted.items()))
+        return [f"transfers aborted (not counted in the latencies): {reasons}"]
+
+
+def _decided(session: httpx.Client, transfer_id: str, began: float) -> dict[str, object]:
+    """The transfer as this bank shows it once decided (a bank not yet told of it says 404)."""
+    while True:
+        response = session.get(f"/v1/transfers/{transfer_id}")
+        if response.status_code == 200:
+            view: dict[str, object] = response.json()
+            if view["status"] != "pending":
+                return view
+        elif response.status_code != 404:
+            raise BenchError(f"GET transfer {transfer_id}: {response.status_code}")
+        elapsed = time.perf_counter() - began
+        if elapsed > DECIDED_WITHIN_SECONDS:
+            raise BenchError(f"transfer {transfer_id} undecided after {elapsed:.0f} s")
+        time.sleep(min(POLL_MAX, max(POLL_MIN, elapsed * POLL_SHARE)))
+
+
+def _figures(full: Run, paced: Run, raw: Run, raw_paced: Run, rate: float) -> list[Figure]:
+    ring = f"transfers A->B->C->A, {CLIENTS} clients"
+    hops = f"JetStream 4 hops, {CLIENTS} at once"
+    at = f"paced at {rate:.1f}/s"
+    rows = [
+        ("federation_transfers_rate", ring, full.rate, hops, raw.rate, "transfers/s"),
+        ("federation_transfer_p50", f"{ring}: p50", full.percentile_ms(50), f"{hops}: p50",
+         raw.percentile_ms(50), "ms"),
+        ("federation_transfer_p99", f"{ring}: p99", full.percentile_ms(99), f"{hops}: p99",
+         raw.percentile_ms(99), "ms"),
+        ("federation_paced_p50", f"transfers {at}: p50", paced.percentile_ms(50),
+         f"JetStream 4 hops {at}: p50", raw_paced.percentile_ms(50), "ms"),
+        ("federation_paced_p99", f"transfers {at}: p99", paced.percentile_ms(99),
+         f"JetStream 4 hops {at}: p99", raw_paced.percentile_ms(99), "ms"),
+    ]  # fmt: skip
+    return [
+        Figure(key, name, value, base_name, base, unit, higher_is_better=unit != "ms")
+        for key, name, value, base_name, base, unit in rows
+    ]
