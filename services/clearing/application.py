@@ -42,7 +42,13 @@ from services.clearing.views import (
     transfer_view,
 )
 from services.common.application import ServiceApplication
-from services.common.inbox import Outcome, Received, UnitOfWork, receive_from
+from services.common.inbox import (
+    LiveAggregates,
+    Outcome,
+    Received,
+    UnitOfWork,
+    receive_from,
+)
 from services.common.stores import Store
 from shared.identifiers import InvalidBankId, check_bank_id
 from shared.nats_users import InvalidNatsKey, check_user_nkey
@@ -91,6 +97,8 @@ class Clearing(ServiceApplication):
             self, clock=clock, deadline=self.deadline, resend_after=self.resend_after
         )
         self._handle = partial(handle, self._coordinator)
+        # What received batches change stays in memory between them (one process, one lock).
+        self._live = LiveAggregates(self)
 
     # The directory.
 
@@ -162,10 +170,11 @@ class Clearing(ServiceApplication):
     def keys_of(self, bank_id: str, seq: int) -> list[str]:
         """The keys a member bank's message numbered ``seq`` may be signed with: the key it
         was admitted with, or those it rotated to since (none if it has no key)."""
-        bank = self.find(bank_id_to_uuid(bank_id), MemberBank)
-        if bank is None or not bank.public_key:
-            return []
-        return bank.keys_for(seq)
+        with self._lock:
+            bank = self._live.get(bank_id_to_uuid(bank_id))
+            if not isinstance(bank, MemberBank) or not bank.public_key:
+                return []
+            return bank.keys_for(seq)
 
     def rotate_key(
         self, bank_id: str, public_key: str, previous_key_until_seq: int, signature: str
@@ -257,7 +266,7 @@ class Clearing(ServiceApplication):
                 by_source.setdefault(envelope.source, []).append(envelope)
         with self._lock:
             for source, group in by_source.items():
-                results += receive_from(self, source, group, self._handle)
+                results += receive_from(self, source, group, self._handle, self._live)
             return results
 
     def expire_overdue(self) -> list[str]:

@@ -4,12 +4,14 @@ batch, saved with a tracking record in the same transaction."""
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable, Sequence
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TypeVar
 from uuid import UUID
 
-from eventsourcing.domain import Aggregate
+from eventsourcing.domain import Aggregate, DomainEventProtocol
 from eventsourcing.persistence import Tracking
 
 from services.common.application import ServiceApplication
@@ -37,17 +39,72 @@ class MessageRejected(Exception):
     """A message that can never be applied; the reason goes with it to the dead letters."""
 
 
-class UnitOfWork:
-    """The aggregates one batch touches, loaded once, so later messages see earlier effects."""
+class LiveAggregates:
+    """Aggregates kept in memory from one batch to the next, for an application whose batches
+    are applied one at a time (under its lock): each is read from the store once, then changed
+    in place, with no re-read and no copy per batch. A batch that fails forgets everything it
+    touched (its changes were never saved); a save by any other path (a command, a periodic
+    job) makes the copies of what it saved stale, so they are forgotten too."""
 
-    def __init__(self, app: ServiceApplication, source: str) -> None:
+    def __init__(self, app: ServiceApplication, size: int = 10_000) -> None:
+        self._app = app
+        self._size = size
+        self._aggregates: OrderedDict[UUID, Aggregate] = OrderedDict()
+        self._saving = False
+        app.save_listeners.append(self._saved)
+
+    def get(self, aggregate_id: UUID) -> Aggregate | None:
+        aggregate = self._aggregates.get(aggregate_id)
+        if aggregate is None:
+            aggregate = self._app.find(aggregate_id, Aggregate)
+            if aggregate is not None:
+                self._aggregates[aggregate_id] = aggregate
+        return aggregate
+
+    def forget(self, aggregate_ids: Iterable[UUID]) -> None:
+        for aggregate_id in aggregate_ids:
+            self._aggregates.pop(aggregate_id, None)
+
+    @contextmanager
+    def saving(self, aggregates: Sequence[Aggregate]) -> Iterator[None]:
+        """Around the save of a batch's aggregates: kept if it succeeds, forgotten if not."""
+        self._saving = True
+        try:
+            yield
+        except BaseException:
+            self.forget(a.id for a in aggregates)
+            raise
+        finally:
+            self._saving = False
+        for aggregate in aggregates:
+            self._aggregates[aggregate.id] = aggregate
+            self._aggregates.move_to_end(aggregate.id)
+        while len(self._aggregates) > self._size:
+            self._aggregates.popitem(last=False)
+
+    def _saved(self, events: Sequence[DomainEventProtocol[UUID]]) -> None:
+        if not self._saving:
+            self.forget({e.originator_id for e in events})
+
+
+class UnitOfWork:
+    """The aggregates one batch touches, loaded once, so later messages see earlier effects;
+    from ``live`` when given (kept between batches), else read from the store."""
+
+    def __init__(
+        self, app: ServiceApplication, source: str, live: LiveAggregates | None = None
+    ) -> None:
         self.app = app
         self.source = source
+        self.live = live
         self._aggregates: dict[UUID, Aggregate] = {}
 
     def get(self, aggregate_id: UUID, cls: type[A]) -> A | None:
         if aggregate_id not in self._aggregates:
-            found = self.app.find(aggregate_id, Aggregate)
+            if self.live is not None:
+                found = self.live.get(aggregate_id)
+            else:
+                found = self.app.find(aggregate_id, Aggregate)
             if found is None:
                 return None
             self._aggregates[aggregate_id] = found
@@ -79,19 +136,23 @@ Handler = Callable[[str, AnyMessage, UnitOfWork], None]
 
 
 def receive_from(
-    app: ServiceApplication, source: str, envelopes: Sequence[Envelope], handle: Handler
+    app: ServiceApplication,
+    source: str,
+    envelopes: Sequence[Envelope],
+    handle: Handler,
+    live: LiveAggregates | None = None,
 ) -> list[Received]:
     """Apply one sender's envelopes in sequence order, all in one transaction.
 
     A message whose handler raises MessageRejected is skipped (its sequence number still
     counts, since it will never become valid); the batch is then applied again without it,
-    so nothing it half-did is saved.
+    so nothing it half-did is saved (nor kept in ``live``).
     """
     rejected: dict[int, str] = {}
     ordered = sorted(envelopes, key=lambda e: e.seq)
     while True:
         last = app.recorder.max_tracking_id(inbox_name(source)) or 0
-        uow = UnitOfWork(app, source)
+        uow = UnitOfWork(app, source, live)
         results: list[Received] = []
         applied_to = last
         try:
@@ -112,10 +173,28 @@ def receive_from(
                     results.append(Received(envelope, Outcome.APPLIED))
                     applied_to = envelope.seq
         except _Retry:
+            _forget(uow)
             continue
+        except BaseException:
+            _forget(uow)
+            raise
         if applied_to > last:
-            app.save_tracked(Tracking(inbox_name(source), applied_to), uow.aggregates)
+            _save(uow, Tracking(inbox_name(source), applied_to))
         return results
+
+
+def _save(uow: UnitOfWork, tracking: Tracking) -> None:
+    if uow.live is None:
+        uow.app.save_tracked(tracking, uow.aggregates)
+    else:
+        with uow.live.saving(uow.aggregates):
+            uow.app.save_tracked(tracking, uow.aggregates)
+
+
+def _forget(uow: UnitOfWork) -> None:
+    """What a failed batch changed in memory was never saved: forget it."""
+    if uow.live is not None:
+        uow.live.forget(a.id for a in uow.aggregates)
 
 
 class _Retry(Exception):
