@@ -171,8 +171,8 @@ class Clearing(ServiceApplication):
         """The keys a member bank's message numbered ``seq`` may be signed with: the key it
         was admitted with, or those it rotated to since (none if it has no key)."""
         with self._lock:
-            bank = self._live.get(bank_id_to_uuid(bank_id))
-            if not isinstance(bank, MemberBank) or not bank.public_key:
+            bank = self._live.get(bank_id_to_uuid(bank_id), MemberBank)
+            if bank is None or not bank.public_key:
                 return []
             return bank.keys_for(seq)
 

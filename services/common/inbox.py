@@ -6,9 +6,9 @@ from __future__ import annotations
 import enum
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Protocol, TypeVar
 from uuid import UUID
 
 from eventsourcing.domain import Aggregate, DomainEventProtocol
@@ -53,13 +53,14 @@ class LiveAggregates:
         self._saving = False
         app.save_listeners.append(self._saved)
 
-    def get(self, aggregate_id: UUID) -> Aggregate | None:
+    def get(self, aggregate_id: UUID, cls: type[A]) -> A | None:
         aggregate = self._aggregates.get(aggregate_id)
         if aggregate is None:
-            aggregate = self._app.find(aggregate_id, Aggregate)
-            if aggregate is not None:
-                self._aggregates[aggregate_id] = aggregate
-        return aggregate
+            aggregate = ServiceApplication.find(self._app, aggregate_id, Aggregate)
+            if aggregate is None:
+                return None
+            self._aggregates[aggregate_id] = aggregate
+        return aggregate if isinstance(aggregate, cls) else None
 
     def forget(self, aggregate_ids: Iterable[UUID]) -> None:
         for aggregate_id in aggregate_ids:
@@ -87,13 +88,22 @@ class LiveAggregates:
             self.forget({e.originator_id for e in events})
 
 
+class Live(Protocol):
+    """Aggregates kept in memory between units of work (LiveAggregates, or a ledger writer's
+    working set)."""
+
+    def get(self, aggregate_id: UUID, cls: type[A]) -> A | None: ...
+
+    def forget(self, aggregate_ids: Iterable[UUID]) -> None: ...
+
+    def saving(self, aggregates: Sequence[Aggregate]) -> AbstractContextManager[None]: ...
+
+
 class UnitOfWork:
     """The aggregates one batch touches, loaded once, so later messages see earlier effects;
     from ``live`` when given (kept between batches), else read from the store."""
 
-    def __init__(
-        self, app: ServiceApplication, source: str, live: LiveAggregates | None = None
-    ) -> None:
+    def __init__(self, app: ServiceApplication, source: str, live: Live | None = None) -> None:
         self.app = app
         self.source = source
         self.live = live
@@ -102,7 +112,7 @@ class UnitOfWork:
     def get(self, aggregate_id: UUID, cls: type[A]) -> A | None:
         if aggregate_id not in self._aggregates:
             if self.live is not None:
-                found = self.live.get(aggregate_id)
+                found = self.live.get(aggregate_id, Aggregate)
             else:
                 found = self.app.find(aggregate_id, Aggregate)
             if found is None:
@@ -140,7 +150,7 @@ def receive_from(
     source: str,
     envelopes: Sequence[Envelope],
     handle: Handler,
-    live: LiveAggregates | None = None,
+    live: Live | None = None,
 ) -> list[Received]:
     """Apply one sender's envelopes in sequence order, all in one transaction.
 

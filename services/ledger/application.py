@@ -358,7 +358,11 @@ class Ledger(ServiceApplication):
         ]
         ours = [e for e in envelopes if e.source == CLEARING and e.destination == self.bank_id]
         with self._writer.lock:
-            return foreign + receive_from(self, CLEARING, ours, self._handlers.handle)
+            # On the writer's live accounts: the handlers' changes are the commands' state.
+            received = receive_from(
+                self, CLEARING, ours, self._handlers.handle, self._writer.working
+            )
+            return foreign + received
 
     # Plumbing.
 

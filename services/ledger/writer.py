@@ -15,7 +15,8 @@ import random
 import threading
 import time
 from collections import Counter, OrderedDict, deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any, Generic, TypeVar
 from uuid import UUID
@@ -124,6 +125,8 @@ class WorkingSet:
         self.aggregates: OrderedDict[UUID, Aggregate] = OrderedDict()
         # Those a command asked for, since it started: what its failure may have changed.
         self.handed_out: dict[UUID, Aggregate] = {}
+        # Set while what is changed here is being saved: that save makes nothing stale.
+        self.saving_now = False
 
     def get(self, aggregate_id: UUID, cls: type[A]) -> A | None:
         aggregate = self.aggregates.get(aggregate_id)
@@ -139,9 +142,26 @@ class WorkingSet:
         self.aggregates[aggregate.id] = aggregate
         self.aggregates.move_to_end(aggregate.id)
 
-    def evict(self, aggregate_ids: Sequence[UUID] | set[UUID]) -> None:
+    def evict(self, aggregate_ids: Iterable[UUID]) -> None:
         for aggregate_id in aggregate_ids:
             self.aggregates.pop(aggregate_id, None)
+
+    forget = evict
+
+    @contextmanager
+    def saving(self, aggregates: Sequence[Aggregate]) -> Iterator[None]:
+        """Around a save of what was changed here (a batch, or the bus's handlers working on
+        these same aggregates): kept if it succeeds, forgotten if not."""
+        self.saving_now = True
+        try:
+            yield
+        except BaseException:
+            self.evict(a.id for a in aggregates)
+            raise
+        finally:
+            self.saving_now = False
+        for aggregate in aggregates:
+            self.put(aggregate)
 
     def clear(self) -> None:
         self.aggregates.clear()
@@ -196,7 +216,6 @@ class Writer:
         self._turn = threading.Condition()
         self._leader: int | None = None
         self._deciding: int | None = None
-        self._saving = False
         app.save_listeners.append(self._saved)
 
     @property
@@ -291,11 +310,8 @@ class Writer:
         finally:
             self._deciding = None
         if batch.events:
-            self._saving = True
-            try:
+            with self.working.saving(()):
                 self.app.record_events(batch.events)
-            finally:
-                self._saving = False
             try:
                 self._take_snapshots(batch)
             except Exception:
@@ -374,8 +390,7 @@ class Writer:
             self._turn.notify_all()
 
     def _saved(self, events: SavedEvents) -> None:
-        """Anything saved in this process other than by a batch (the bus's handlers) makes
-        the working set's copies of those aggregates stale: they are read again when next
-        needed."""
-        if not self._saving:
+        """Anything saved in this process other than through the working set makes its copies
+        of those aggregates stale: they are read again when next needed."""
+        if not self.working.saving_now:
             self.working.evict({e.originator_id for e in events})

@@ -76,7 +76,7 @@ def test_a_message_rejected_after_changing_an_aggregate_leaves_no_trace_in_memor
     receive_from(app, SENDER, envelopes(3), credit_maya(), live)
 
     assert balance(app) == 2 * CREDIT
-    maya = live.get(account_id("maya"))
+    maya = live.get(account_id("maya"), Account)
     assert isinstance(maya, Account)
     assert maya.balance_minutes == 2 * CREDIT
 
@@ -84,11 +84,11 @@ def test_a_message_rejected_after_changing_an_aggregate_leaves_no_trace_in_memor
 def test_aggregates_stay_live_between_batches(app: Ledger) -> None:
     live = LiveAggregates(app)
     receive_from(app, SENDER, envelopes(1), credit_maya(), live)
-    kept = live.get(account_id("maya"))
+    kept = live.get(account_id("maya"), Account)
 
     receive_from(app, SENDER, envelopes(2), credit_maya(), live)
 
-    assert live.get(account_id("maya")) is kept  # the same object: no re-read, no copy
+    assert live.get(account_id("maya"), Account) is kept  # the same object: no re-read, no copy
     assert balance(app) == 2 * CREDIT
 
 
@@ -122,6 +122,6 @@ def test_a_batch_whose_save_fails_is_forgotten_and_the_next_reads_the_store(
     assert [r.outcome for r in results] == [Outcome.APPLIED]
     assert balance(app) == 2 * CREDIT - 1
     # The copy kept in memory is the store's state, other writer's exchange and all.
-    maya = live.get(account_id("maya"))
+    maya = live.get(account_id("maya"), Account)
     assert isinstance(maya, Account)
     assert maya.balance_minutes == 2 * CREDIT - 1
