@@ -36,6 +36,8 @@ CREATE_PG = (
 class Table(Protocol):
     def insert(self, body: bytes) -> int: ...
 
+    def insert_many(self, bodies: list[str]) -> int: ...
+
     def close(self) -> None: ...
 
 
@@ -52,6 +54,14 @@ class SQLiteTable:
         cursor = self.conn.execute("INSERT INTO bench_requests (body) VALUES (?)", (body.decode(),))
         self.conn.execute("COMMIT")
         return int(cursor.lastrowid or 0)
+
+    def insert_many(self, bodies: list[str]) -> int:
+        self.conn.execute("BEGIN")
+        self.conn.executemany(
+            "INSERT INTO bench_requests (body) VALUES (?)", [(b,) for b in bodies]
+        )
+        self.conn.execute("COMMIT")
+        return len(bodies)
 
     def close(self) -> None:
         self.conn.close()
@@ -83,6 +93,14 @@ class PostgresTable:
         self.conn.commit()
         return int(row[0]) if row else 0
 
+    def insert_many(self, bodies: list[str]) -> int:
+        with self.conn.cursor() as cursor:
+            cursor.executemany(
+                "INSERT INTO bench_requests (body) VALUES (%s)", [(b,) for b in bodies]
+            )
+        self.conn.commit()
+        return len(bodies)
+
     def close(self) -> None:
         self.conn.close()
 
@@ -96,7 +114,9 @@ def open_table(url: str) -> Table:
 
 
 def make_app(table: Table) -> Callable[[Scope, Receive, Send], Awaitable[None]]:
-    """GET /healthz answers 200; any POST stores its body and answers 201 with the row's id."""
+    """GET /healthz answers 200; a POST to a path ending in /batch stores each of its
+    ``items`` in one transaction and answers 200 with their count; any other POST stores its
+    body and answers 201 with the row's id."""
 
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -114,7 +134,10 @@ def make_app(table: Table) -> Callable[[Scope, Receive, Send], Awaitable[None]]:
             if not message.get("more_body"):
                 break
         answer: dict[str, object]
-        if scope["method"] == "POST":
+        if scope["method"] == "POST" and str(scope["path"]).endswith("/batch"):
+            items = [json.dumps(item) for item in json.loads(body)["items"]]
+            status, answer = 200, {"stored": table.insert_many(items)}
+        elif scope["method"] == "POST":
             status, answer = 201, {"id": table.insert(body)}
         else:
             status, answer = 200, {"status": "ok"}

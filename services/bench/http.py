@@ -29,6 +29,9 @@ BANK = "bench-http"
 CLIENTS = 8
 MINUTES = 5
 WARMUP = 10
+# The batch route: this many exchanges a request, from this many clients.
+BATCH_ITEMS = 1_000
+BATCH_CLIENTS = 2
 START_SECONDS = 30.0
 STOP_SECONDS = 15.0
 # Each client pays back and forth between a pair of its own.
@@ -108,6 +111,7 @@ class HTTPFigures:
 def measure_http(
     stores: BenchStores, log_dir: Path, count: int, seconds: float, step: Step
 ) -> HTTPFigures:
+    batches = max(BATCH_CLIENTS, count // 200)
     """Figure 2: ``count`` requests from CLIENTS threads, at each server in turn."""
     token = secrets.token_urlsafe(32)
     headers = {"Authorization": f"Bearer {token}"}
@@ -120,6 +124,7 @@ def measure_http(
         CpuMeter("the bare ASGI baseline", {"its server": server.pid}) as baseline_cpu,
     ):
         baseline = _load(server.url, headers, count, seconds)
+        baseline_batch = _load_batches(server.url, headers, batches, seconds)
     step("HTTP: POST /v1/exchanges on `timebank ledger serve`")
     ledger_argv = [*python, "services.cli", "ledger", "serve", "--bank", BANK, "--store",
                    ledger_url, "--host", HOST, "--log-level", "warning",
@@ -129,11 +134,18 @@ def measure_http(
         _open_members(server.url, headers)
         with CpuMeter("POST /v1/exchanges", {"ledger serve": server.pid}) as served_cpu:
             served = _load(server.url, headers, count, seconds)
+        step(f"HTTP: POST /v1/exchanges/batch, {BATCH_ITEMS:,} a request")
+        served_batch = _load_batches(server.url, headers, batches, seconds)
         if server.stop() != 0:
             raise BenchError(f"the ledger server did not stop cleanly:\n{server.tail()}")
     notes = [
         note
-        for what, run in (("HTTP baseline", baseline), ("POST /v1/exchanges", served))
+        for what, run in (
+            ("HTTP baseline", baseline),
+            ("POST /v1/exchanges", served),
+            ("HTTP batch baseline", baseline_batch),
+            ("POST /v1/exchanges/batch", served_batch),
+        )
         if (note := run.shortfall(what))
     ]
     notes += [
@@ -141,7 +153,8 @@ def measure_http(
         baseline_cpu.note(),
         served_cpu.note(),
     ]
-    return HTTPFigures(_figures(served, baseline), ledger_url, DEFAULT_OVERDRAFT_MINUTES, notes)
+    figures = [*_figures(served, baseline), _batch_figure(served_batch, baseline_batch)]
+    return HTTPFigures(figures, ledger_url, DEFAULT_OVERDRAFT_MINUTES, notes)
 
 
 def _figures(served: Run, baseline: Run) -> list[Figure]:
@@ -168,6 +181,49 @@ def _figures(served: Run, baseline: Run) -> list[Figure]:
             higher_is_better=False,
         ),
     ]
+
+
+def _batch_figure(served: Run, baseline: Run) -> Figure:
+    """Items per second: each request's latency counts once per item it carried."""
+    return Figure(
+        "http_batch_exchanges_rate",
+        f"POST /v1/exchanges/batch, {BATCH_ITEMS:,} a request, {BATCH_CLIENTS} clients",
+        served.rate * BATCH_ITEMS,
+        f"bare ASGI + {BATCH_ITEMS:,} INSERTs in 1 transaction",
+        baseline.rate * BATCH_ITEMS,
+        "exchanges/s",
+    )
+
+
+def _load_batches(url: str, headers: dict[str, str], count: int, seconds: float) -> Run:
+    """``count`` batch requests from BATCH_CLIENTS threads; each pays around a ring of the
+    members, so none is refused (a refused item fails the run)."""
+    clients: list[httpx.Client] = []
+
+    def worker(thread: int) -> Operation:
+        client = httpx.Client(base_url=url, headers=headers, timeout=60.0)
+        clients.append(client)
+        items = [
+            {"payer": MEMBERS[n % len(MEMBERS)], "payee": MEMBERS[(n + 1) % len(MEMBERS)],
+             "minutes": MINUTES, "memo": "bench"}
+            for n in range(BATCH_ITEMS)
+        ]  # fmt: skip
+
+        def post(i: int) -> None:
+            response = client.post("/v1/exchanges/batch", json={"items": items})
+            if response.status_code != 200:
+                raise BenchError(f"{response.status_code} {response.text[:200]}")
+            results = response.json().get("results")
+            if results is not None and any(r["status"] != 201 for r in results):
+                raise BenchError("a batch item was refused")
+
+        return post
+
+    try:
+        return run_threads(worker, threads=BATCH_CLIENTS, count=count, seconds=seconds)
+    finally:
+        for client in clients:
+            client.close()
 
 
 def _open_members(url: str, headers: dict[str, str]) -> None:

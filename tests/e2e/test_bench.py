@@ -22,6 +22,7 @@ FIGURES = {
     "http_exchanges_rate",
     "http_exchanges_p50",
     "http_exchanges_p99",
+    "http_batch_exchanges_rate",
     "federation_transfers_rate",
     "federation_transfer_p50",
     "federation_transfer_p99",
