@@ -295,14 +295,7 @@ def _open_postgres(store: Store, application: str) -> EventLog:
     schema = env.get("POSTGRES_SCHEMA") or "public"
     events_table = f"{application.lower()}_events"
     try:
-        with psycopg.connect(
-            dbname=env["POSTGRES_DBNAME"],
-            host=env["POSTGRES_HOST"],
-            port=env["POSTGRES_PORT"],
-            user=env["POSTGRES_USER"],
-            password=env["POSTGRES_PASSWORD"],
-            connect_timeout=int(env["POSTGRES_CONNECT_TIMEOUT"]),
-        ) as conn:
+        with psycopg.connect(store.postgres_conninfo()) as conn:
             table = sql.Identifier(schema, events_table).as_string(conn)
             row = conn.execute("SELECT to_regclass(%s)", (table,)).fetchone()
     except psycopg.Error as e:

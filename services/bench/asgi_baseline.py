@@ -72,14 +72,7 @@ class PostgresTable:
 
     def __init__(self, store: Store) -> None:
         env = store.env
-        self.conn = psycopg.connect(
-            dbname=env["POSTGRES_DBNAME"],
-            host=env["POSTGRES_HOST"],
-            port=env["POSTGRES_PORT"],
-            user=env["POSTGRES_USER"],
-            password=env["POSTGRES_PASSWORD"],
-            connect_timeout=int(env["POSTGRES_CONNECT_TIMEOUT"]),
-        )
+        self.conn = psycopg.connect(store.postgres_conninfo())
         schema = env.get("POSTGRES_SCHEMA") or "public"
         self.conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema)))
         self.conn.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(schema)))

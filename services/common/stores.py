@@ -25,6 +25,10 @@ class Store:
     env: dict[str, str] = field(repr=False)
     description: str = ""
 
+    def postgres_conninfo(self) -> str:
+        """The libpq connection string of a PostgreSQL store (it may hold the password)."""
+        return _conninfo(self.env)
+
     def prepare(self) -> None:
         """Create what must exist before eventsourcing creates its tables."""
         if self.env["PERSISTENCE_MODULE"] == "eventsourcing.sqlite":
