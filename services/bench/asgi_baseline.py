@@ -1,6 +1,8 @@
-"""The HTTP figure's baseline: a bare ASGI app that stores each POST with one INSERT+commit.
+"""The HTTP figure's baseline: a bare ASGI app that stores each POST with one INSERT+commit,
+and each batch's items with one INSERT each in a single transaction.
 
-Served by uvicorn in a process of its own; answers 201 with the row's id, and GET /healthz.
+Served by uvicorn in a process of its own; answers 201 with the row's id (a batch: 200 with
+the count stored), and GET /healthz.
 
     python -m services.bench.asgi_baseline --port PORT --store URL
 

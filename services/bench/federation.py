@@ -12,8 +12,9 @@ import time
 from collections.abc import Callable
 from contextlib import closing
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import httpx2 as httpx
 
@@ -28,6 +29,7 @@ from services.bench.measure import (
     run_paced,
     run_threads,
 )
+from services.ledger.domain_terms import FEDERATION_ACCOUNT
 from services.local.client import FederationClient
 from services.local.config import BankConfig, ClearingConfig, FederationConfig
 from services.local.federation import LocalFederation
@@ -53,6 +55,8 @@ CONFIG = FederationConfig(
 # Client t is member m<t> at every bank: it pays itself around the ring, so no balance drifts.
 MEMBERS = [f"m{t:02d}" for t in range(CLIENTS)]
 DECIDED_WITHIN_SECONDS = 60.0
+# How often the end of a run is checked for, with a few cheap requests.
+POLL_SECONDS = 0.2
 
 Step = Callable[[str], None]
 
@@ -113,9 +117,11 @@ def measure_federation(
         "`timebank up` gives each participant its own nkey user"
     )
     notes.append(
-        "transfer latency: from submit to the credit's posting at the payee bank, read at the "
-        "end from its statements (no polling during the run); the rate counts from the first "
-        "submit to the last such posting"
+        "transfer latency: from just before each POST /v1/transfers (time.time()) to the "
+        "credit's posting at the payee bank (its statement entry's `at`, the same machine's "
+        "clock), read once the run is decided from one statement per payee; nothing is polled "
+        "per transfer. Clients submit without waiting, so at full rate latency includes the "
+        "queue; the rate is transfers committed over first submit to last posting"
     )
     return FederationFigures(_figures(full, paced, raw, raw_paced, rate), checks, notes)
 
@@ -149,11 +155,20 @@ def _api_invariants(client: FederationClient) -> Check:
     return api_check("federation invariants 1-5 (APIs)", problems, checked)
 
 
+@dataclass(frozen=True)
+class _Submitted:
+    payer_bank: str
+    payee_bank: str
+    payee: str
+    # time.time() just before the POST: the banks stamp their events with the same clock.
+    at: float
+
+
 class _Transfers:
-    """Clients that submit transfers around the ring; each transfer's latency is read at the
-    end from the payee bank's statement (the time its credit was posted there), so the
-    measurement adds no polling load to the banks. They share one kept-alive connection pool
-    per bank."""
+    """Clients that submit transfers around the ring without waiting for them; once they are
+    all decided, each one's latency is read from its payee's statement (when its credit was
+    posted there), so measuring adds no load to the banks while they work. They share one
+    kept-alive connection pool per bank."""
 
     def __init__(self, client: FederationClient) -> None:
         self.client = client
@@ -162,9 +177,9 @@ class _Transfers:
         self.sessions = {bank_id: self._session(bank_id) for bank_id in BANKS}
 
     def run(self, count: int, seconds: float, rate: float | None) -> Run:
-        """Latencies are submit-to-committed at the payee; the run's time is from the first
-        submit to the last commit at a payee bank."""
-        submitted: dict[str, tuple[str, str, float]] = {}
+        """Latencies are from submit to the credit's posting at the payee bank; the run's
+        time is from the first submit to the last such posting."""
+        submitted: dict[str, _Submitted] = {}
         banks = self.sessions
 
         def worker(thread: int) -> Operation:
@@ -175,57 +190,80 @@ class _Transfers:
                 payee_bank = BANKS[(thread + i + 1) % len(BANKS)]
                 body = {"payer": member, "to_bank": payee_bank, "payee": member,
                         "minutes": MINUTES, "memo": "bench"}  # fmt: skip
-                began = time.time()
+                at = time.time()
                 response = banks[payer_bank].post("/v1/transfers", json=body)
                 if response.status_code != 202:
                     raise BenchError(f"{response.status_code} {response.text[:200]}")
                 transfer_id = response.json()["transfer_id"]
-                self.client.transfers[transfer_id] = (payer_bank, payee_bank)
                 with self.lock:
-                    submitted[transfer_id] = (payer_bank, payee_bank, began)
+                    self.client.transfers[transfer_id] = (payer_bank, payee_bank)
+                    submitted[transfer_id] = _Submitted(payer_bank, payee_bank, member, at)
 
             return transfer
 
-        started = time.time()
         if rate is None:
             run = run_threads(worker, threads=CLIENTS, count=count, seconds=seconds)
         else:
             run = run_paced(worker, threads=CLIENTS, count=count, rate=rate, seconds=seconds)
-        self._wait_until_decided(submitted)
-        committed_at = self._committed_at()
-        latencies: list[float] = []
-        for transfer_id, (payer_bank, _payee, began) in submitted.items():
-            if transfer_id in committed_at:
-                latencies.append(max(0.0, committed_at[transfer_id] - began))
-            else:
-                view = banks[payer_bank].get(f"/v1/transfers/{transfer_id}").json()
-                reason = str(view.get("reason"))
-                self.aborted[reason] = self.aborted.get(reason, 0) + 1
-        ends = [committed_at[t] for t in submitted if t in committed_at]
-        elapsed = (max(ends) - started) if ends else run.seconds
+        posted = self._posted(submitted)
+        latencies = [posted[t] - s.at for t, s in submitted.items() if t in posted]
+        elapsed = 0.0
+        if posted:
+            elapsed = max(posted.values()) - min(s.at for s in submitted.values())
         return Run(run.planned, elapsed, latencies, run.errors)
 
-    def _wait_until_decided(self, submitted: dict[str, tuple[str, str, float]]) -> None:
-        """Until the clearing house reserves nothing and no bank's federation account holds
-        anything: every transfer decided and applied at both banks (checked every 0.2 s)."""
+    def _posted(self, submitted: dict[str, _Submitted]) -> dict[str, float]:
+        """When each committed transfer's credit was posted at its payee bank; the aborted
+        ones counted by reason. Waits until none is undecided or unapplied, polling only what
+        is cheap (the clearing house's reservations and the banks' federation accounts) every
+        POLL_SECONDS, then reads each payee's statement once: again only for a transfer not
+        found there and not aborted (one the cheap poll missed), for DECIDED_WITHIN_SECONDS
+        at most."""
         deadline = time.monotonic() + DECIDED_WITHIN_SECONDS
-        members: dict[str, list[str]] = {bank_id: [] for bank_id in BANKS}
-        while not self.client.wait_until_settled(members, seconds=0.2):
-            if time.monotonic() > deadline:
-                raise BenchError(f"{len(submitted)} transfers undecided after a minute")
-
-    def _committed_at(self) -> dict[str, float]:
-        """When each transfer's credit was posted at its payee bank, from every member's
-        statement there (one request per member and bank)."""
         posted: dict[str, float] = {}
-        for session in self.sessions.values():
-            for member in MEMBERS:
-                statement = session.get(f"/v1/members/{member}/statement").json()
-                for entry in statement["entries"]:
-                    if entry["minutes"] > 0 and entry["kind"] == "transfer":
-                        at = datetime.fromisoformat(entry["at"]).timestamp()
-                        posted[entry["entry_id"]] = at
+        waiting = dict(submitted)
+        while waiting:
+            self._wait_until_quiet(deadline)
+            payees = {(s.payee_bank, s.payee) for s in waiting.values()}
+            for bank_id, member_id in sorted(payees):
+                for transfer_id, at in self._credits(bank_id, member_id).items():
+                    if transfer_id in waiting:
+                        posted[transfer_id] = at
+                        del waiting[transfer_id]
+            # Not credited: aborted (the payer bank knows why), or not applied yet.
+            for transfer_id, sent in list(waiting.items()):
+                response = self.sessions[sent.payer_bank].get(f"/v1/transfers/{transfer_id}")
+                view = self.client.ok(response)
+                if view["status"] == "aborted":
+                    reason = str(view.get("reason"))
+                    self.aborted[reason] = self.aborted.get(reason, 0) + 1
+                    del waiting[transfer_id]
+            if waiting and time.monotonic() > deadline:
+                raise BenchError(
+                    f"{len(waiting)} of {len(submitted)} transfers not applied at their payee "
+                    f"bank after {DECIDED_WITHIN_SECONDS:.0f} s"
+                )
+            if waiting:
+                time.sleep(POLL_SECONDS)
         return posted
+
+    def _wait_until_quiet(self, deadline: float) -> None:
+        """Until the clearing house reserves nothing and no bank's federation account holds a
+        pending credit: every transfer it has heard of decided and applied at its payee."""
+        while True:
+            banks = self.client.clearing("/v1/banks")["banks"]
+            if sum(b["reserved_minutes"] for b in banks) == 0:
+                path = f"/v1/members/{FEDERATION_ACCOUNT}"
+                federation = [self.client.ok(bank.get(path)) for bank in self.sessions.values()]
+                if all(account["held_minutes"] == 0 for account in federation):
+                    return
+            if time.monotonic() > deadline:
+                return  # the statements say which transfers are missing
+            time.sleep(POLL_SECONDS)
+
+    def _credits(self, bank_id: str, member_id: str) -> dict[str, float]:
+        response = self.sessions[bank_id].get(f"/v1/members/{member_id}/statement")
+        return transfer_credits(self.client.ok(response))
 
     def _session(self, bank_id: str) -> httpx.Client:
         bank = self.client.described["banks"][bank_id]
@@ -245,6 +283,19 @@ class _Transfers:
             return []
         reasons = ", ".join(f"{n} {reason}" for reason, n in sorted(self.aborted.items()))
         return [f"transfers aborted (not counted in the latencies): {reasons}"]
+
+
+def transfer_credits(statement: dict[str, Any]) -> dict[str, float]:
+    """A statement's cross-bank credits (the member was the payee): transfer id -> when the
+    credit was posted, in seconds since the epoch."""
+    credits: dict[str, float] = {}
+    for entry in statement["entries"]:
+        if entry["kind"] == "transfer" and entry["minutes"] > 0:
+            at = datetime.fromisoformat(entry["at"])
+            if at.tzinfo is None:  # the banks stamp in UTC
+                at = at.replace(tzinfo=UTC)
+            credits[entry["entry_id"]] = at.timestamp()
+    return credits
 
 
 def _figures(full: Run, paced: Run, raw: Run, raw_paced: Run, rate: float) -> list[Figure]:

@@ -19,9 +19,9 @@ from services.bench.measure import Figure
 from services.bench.stores import BenchStores
 
 Step = Callable[[str], None]
-# The steps a run announces, for its progress bar: figure 1's five runs, figure 2's two
-# servers, figure 3's seven stages, figure 4's two children, the ledgers' audits.
-STEPS = 5 + 2 + 7 + 2 + 1
+# The steps a run announces, for its progress bar: figure 1's five runs, figure 2's three
+# loads, figure 3's seven stages, figure 4's two children, the ledgers' audits.
+STEPS = 5 + 3 + 7 + 2 + 1
 LEDGER_STORE = "ledger"
 JSON_VERSION = 1
 
@@ -32,6 +32,8 @@ class Counts:
 
     exchanges: int
     requests: int
+    # Batch requests of 1,000 exchanges each.
+    batches: int
     transfers: int
     paced_transfers: int
     round_trips: int
@@ -40,11 +42,18 @@ class Counts:
 
 # Under a minute in all on a 2-core machine (CI runs it), and a few minutes.
 QUICK = Counts(
-    exchanges=1_000, requests=600, transfers=96, paced_transfers=48, round_trips=500, seconds=15
+    exchanges=1_000,
+    requests=600,
+    batches=6,
+    transfers=96,
+    paced_transfers=48,
+    round_trips=500,
+    seconds=15,
 )
 DEFAULT = Counts(
     exchanges=10_000,
     requests=4_000,
+    batches=30,
     transfers=960,
     paced_transfers=480,
     round_trips=5_000,
@@ -102,7 +111,7 @@ def _measure(
     load_before = os.getloadavg()
     began = time.perf_counter()
     ledger = measure_ledger(stores, counts.exchanges, counts.seconds, step)
-    http = measure_http(stores, work, counts.requests, counts.seconds, step)
+    http = measure_http(stores, work, counts.requests, counts.batches, counts.seconds, step)
     federation = measure_federation(
         work / "federation",
         counts.transfers,

@@ -30,9 +30,10 @@ def bench_command(
     ] = None,
 ) -> None:
     """Measure, in one run, each figure beside a raw baseline measured in the same run:
-    Ledger.exchange in process, POST /v1/exchanges over HTTP, cross-bank transfers through a
-    local federation, and the audit's replay. Then audit every log the run wrote and check the
-    federation's invariants. Exit 0 if they all held, 1 if not, 2 for unusable options."""
+    Ledger.exchange in process, POST /v1/exchanges and /v1/exchanges/batch over HTTP,
+    cross-bank transfers through a local federation, and the audit's replay. Then audit every
+    log the run wrote and check the federation's invariants. Exit 0 if they all held, 1 if
+    not, 2 for unusable options."""
     from rich.console import Console
 
     from services.bench.measure import BenchError

@@ -3,14 +3,17 @@ whether every invariant held (no figure is judged against a threshold)."""
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Any
 
 import pytest
 from typer.testing import CliRunner
 
 from services.bench import run
+from services.bench.federation import transfer_credits
+from services.bench.http import BATCH_CLIENTS, BATCH_ITEMS, Batches, batch_items, goal_note
 from services.bench.invariants import Check, all_held, api_check
-from services.bench.measure import Figure, percentile, shares
+from services.bench.measure import Figure, Run, percentile, shares
 from services.cli import app
 
 
@@ -32,6 +35,44 @@ def test_percentiles_are_nearest_rank() -> None:
 def test_operations_are_shared_out_to_the_last_one() -> None:
     assert shares(10, 4) == [3, 3, 2, 2]
     assert sum(shares(1_000, 8)) == 1_000
+
+
+def test_the_batch_rate_counts_the_items_stored_not_the_requests() -> None:
+    batches = Batches(Run(planned=3, seconds=2.0, latencies=[0.5, 0.5, 0.5]), items=2_500)
+    assert batches.rate == 1_250.0
+    assert Batches(Run(planned=3), items=0).rate == 0.0
+
+
+def test_the_batch_goal_is_said_met_only_at_10000_exchanges_per_second() -> None:
+    assert "goal" in goal_note(10_000.0)
+    assert ": met (10,000 exchanges/s" in goal_note(10_000.0)
+    assert "NOT met (9,999 exchanges/s" in goal_note(9_999.0)
+
+
+def test_each_batch_client_pays_around_its_own_ring_so_no_balance_drifts() -> None:
+    rings = []
+    for client in range(BATCH_CLIENTS):
+        items = batch_items(client)
+        assert len(items) == BATCH_ITEMS <= 1_000
+        paid = Counter(item["payer"] for item in items)
+        earned = Counter(item["payee"] for item in items)
+        assert paid == earned
+        assert all(item["payer"] != item["payee"] for item in items)
+        rings.append(set(paid))
+    assert not set.intersection(*rings)
+
+
+def test_a_transfers_latency_ends_when_its_credit_was_posted_at_the_payee() -> None:
+    statement = {
+        "entries": [
+            {"entry_id": "t1", "kind": "transfer", "minutes": 1, "at": "2026-01-01T00:00:01+00:00"},
+            {"entry_id": "t2", "kind": "transfer", "minutes": -1, "at": "2026-01-01T00:00:02Z"},
+            {"entry_id": "x1", "kind": "exchange", "minutes": 5, "at": "2026-01-01T00:00:03Z"},
+            {"entry_id": "t3", "kind": "transfer", "minutes": 2, "at": "2026-01-01T00:00:04"},
+        ]
+    }
+    epoch = 1_767_225_600.0  # 2026-01-01T00:00:00Z
+    assert transfer_credits(statement) == {"t1": epoch + 1, "t3": epoch + 4}
 
 
 def test_no_checks_at_all_is_not_invariants_held() -> None:
