@@ -6,9 +6,9 @@ from __future__ import annotations
 import enum
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Protocol, TypeVar
+from typing import TypeVar
 from uuid import UUID
 
 from eventsourcing.domain import Aggregate, DomainEventProtocol
@@ -49,26 +49,44 @@ class LiveAggregates:
     def __init__(self, app: ServiceApplication, size: int = 10_000) -> None:
         self._app = app
         self._size = size
-        self._aggregates: OrderedDict[UUID, Aggregate] = OrderedDict()
+        self.aggregates: OrderedDict[UUID, Aggregate] = OrderedDict()
         self._saving = False
         app.save_listeners.append(self._saved)
 
     def get(self, aggregate_id: UUID, cls: type[A]) -> A | None:
-        aggregate = self._aggregates.get(aggregate_id)
+        aggregate = self.aggregates.get(aggregate_id)
         if aggregate is None:
-            aggregate = ServiceApplication.find(self._app, aggregate_id, Aggregate)
+            aggregate = self.load(aggregate_id)
             if aggregate is None:
                 return None
-            self._aggregates[aggregate_id] = aggregate
+            self.aggregates[aggregate_id] = aggregate
         return aggregate if isinstance(aggregate, cls) else None
+
+    def load(self, aggregate_id: UUID) -> Aggregate | None:
+        """The aggregate's recorded state, read from the store (a copy of its own)."""
+        return ServiceApplication.find(self._app, aggregate_id, Aggregate)
+
+    def put(self, aggregate: Aggregate) -> None:
+        self.aggregates[aggregate.id] = aggregate
+        self.aggregates.move_to_end(aggregate.id)
 
     def forget(self, aggregate_ids: Iterable[UUID]) -> None:
         for aggregate_id in aggregate_ids:
-            self._aggregates.pop(aggregate_id, None)
+            self.aggregates.pop(aggregate_id, None)
+
+    def clear(self) -> None:
+        self.aggregates.clear()
+
+    def trim(self) -> None:
+        """Forget the least recently used beyond the size (never while a unit of work holds
+        changes not yet saved)."""
+        while len(self.aggregates) > self._size:
+            self.aggregates.popitem(last=False)
 
     @contextmanager
     def saving(self, aggregates: Sequence[Aggregate]) -> Iterator[None]:
-        """Around the save of a batch's aggregates: kept if it succeeds, forgotten if not."""
+        """Around the save of what was changed here: kept if it succeeds, forgotten if not;
+        that save makes nothing stale."""
         self._saving = True
         try:
             yield
@@ -78,32 +96,23 @@ class LiveAggregates:
         finally:
             self._saving = False
         for aggregate in aggregates:
-            self._aggregates[aggregate.id] = aggregate
-            self._aggregates.move_to_end(aggregate.id)
-        while len(self._aggregates) > self._size:
-            self._aggregates.popitem(last=False)
+            self.put(aggregate)
+        self.trim()
 
     def _saved(self, events: Sequence[DomainEventProtocol[UUID]]) -> None:
+        """Anything saved by another path makes the copies of those aggregates stale: they
+        are read again when next needed."""
         if not self._saving:
             self.forget({e.originator_id for e in events})
-
-
-class Live(Protocol):
-    """Aggregates kept in memory between units of work (LiveAggregates, or a ledger writer's
-    working set)."""
-
-    def get(self, aggregate_id: UUID, cls: type[A]) -> A | None: ...
-
-    def forget(self, aggregate_ids: Iterable[UUID]) -> None: ...
-
-    def saving(self, aggregates: Sequence[Aggregate]) -> AbstractContextManager[None]: ...
 
 
 class UnitOfWork:
     """The aggregates one batch touches, loaded once, so later messages see earlier effects;
     from ``live`` when given (kept between batches), else read from the store."""
 
-    def __init__(self, app: ServiceApplication, source: str, live: Live | None = None) -> None:
+    def __init__(
+        self, app: ServiceApplication, source: str, live: LiveAggregates | None = None
+    ) -> None:
         self.app = app
         self.source = source
         self.live = live
@@ -150,7 +159,7 @@ def receive_from(
     source: str,
     envelopes: Sequence[Envelope],
     handle: Handler,
-    live: Live | None = None,
+    live: LiveAggregates | None = None,
 ) -> list[Received]:
     """Apply one sender's envelopes in sequence order, all in one transaction.
 

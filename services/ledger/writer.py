@@ -14,9 +14,8 @@ import logging
 import random
 import threading
 import time
-from collections import Counter, OrderedDict, deque
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from collections import Counter, deque
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Generic, TypeVar
 from uuid import UUID
@@ -25,8 +24,9 @@ import msgspec
 from eventsourcing.domain import Aggregate, DomainEventProtocol
 from eventsourcing.persistence import IntegrityError
 
-from services.common.application import SavedEvents, ServiceApplication
+from services.common.application import ServiceApplication
 from services.common.idempotency import IdempotencyConflict, IdempotencyRecord, record_id
+from services.common.inbox import LiveAggregates
 from services.ledger.domain_terms import LedgerError
 
 log = logging.getLogger(__name__)
@@ -107,70 +107,22 @@ class _Batch:
         self.counts.update(e.originator_id for e in events)
 
 
-class WorkingSet:
+class WorkingSet(LiveAggregates):
     """The writer's live aggregates: loaded once, then changed in place by each command, with
-    no re-read from the store and no copy. Only the deciding thread touches it."""
+    no re-read from the store and no copy. Only the deciding thread (or the bus's handlers,
+    under the writer's lock) touches it."""
 
-    def __init__(
-        self,
-        load: Callable[[UUID], Aggregate | None],
-        recorded_version: Callable[[UUID], int],
-        size: int,
-    ) -> None:
-        # Reads the aggregate's recorded state from the store (a copy of its own).
-        self.load = load
-        # The version of the aggregate's last event in the store (0: none).
-        self.recorded_version = recorded_version
-        self.size = size
-        self.aggregates: OrderedDict[UUID, Aggregate] = OrderedDict()
+    def __init__(self, app: ServiceApplication, size: int) -> None:
+        super().__init__(app, size)
         # Those a command asked for, since it started: what its failure may have changed.
         self.handed_out: dict[UUID, Aggregate] = {}
-        # Set while what is changed here is being saved: that save makes nothing stale.
-        self.saving_now = False
 
     def get(self, aggregate_id: UUID, cls: type[A]) -> A | None:
-        aggregate = self.aggregates.get(aggregate_id)
+        aggregate = super().get(aggregate_id, Aggregate)
         if aggregate is None:
-            aggregate = self.load(aggregate_id)
-            if aggregate is None:
-                return None
-            self.aggregates[aggregate_id] = aggregate
+            return None
         self.handed_out[aggregate_id] = aggregate
         return aggregate if isinstance(aggregate, cls) else None
-
-    def put(self, aggregate: Aggregate) -> None:
-        self.aggregates[aggregate.id] = aggregate
-        self.aggregates.move_to_end(aggregate.id)
-
-    def evict(self, aggregate_ids: Iterable[UUID]) -> None:
-        for aggregate_id in aggregate_ids:
-            self.aggregates.pop(aggregate_id, None)
-
-    forget = evict
-
-    @contextmanager
-    def saving(self, aggregates: Sequence[Aggregate]) -> Iterator[None]:
-        """Around a save of what was changed here (a batch, or the bus's handlers working on
-        these same aggregates): kept if it succeeds, forgotten if not."""
-        self.saving_now = True
-        try:
-            yield
-        except BaseException:
-            self.evict(a.id for a in aggregates)
-            raise
-        finally:
-            self.saving_now = False
-        for aggregate in aggregates:
-            self.put(aggregate)
-
-    def clear(self) -> None:
-        self.aggregates.clear()
-
-    def trim(self) -> None:
-        """Forget the least recently used beyond the size (between batches only: during one,
-        an aggregate may hold events not yet saved)."""
-        while len(self.aggregates) > self.size:
-            self.aggregates.popitem(last=False)
 
     def evict_stale(self, batch: _Batch) -> bool:
         """Forget the aggregates a command read that another writer has changed in the store
@@ -180,9 +132,9 @@ class WorkingSet:
             aggregate_id
             for aggregate_id, aggregate in self.handed_out.items()
             if aggregate_id not in batch.counts
-            and self.recorded_version(aggregate_id) > aggregate.version
+            and self._app.recorded_version(aggregate_id) > aggregate.version
         ]
-        self.evict(stale)
+        self.forget(stale)
         return bool(stale)
 
     def undo(self, batch: _Batch) -> None:
@@ -207,16 +159,11 @@ class Writer:
         self.app = app
         # Held while a batch is decided and saved; the bus's handlers take it too.
         self.lock = threading.RLock()
-        self.working = WorkingSet(
-            lambda aggregate_id: ServiceApplication.find(app, aggregate_id, Aggregate),
-            app.recorded_version,
-            working_set_size,
-        )
+        self.working = WorkingSet(app, working_set_size)
         self._queue: deque[_Request[Any]] = deque()
         self._turn = threading.Condition()
         self._leader: int | None = None
         self._deciding: int | None = None
-        app.save_listeners.append(self._saved)
 
     @property
     def deciding_here(self) -> bool:
@@ -388,9 +335,3 @@ class Writer:
                 request.answer, request.error = decision.answer, decision.error
                 request.finished = True
             self._turn.notify_all()
-
-    def _saved(self, events: SavedEvents) -> None:
-        """Anything saved in this process other than through the working set makes its copies
-        of those aggregates stale: they are read again when next needed."""
-        if not self.working.saving_now:
-            self.working.evict({e.originator_id for e in events})
