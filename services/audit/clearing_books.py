@@ -8,7 +8,6 @@ from dataclasses import dataclass, field
 from typing import Any
 from uuid import UUID
 
-from eventsourcing.persistence import Notification
 from eventsourcing.utils import get_topic
 
 from services.audit.eventlog import UnreadableRow
@@ -19,6 +18,7 @@ from services.clearing.domain import (
     Transfer,
 )
 from services.clearing.domain_terms import TransferPhase
+from services.common.chain import StoredEventRow
 
 _ADMITTED = get_topic(MemberBank.Admitted)
 _KEY_ROTATED = get_topic(MemberBank.KeyRotated)
@@ -58,8 +58,8 @@ class ClearingBooks:
 
 
 def fold_clearing(
-    batches: Iterable[Iterable[Notification | UnreadableRow]],
-    decode: Callable[[Notification], dict[str, Any]],
+    batches: Iterable[Iterable[StoredEventRow | UnreadableRow]],
+    decode: Callable[[StoredEventRow], dict[str, Any]],
 ) -> ClearingBooks:
     """Rebuild positions, transfers and checkpoints from the clearing house's events."""
     books = ClearingBooks()
@@ -95,8 +95,8 @@ def _moved(books: ClearingBooks, topic: str, bank_id: str, d: dict[str, Any]) ->
 
 def _fold_clearing_event(
     books: ClearingBooks,
-    row: Notification,
-    decode: Callable[[Notification], dict[str, Any]],
+    row: StoredEventRow,
+    decode: Callable[[StoredEventRow], dict[str, Any]],
     banks: dict[UUID, str],
     transfers: dict[UUID, str],
     checkpoint_logs: dict[UUID, str],

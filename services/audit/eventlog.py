@@ -1,28 +1,30 @@
 """A bank's event log opened for reading only: never a store, a schema or a table created.
 
-The log is read through eventsourcing's own recorder (the application base's ``follow``, in
-notification order, batch by batch) and decoded by a mapper configured like the ledger's, so
-the audit sees exactly what the ledger wrote and what it would read back.
+The rows come straight from the events table, as plain tuples in large batches, in
+notification order: the columns and the conversion eventsourcing's own recorder uses (a
+SQLite originator id is text, read as a UUID), without its per-row objects. Events are
+decoded by a mapper configured like the ledger's (msgspec parses the usual event), so the
+audit sees exactly what the ledger wrote and what it would read back.
 """
 
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 from uuid import UUID
 
 import msgspec
 import psycopg
-from eventsourcing.persistence import JSONTranscoder, Mapper, Notification, PersistenceError
-from eventsourcing.sqlite import SQLiteDatastore, SQLiteProcessRecorder
-from eventsourcing.utils import get_topic, resolve_topic
+from eventsourcing.persistence import JSONTranscoder, Mapper, PersistenceError, StoredEvent
+from eventsourcing.utils import resolve_topic
 from psycopg import sql
 
 from services.common.application import ServiceApplication
+from services.common.chain import StoredEventRow
 from services.common.stores import Store, StoreURLError, parse_store_url
 from services.ledger import APPLICATION_NAME as LEDGER
 
@@ -30,7 +32,7 @@ from services.ledger import APPLICATION_NAME as LEDGER
 # table is named after the application: another one's log, the clearing house's, is elsewhere).
 SQLITE_EVENTS_TABLE = "stored_events"
 POSTGRES_EVENTS_TABLE = f"{LEDGER.lower()}_events"
-DEFAULT_BATCH_SIZE = 2_000
+DEFAULT_BATCH_SIZE = 5_000
 
 
 class UnusableStore(Exception):
@@ -38,17 +40,14 @@ class UnusableStore(Exception):
 
 
 class _LogReader(ServiceApplication):
-    """An application's store seen through eventsourcing, configured only by the given settings.
+    """An application's mapper and recorder, configured only by the given settings.
 
     It has the application's name (PostgreSQL tables are named after it) and eventsourcing's
-    default transcodings, as the ledger and the clearing house do; it never creates tables
-    (its settings say ``CREATE_TABLE=no``) and, as every ServiceApplication, it ignores the
-    process environment, so the audit reads the store it was told to and no other. Neither
-    application sets a cipher or a compressor, so none is configured here either.
-
-    Its recorder is the base's process recorder, as the applications themselves have: made with
-    ``CREATE_TABLE=no`` it creates nothing, and a reader never saves, so it never writes or even
-    reads a tracking record; it reads events exactly as their own recorder does.
+    default transcodings, as the ledger and the clearing house do, so its mapper decodes what
+    theirs encoded; it never creates tables (its settings say ``CREATE_TABLE=no``) and, as
+    every ServiceApplication, it ignores the process environment, so the audit reads the store
+    it was told to and no other. Neither application sets a cipher or a compressor, so none is
+    configured here either. A reader never saves.
     """
 
     def __init__(self, name: str, env: Mapping[str, str]) -> None:
@@ -56,27 +55,26 @@ class _LogReader(ServiceApplication):
         super().__init__(env=env)
 
 
-class _SQLiteLogRecorder(SQLiteProcessRecorder):
-    """The ledger's SQLite recorder, as eventsourcing makes it, but quicker to read a long log.
+class StoredRow(NamedTuple):
+    """One row of an events table, as eventsourcing's recorder would read it."""
 
-    Each row's originator id is text, turned into a UUID; a log names the same few accounts
-    over and over, so the last few thousand conversions are remembered.
-    """
-
-    def __init__(self, datastore: SQLiteDatastore, events_table_name: str = "stored_events"):
-        super().__init__(datastore, events_table_name=events_table_name)
-        self._ids: dict[str, UUID | str] = {}
-
-    def convert_originator_id(self, originator_id: str) -> UUID | str:
-        converted = self._ids.get(originator_id)
-        if converted is None:
-            converted = super().convert_originator_id(originator_id)
-            if len(self._ids) >= _REMEMBERED_IDS:
-                self._ids.clear()
-            self._ids[originator_id] = converted
-        return converted
+    id: int
+    originator_id: UUID | str
+    originator_version: int
+    topic: str
+    state: bytes
 
 
+# The columns of a row, in StoredRow's order, as the table gives them.
+RawRow = tuple[Any, ...]
+# (first position, how many rows at most) -> the rows from that position on, in order.
+RowQuery = Callable[[int, int], Sequence[RawRow]]
+
+_SQLITE_ROWS = (
+    "SELECT rowid, originator_id, originator_version, topic, state "
+    "FROM stored_events WHERE rowid >= ? ORDER BY rowid LIMIT ?"
+)
+_new_row = tuple.__new__
 _REMEMBERED_IDS = 10_000
 
 
@@ -89,9 +87,15 @@ class EventLog:
     # SQLite numbers rows 1, 2, 3 ... and never skips one; PostgreSQL's sequence skips a
     # number whenever a transaction that took it rolls back, so a gap there means nothing.
     contiguous_ids: bool
+    query: RowQuery
+    # Whether an originator id is read as text and turned into a UUID (SQLite), or comes as
+    # one from the driver (PostgreSQL).
+    ids_as_text: bool
+    close_rows: Callable[[], None]
 
     def __post_init__(self) -> None:
         self.decode = StateDecoder(self.reader.mapper)
+        self._ids: dict[Any, UUID] = {}
 
     def max_position(self) -> int:
         """The highest notification id now in the log (0 when it is empty)."""
@@ -102,50 +106,50 @@ class EventLog:
 
     def batches(
         self, start: int = 1, batch_size: int = DEFAULT_BATCH_SIZE
-    ) -> Iterator[list[Notification | UnreadableRow]]:
+    ) -> Iterator[list[StoredRow | UnreadableRow]]:
         """The log from ``start`` on, in notification order, one batch at a time.
 
-        A row the recorder cannot even turn into a notification (a garbled originator id,
-        say) fails its whole batch; that batch is then read one position at a time, so the
-        bad row comes back as an UnreadableRow and the rest as usual, and the log is followed
-        on after it.
+        A row whose originator id is not a UUID (the recorder could not read it either) comes
+        back as an UnreadableRow, in its place, and the rest as usual.
         """
-        followed = iter(self.reader.follow(start, batch_size=batch_size))
         while True:
             try:
-                batch: list[Notification | UnreadableRow] = list(next(followed, ()))
-            except PersistenceError as e:
+                raw = self.query(start, batch_size)
+            except (sqlite3.Error, psycopg.Error) as e:
                 raise UnusableStore(f"cannot read {self.description}: {_first_line(e)}") from None
-            except Exception:
-                batch = self._one_by_one(start, start + batch_size - 1)
-                # Nothing readable in that stretch: go on after it.
-                start = batch[-1].id + 1 if batch else start + batch_size
-                if not batch and start > self.max_position():
-                    return
-                followed = iter(self.reader.follow(start, batch_size=batch_size))
-            else:
-                if not batch:
-                    return
-                start = batch[-1].id + 1
-            if batch:
-                yield batch
+            if not raw:
+                return
+            yield self._rows(raw)
+            start = raw[-1][0] + 1
 
-    def _one_by_one(self, start: int, stop: int) -> list[Notification | UnreadableRow]:
-        rows: list[Notification | UnreadableRow] = []
-        for position in range(start, stop + 1):
-            try:
-                found = self.reader.recorder.select_notifications(
-                    start=position, limit=1, stop=position
-                )
-            except PersistenceError as e:
-                raise UnusableStore(f"cannot read {self.description}: {_first_line(e)}") from None
-            except Exception as e:
-                rows.append(UnreadableRow(position, _first_line(e)))
-                continue
-            rows.extend(found)
+    def _rows(self, raw: Sequence[RawRow]) -> list[StoredRow | UnreadableRow]:
+        ids = self._ids
+        if len(ids) >= _REMEMBERED_IDS:
+            ids.clear()
+        rows: list[StoredRow | UnreadableRow] = []
+        append = rows.append
+        for row in raw:
+            originator_id = row[1]
+            converted = ids.get(originator_id)
+            if converted is None:
+                try:
+                    converted = self._uuid(originator_id)
+                except (ValueError, TypeError, AttributeError) as e:
+                    append(UnreadableRow(row[0], _first_line(e)))
+                    continue
+                ids[originator_id] = converted
+            append(_new_row(StoredRow, (row[0], converted, row[2], row[3], row[4])))
         return rows
 
+    def _uuid(self, originator_id: Any) -> UUID:
+        if not self.ids_as_text:
+            if type(originator_id) is not UUID:
+                raise TypeError(f"originator id {originator_id!r} is not a UUID")
+            return originator_id
+        return UUID(originator_id)
+
     def close(self) -> None:
+        self.close_rows()
         self.reader.close()
 
 
@@ -176,17 +180,18 @@ class StateDecoder:
         # Topic -> whether events of it may take the fast way.
         self._plain_topics: dict[str, bool] = {}
 
-    def __call__(self, notification: Notification) -> dict[str, Any]:
-        state = notification.state
+    def __call__(self, row: StoredEventRow) -> dict[str, Any]:
+        state = row.state
         if self._transcodings is not None and type(state) is bytes:
-            plain = self._plain_topics.get(notification.topic)
+            plain = self._plain_topics.get(row.topic)
             if plain is None:
-                plain = self._plain_topics[notification.topic] = self._is_plain(notification.topic)
+                plain = self._plain_topics[row.topic] = self._is_plain(row.topic)
             if plain:
                 decoded = self._fast(state)
                 if decoded is not None:
                     return decoded
-        return dict(vars(self._mapper.to_domain_event(notification)))
+        stored = StoredEvent(row.originator_id, row.originator_version, row.topic, row.state)
+        return dict(vars(self._mapper.to_domain_event(stored)))
 
     @staticmethod
     def _is_plain(topic: str) -> bool:
@@ -283,11 +288,26 @@ def _open_sqlite(store: Store, application: str) -> EventLog:
         "PERSISTENCE_MODULE": "eventsourcing.sqlite",
         "SQLITE_DBNAME": uri,
         "CREATE_TABLE": "no",
-        # A process recorder, as the application base makes (it reads no
-        # APPLICATION_RECORDER_TOPIC).
-        "PROCESS_RECORDER_TOPIC": get_topic(_SQLiteLogRecorder),
     }
-    return EventLog(store.description, _open_reader(store, application, env), contiguous_ids=True)
+    reader = _open_reader(store, application, env)
+    try:
+        rows = sqlite3.connect(uri, uri=True)
+    except sqlite3.Error as e:
+        reader.close()
+        raise UnusableStore(f"{store.description} cannot be read: {_first_line(e)}") from None
+    statement = _SQLITE_ROWS
+
+    def query(start: int, limit: int) -> list[RawRow]:
+        return rows.execute(statement, (start, limit)).fetchall()
+
+    return EventLog(
+        store.description,
+        reader,
+        contiguous_ids=True,
+        query=query,
+        ids_as_text=True,
+        close_rows=rows.close,
+    )
 
 
 def _open_postgres(store: Store, application: str) -> EventLog:
@@ -304,10 +324,27 @@ def _open_postgres(store: Store, application: str) -> EventLog:
         raise UnusableStore(
             f"{store.description} has no {events_table} table: no {application} log there"
         )
+    reader = _open_reader(store, application, {**env, "CREATE_TABLE": "no"})
+    try:
+        rows = psycopg.connect(store.postgres_conninfo(), autocommit=True)
+    except psycopg.Error as e:
+        reader.close()
+        raise UnusableStore(f"cannot use {store.description}: {_first_line(e)}") from None
+    statement = sql.SQL(
+        "SELECT notification_id, originator_id, originator_version, topic, state "
+        "FROM {} WHERE notification_id >= %s ORDER BY notification_id LIMIT %s"
+    ).format(sql.Identifier(schema, events_table))
+
+    def query(start: int, limit: int) -> list[RawRow]:
+        return rows.execute(statement, (start, limit), prepare=True).fetchall()
+
     return EventLog(
         store.description,
-        _open_reader(store, application, {**env, "CREATE_TABLE": "no"}),
+        reader,
         contiguous_ids=False,
+        query=query,
+        ids_as_text=False,
+        close_rows=rows.close,
     )
 
 

@@ -28,7 +28,6 @@ from dataclasses import dataclass, field
 from typing import Any
 from uuid import UUID
 
-from eventsourcing.persistence import Notification
 from eventsourcing.utils import get_topic
 
 from services.audit.clearing_books import ClearingBooks, ClearingTransfer, fold_clearing
@@ -43,6 +42,7 @@ from services.audit.findings import (
 )
 from services.audit.replay import Observer
 from services.clearing.domain_terms import TransferPhase
+from services.common.chain import StoredEventRow
 from services.ledger.domain import (
     Account,
     CrossBankTransfer,
@@ -74,7 +74,7 @@ class BankTransfers:
     last_position: int = 0
     _transfers: dict[UUID, str] = field(default_factory=dict)
 
-    def observe(self, row: Notification, d: dict[str, Any] | None, head: bytes) -> None:
+    def observe(self, row: StoredEventRow, d: dict[str, Any] | None, head: bytes) -> None:
         self.last_position = row.id
         if row.id in self.wanted_heads:
             self.heads[row.id] = head.hex()

@@ -18,7 +18,6 @@ from typing import Any
 from uuid import UUID
 
 import msgspec
-from eventsourcing.persistence import Notification
 
 from services.audit.accounts import AccountBook
 from services.audit.decoding import (
@@ -39,7 +38,7 @@ from services.audit.eventlog import DEFAULT_BATCH_SIZE, EventLog, UnreadableRow
 from services.audit.findings import DECODE, BankAudit, EventRef, Findings
 from services.audit.ordering import LogOrder
 from services.audit.transfers import TransferBook
-from services.common.chain import ZERO_HASH, canonical_bytes
+from services.common.chain import ZERO_HASH, StoredEventRow, canonical_bytes
 from services.ledger.domain_terms import (
     TransferStatus,
 )
@@ -51,7 +50,7 @@ from services.ledger.domain_terms import (
 DEFAULT_ENTRY_SPAN = 100_000
 
 # Called with each event replayed, its decoded state (None if undecodable) and the chain's head.
-Observer = Callable[[Notification, "dict[str, Any] | None", bytes], None]
+Observer = Callable[[StoredEventRow, "dict[str, Any] | None", bytes], None]
 
 _NEVER = sys.maxsize
 
@@ -89,7 +88,7 @@ class BankReplay:
 
     def __init__(
         self,
-        decode: Callable[[Notification], dict[str, Any]],
+        decode: Callable[[StoredEventRow], dict[str, Any]],
         *,
         default_overdraft_minutes: int,
         until: datetime | None = None,
@@ -136,7 +135,7 @@ class BankReplay:
 
     # The log, one stored event at a time.
 
-    def feed(self, row: Notification | UnreadableRow) -> None:
+    def feed(self, row: StoredEventRow | UnreadableRow) -> None:
         """Replay one stored event (or note that it could not be read). Sets ``done`` when the
         cut-off has been reached; later events must not be fed."""
         if self.done:
@@ -174,7 +173,7 @@ class BankReplay:
         )
 
     def _decoded(
-        self, row: Notification, ref: EventRef
+        self, row: StoredEventRow, ref: EventRef
     ) -> tuple[dict[str, Any] | None, datetime | None]:
         """The event's stored state and its timestamp; (None, None) if it cannot be decoded."""
         try:
@@ -282,8 +281,8 @@ def _one_line(error: BaseException) -> str:
 
 
 def replay_events(
-    rows: Iterable[Iterable[Notification | UnreadableRow]],
-    decode: Callable[[Notification], dict[str, Any]],
+    rows: Iterable[Iterable[StoredEventRow | UnreadableRow]],
+    decode: Callable[[StoredEventRow], dict[str, Any]],
     *,
     default_overdraft_minutes: int,
     until: datetime | None = None,

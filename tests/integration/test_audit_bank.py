@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from uuid import UUID
 
 import psycopg
 import pytest
@@ -235,6 +236,24 @@ def test_the_chain_head_is_that_of_the_whole_log_as_stored(federation: Federatio
     rows = federation.gp.recorder.select_notifications(start=1, limit=100_000)
     *_, (position, head) = rolling_hashes(rows)
     assert (result.chain_position, result.chain_head) == (position, head.hex())
+
+
+def test_the_rows_read_are_those_eventsourcings_recorder_reads(federation: Federation) -> None:
+    """The audit reads the table itself, as tuples; every row is the recorder's, field by field,
+    from any position and in batches of any size."""
+    busy_day(federation)
+    expected = [
+        (n.id, n.originator_id, n.originator_version, n.topic, n.state)
+        for n in federation.gp.recorder.select_notifications(start=1, limit=100_000)
+    ]
+    log = open_event_log(federation.urls["gp"])
+    try:
+        for start, batch_size in ((1, 5_000), (1, 7), (len(expected) // 2, 3)):
+            read = [tuple(row) for batch in log.batches(start, batch_size) for row in batch]
+            assert read == [row for row in expected if row[0] >= start]
+            assert all(isinstance(row[1], UUID) for row in read)
+    finally:
+        log.close()
 
 
 def test_the_fast_decoder_agrees_with_the_ledgers_mapper_on_every_event(
