@@ -25,6 +25,7 @@ from psycopg import sql
 from services.audit.eventlog import (
     POSTGRES_EVENTS_TABLE,
     EventLog,
+    StoredRow,
     UnusableStore,
     open_event_log,
 )
@@ -249,9 +250,11 @@ def test_the_rows_read_are_those_eventsourcings_recorder_reads(federation: Feder
     log = open_event_log(federation.urls["gp"])
     try:
         for start, batch_size in ((1, 5_000), (1, 7), (len(expected) // 2, 3)):
-            read = [tuple(row) for batch in log.batches(start, batch_size) for row in batch]
-            assert read == [row for row in expected if row[0] >= start]
-            assert all(isinstance(row[1], UUID) for row in read)
+            read = [row for batch in log.batches(start, batch_size) for row in batch]
+            rows = [row for row in read if isinstance(row, StoredRow)]
+            assert rows == read
+            assert rows == [row for row in expected if row[0] >= start]
+            assert all(isinstance(row.originator_id, UUID) for row in rows)
     finally:
         log.close()
 
