@@ -38,10 +38,10 @@ from shared.signing import SigningKey
 log = logging.getLogger(__name__)
 
 FETCH_BATCH = 256
-# How long a fetch waits for a first message (then it asks again), and, once one has come, for
-# more that are not there yet: hardly at all, so a quiet bus adds no delay.
+# How long a fetch waits for a first message (then it asks again); and, once one has come and
+# said how many more are waiting, for those (already there: this is only a bound).
 FETCH_WAIT_SECONDS = 1.0
-MORE_WAIT_SECONDS = 0.002
+MORE_WAIT_SECONDS = 0.05
 # How often the clearing house checks that every stream and consumer of the bus is there.
 ADMINISTER_SECONDS = 1.0
 # A message that arrived before an earlier one from the same sender waits this long.
@@ -231,12 +231,18 @@ class BusWorker:
 
     @staticmethod
     async def _next_messages(subscription: Any) -> list[Msg]:
-        """Wait for the next message, then take whatever else is already there, up to a batch.
-        (Asked for a whole batch at once, nats-py's fetch, once a first message has come,
-        waits for the batch to fill until its timeout: up to a second per hop when quiet.)"""
+        """Wait for the next message, then take the others already waiting, up to a batch.
+
+        Asked for a whole batch at once, nats-py's fetch, once a first message has come, waits
+        for the batch to fill until its timeout (up to a second per hop when quiet); asked for
+        "whatever is there" with a short timeout, the server holds the request that long even
+        when nothing is. So the first message says how many more the consumer holds (its
+        ``num_pending``) and exactly those are fetched: none when the bus is quiet."""
         messages: list[Msg] = await subscription.fetch(1, timeout=FETCH_WAIT_SECONDS)
-        with contextlib.suppress(TimeoutError, NatsTimeoutError):
-            messages += await subscription.fetch(FETCH_BATCH - 1, timeout=MORE_WAIT_SECONDS)
+        more = min(messages[-1].metadata.num_pending or 0, FETCH_BATCH - 1)
+        if more:
+            with contextlib.suppress(TimeoutError, NatsTimeoutError):
+                messages += await subscription.fetch(more, timeout=MORE_WAIT_SECONDS)
         return messages
 
     async def handle_batch(self, js: JetStreamContext, messages: Sequence[Msg]) -> None:
@@ -246,10 +252,14 @@ class BusWorker:
                 decoded.append((msg, self.codec.decode(msg.data)))
             except ProtocolError as e:
                 await self._dead_letter(js, msg, f"undecodable: {e}")
-        authentic = await self._authentic(js, decoded)
-        if not authentic:
+        if not decoded:
             return
-        results = await self._offload(self.receive, [envelope for _, envelope in authentic])
+        # One hand-off to a thread for both: checking each message, then applying the
+        # authentic ones.
+        refusals, authentic, results = await self._offload(self._check_and_receive, decoded)
+        for (msg, _), refusal in zip(decoded, refusals, strict=True):
+            if refusal is not None:
+                await self._dead_letter(js, msg, f"not authentic: {refusal}")
         by_envelope = {id(envelope): msg for msg, envelope in authentic}
         for result in results:
             msg = by_envelope[id(result.envelope)]
@@ -262,22 +272,19 @@ class BusWorker:
                     await msg.nak(delay=GAP_RETRY_SECONDS)
         self.wake()
 
-    async def _authentic(
-        self, js: JetStreamContext, decoded: Sequence[tuple[Msg, Envelope]]
-    ) -> list[tuple[Msg, Envelope]]:
-        """The messages that are what they claim; the others are dead-lettered. This runs
-        before the inbox sees anything: a message that is not what it claims never takes a
-        sender's sequence number, so the genuine one with that number is still applied."""
-        if not decoded:
-            return []
-        refusals = await self._offload(self._refusals, decoded)
-        authentic = []
-        for (msg, envelope), refusal in zip(decoded, refusals, strict=True):
-            if refusal is None:
-                authentic.append((msg, envelope))
-            else:
-                await self._dead_letter(js, msg, f"not authentic: {refusal}")
-        return authentic
+    def _check_and_receive(
+        self, decoded: Sequence[tuple[Msg, Envelope]]
+    ) -> tuple[list[str | None], list[tuple[Msg, Envelope]], list[Received]]:
+        """Which messages are what they claim, and what the inbox made of those. The check
+        comes before the inbox sees anything: a message that is not what it claims never
+        takes a sender's sequence number, so the genuine one with that number is still
+        applied."""
+        refusals = self._refusals(decoded)
+        authentic = [
+            pair for pair, refusal in zip(decoded, refusals, strict=True) if refusal is None
+        ]
+        results = self.receive([envelope for _, envelope in authentic]) if authentic else []
+        return refusals, authentic, results
 
     def _refusals(self, decoded: Sequence[tuple[Msg, Envelope]]) -> list[str | None]:
         return [
