@@ -54,6 +54,8 @@ CONFIG = FederationConfig(
 )
 # Client t is member m<t> at every bank: it pays itself around the ring, so no balance drifts.
 MEMBERS = [f"m{t:02d}" for t in range(CLIENTS)]
+# Transfers per POST /v1/transfers/batch in the batch row.
+BATCH_ITEMS = 200
 DECIDED_WITHIN_SECONDS = 60.0
 # How often the end of a run is checked for, with a few cheap requests.
 POLL_SECONDS = 0.2
@@ -69,7 +71,13 @@ class FederationFigures:
 
 
 def measure_federation(
-    data_dir: Path, count: int, paced_count: int, hops: int, seconds: float, step: Step
+    data_dir: Path,
+    count: int,
+    paced_count: int,
+    batched_count: int,
+    hops: int,
+    seconds: float,
+    step: Step,
 ) -> FederationFigures:
     step("federation: starting NATS, the clearing house and three banks")
     with NatsServer(data_dir / "nats") as nats_server:
@@ -87,6 +95,11 @@ def measure_federation(
                 rate = full.rate / 2
                 step(f"federation: {paced_count} transfers paced at {rate:.1f}/s")
                 paced = load.run(paced_count, seconds, rate=rate)
+                step(
+                    f"federation: {batched_count} transfers in batches of {BATCH_ITEMS}, "
+                    f"{len(BANKS)} clients"
+                )
+                batched = load.run_batches(batched_count, seconds)
             step(f"JetStream: {hops} round trips of 4 hops, {CLIENTS} at once")
             raw = measure_hops(nats_server.url, concurrency=CLIENTS, count=hops, seconds=seconds)
             step(f"JetStream: round trips paced at {rate:.1f}/s")
@@ -106,6 +119,7 @@ def measure_federation(
         for what, run in (
             ("transfers", full),
             ("paced transfers", paced),
+            ("batched transfers", batched),
             ("JetStream round trips", raw),
             ("paced JetStream round trips", raw_paced),
         )
@@ -123,7 +137,8 @@ def measure_federation(
         "per transfer. Clients submit without waiting, so at full rate latency includes the "
         "queue; the rate is transfers committed over first submit to last posting"
     )
-    return FederationFigures(_figures(full, paced, raw, raw_paced, rate), checks, notes)
+    figures = _figures(full, paced, batched, raw, raw_paced, rate)
+    return FederationFigures(figures, checks, notes)
 
 
 def _pids(federation: LocalFederation, nats_server: NatsServer) -> dict[str, int | None]:
@@ -186,18 +201,13 @@ class _Transfers:
             member = MEMBERS[thread]
 
             def transfer(i: int) -> None:
-                payer_bank = BANKS[(thread + i) % len(BANKS)]
-                payee_bank = BANKS[(thread + i + 1) % len(BANKS)]
-                body = {"payer": member, "to_bank": payee_bank, "payee": member,
-                        "minutes": MINUTES, "memo": "bench"}  # fmt: skip
+                payer_bank, payee_bank = _ring(thread + i)
+                body = _item(member, payee_bank)
                 at = time.time()
                 response = banks[payer_bank].post("/v1/transfers", json=body)
                 if response.status_code != 202:
                     raise BenchError(f"{response.status_code} {response.text[:200]}")
-                transfer_id = response.json()["transfer_id"]
-                with self.lock:
-                    self.client.transfers[transfer_id] = (payer_bank, payee_bank)
-                    submitted[transfer_id] = _Submitted(payer_bank, payee_bank, member, at)
+                self._submitted(submitted, response.json(), payer_bank, payee_bank, member, at)
 
             return transfer
 
@@ -205,12 +215,57 @@ class _Transfers:
             run = run_threads(worker, threads=CLIENTS, count=count, seconds=seconds)
         else:
             run = run_paced(worker, threads=CLIENTS, count=count, rate=rate, seconds=seconds)
+        return self._measured(run.planned, submitted, run.errors)
+
+    def run_batches(self, count: int, seconds: float) -> Run:
+        """``count`` transfers in batches of BATCH_ITEMS by POST /v1/transfers/batch, one
+        client per bank at once, each paying around the ring from its bank to the next;
+        measured as run() measures."""
+        submitted: dict[str, _Submitted] = {}
+        banks = self.sessions
+
+        def worker(thread: int) -> Operation:
+            def batch(i: int) -> None:
+                payer_bank, payee_bank = _ring(thread + i)
+                members = [MEMBERS[(i * BATCH_ITEMS + n) % CLIENTS] for n in range(BATCH_ITEMS)]
+                items = [_item(member, payee_bank) for member in members]
+                at = time.time()
+                response = banks[payer_bank].post("/v1/transfers/batch", json={"items": items})
+                if response.status_code != 200:
+                    raise BenchError(f"{response.status_code} {response.text[:200]}")
+                for member, result in zip(members, response.json()["results"], strict=True):
+                    if result["status"] != 202:
+                        raise BenchError(f"a batch item was refused: {result['problem']}")
+                    transfer = result["transfer"]
+                    self._submitted(submitted, transfer, payer_bank, payee_bank, member, at)
+
+            return batch
+
+        batches = max(1, count // BATCH_ITEMS)
+        run = run_threads(worker, threads=len(BANKS), count=batches, seconds=seconds)
+        return self._measured(batches * BATCH_ITEMS, submitted, run.errors)
+
+    def _submitted(
+        self,
+        submitted: dict[str, _Submitted],
+        transfer: dict[str, Any],
+        payer_bank: str,
+        payee_bank: str,
+        payee: str,
+        at: float,
+    ) -> None:
+        transfer_id = transfer["transfer_id"]
+        with self.lock:
+            self.client.transfers[transfer_id] = (payer_bank, payee_bank)
+            submitted[transfer_id] = _Submitted(payer_bank, payee_bank, payee, at)
+
+    def _measured(self, planned: int, submitted: dict[str, _Submitted], errors: list[str]) -> Run:
         posted = self._posted(submitted)
         latencies = [posted[t] - s.at for t, s in submitted.items() if t in posted]
         elapsed = 0.0
         if posted:
             elapsed = max(posted.values()) - min(s.at for s in submitted.values())
-        return Run(run.planned, elapsed, latencies, run.errors)
+        return Run(planned, elapsed, latencies, errors)
 
     def _posted(self, submitted: dict[str, _Submitted]) -> dict[str, float]:
         """When each committed transfer's credit was posted at its payee bank; the aborted
@@ -285,6 +340,17 @@ class _Transfers:
         return [f"transfers aborted (not counted in the latencies): {reasons}"]
 
 
+def _ring(turn: int) -> tuple[str, str]:
+    """The payer bank and the payee bank of a client's ``turn``-th payment around the ring."""
+    return BANKS[turn % len(BANKS)], BANKS[(turn + 1) % len(BANKS)]
+
+
+def _item(member: str, payee_bank: str) -> dict[str, Any]:
+    """A member paying itself at the next bank: no balance drifts around the ring."""
+    return {"payer": member, "to_bank": payee_bank, "payee": member, "minutes": MINUTES,
+            "memo": "bench"}  # fmt: skip
+
+
 def transfer_credits(statement: dict[str, Any]) -> dict[str, float]:
     """A statement's cross-bank credits (the member was the payee): transfer id -> when the
     credit was posted, in seconds since the epoch."""
@@ -298,8 +364,11 @@ def transfer_credits(statement: dict[str, Any]) -> dict[str, float]:
     return credits
 
 
-def _figures(full: Run, paced: Run, raw: Run, raw_paced: Run, rate: float) -> list[Figure]:
+def _figures(
+    full: Run, paced: Run, batched: Run, raw: Run, raw_paced: Run, rate: float
+) -> list[Figure]:
     ring = f"transfers A->B->C->A, {CLIENTS} clients"
+    by_batch = f"transfers by /v1/transfers/batch ({BATCH_ITEMS} each), {len(BANKS)} clients"
     hops = f"JetStream 4 hops, {CLIENTS} at once"
     at = f"paced at {rate:.1f}/s"
     rows = [
@@ -308,6 +377,9 @@ def _figures(full: Run, paced: Run, raw: Run, raw_paced: Run, rate: float) -> li
          raw.percentile_ms(50), "ms"),
         ("federation_transfer_p99", f"{ring}: p99", full.percentile_ms(99), f"{hops}: p99",
          raw.percentile_ms(99), "ms"),
+        ("federation_batch_rate", by_batch, batched.rate, hops, raw.rate, "transfers/s"),
+        ("federation_batch_p50", f"{by_batch}: p50", batched.percentile_ms(50), f"{hops}: p50",
+         raw.percentile_ms(50), "ms"),
         ("federation_paced_p50", f"transfers {at}: p50", paced.percentile_ms(50),
          f"JetStream 4 hops {at}: p50", raw_paced.percentile_ms(50), "ms"),
         ("federation_paced_p99", f"transfers {at}: p99", paced.percentile_ms(99),

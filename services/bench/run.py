@@ -20,8 +20,8 @@ from services.bench.stores import BenchStores
 
 Step = Callable[[str], None]
 # The steps a run announces, for its progress bar: figure 1's five runs, figure 2's three
-# loads, figure 3's seven stages, figure 4's two children, the ledgers' audits.
-STEPS = 5 + 3 + 7 + 2 + 1
+# loads, figure 3's eight stages, figure 4's two children, the ledgers' audits.
+STEPS = 5 + 3 + 8 + 2 + 1
 LEDGER_STORE = "ledger"
 JSON_VERSION = 1
 
@@ -36,6 +36,8 @@ class Counts:
     batches: int
     transfers: int
     paced_transfers: int
+    # Transfers by POST /v1/transfers/batch, 200 to a request.
+    batched_transfers: int
     round_trips: int
     seconds: float
 
@@ -47,6 +49,7 @@ QUICK = Counts(
     batches=6,
     transfers=96,
     paced_transfers=48,
+    batched_transfers=600,
     round_trips=500,
     seconds=15,
 )
@@ -56,6 +59,7 @@ DEFAULT = Counts(
     batches=30,
     transfers=960,
     paced_transfers=480,
+    batched_transfers=6_000,
     round_trips=5_000,
     seconds=120,
 )
@@ -116,6 +120,7 @@ def _measure(
         work / "federation",
         counts.transfers,
         counts.paced_transfers,
+        counts.batched_transfers,
         counts.round_trips,
         counts.seconds,
         step,

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
+from functools import lru_cache
 from typing import Any
 from uuid import NAMESPACE_URL, UUID, uuid5
 
@@ -95,10 +96,13 @@ _BANK_NAMESPACE = uuid5(NAMESPACE_URL, "urn:timebank-federation:clearing:bank")
 _TRANSFER_NAMESPACE = uuid5(NAMESPACE_URL, "urn:timebank-federation:clearing:transfer")
 
 
+# Looked up for nearly every message (its sender's record) and every transfer (twice).
+@lru_cache(maxsize=4_096)
 def bank_id_to_uuid(bank_id: str) -> UUID:
     return uuid5(_BANK_NAMESPACE, bank_id)
 
 
+@lru_cache(maxsize=4_096)
 def transfer_id_to_uuid(transfer_id: str) -> UUID:
     return uuid5(_TRANSFER_NAMESPACE, transfer_id)
 

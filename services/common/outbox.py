@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+from functools import lru_cache
 from typing import Any
 from uuid import NAMESPACE_URL, UUID, uuid5
 
@@ -16,6 +17,8 @@ from shared.protocol import AnyMessage, Envelope
 _NAMESPACE = uuid5(NAMESPACE_URL, "urn:timebank-federation:outbox")
 
 
+# Every message a service sends names its outbox: a service has one per peer.
+@lru_cache(maxsize=4_096)
 def outbox_id(source: str, destination: str) -> UUID:
     # JSON keeps the pair apart whatever characters the names hold: no two pairs share an id.
     return uuid5(_NAMESPACE, json.dumps([source, destination]))

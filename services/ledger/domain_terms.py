@@ -115,6 +115,7 @@ _TRANSFER_NAMESPACE = uuid5(NAMESPACE_URL, "urn:timebank-federation:bank-transfe
 _DIRECTORY_ID = uuid5(NAMESPACE_URL, "urn:timebank-federation:bank-directory")
 
 
+@lru_cache(maxsize=4_096)
 def transfer_id_to_uuid(transfer_id: str) -> UUID:
     return uuid5(_TRANSFER_NAMESPACE, transfer_id)
 

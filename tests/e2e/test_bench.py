@@ -26,6 +26,8 @@ FIGURES = {
     "federation_transfers_rate",
     "federation_transfer_p50",
     "federation_transfer_p99",
+    "federation_batch_rate",
+    "federation_batch_p50",
     "federation_paced_p50",
     "federation_paced_p99",
     "audit_replay_rate",
