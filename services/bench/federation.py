@@ -378,8 +378,6 @@ def _figures(
         ("federation_transfer_p99", f"{ring}: p99", full.percentile_ms(99), f"{hops}: p99",
          raw.percentile_ms(99), "ms"),
         ("federation_batch_rate", by_batch, batched.rate, hops, raw.rate, "transfers/s"),
-        ("federation_batch_p50", f"{by_batch}: p50", batched.percentile_ms(50), f"{hops}: p50",
-         raw.percentile_ms(50), "ms"),
         ("federation_paced_p50", f"transfers {at}: p50", paced.percentile_ms(50),
          f"JetStream 4 hops {at}: p50", raw_paced.percentile_ms(50), "ms"),
         ("federation_paced_p99", f"transfers {at}: p99", paced.percentile_ms(99),

@@ -27,7 +27,6 @@ FIGURES = {
     "federation_transfer_p50",
     "federation_transfer_p99",
     "federation_batch_rate",
-    "federation_batch_p50",
     "federation_paced_p50",
     "federation_paced_p99",
     "audit_replay_rate",
