@@ -16,20 +16,18 @@ from services.common.idempotency import (
     fingerprint,
 )
 from services.common.problems import error_problem, validation_problem
-from services.ledger.application import (
-    Ledger,
-    MemberExists,
-    UnknownBank,
-    UnknownMember,
-    UnknownTransfer,
-)
+from services.ledger.application import Ledger
 from services.ledger.domain_terms import (
     MAX_MEMO_LENGTH,
     MAX_NAME_LENGTH,
     HoldExists,
     InvalidRequest,
+    MemberExists,
     OverdraftLimitExceeded,
+    UnknownBank,
     UnknownHold,
+    UnknownMember,
+    UnknownTransfer,
 )
 from services.ledger.orders import ExchangeOrder, TransferOrder
 from services.ledger.settings import LedgerSettings

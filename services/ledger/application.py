@@ -30,10 +30,13 @@ from services.ledger.domain_terms import (
     SYSTEM_ACCOUNTS,
     EntryKind,
     InvalidRequest,
-    LedgerError,
+    MemberExists,
     MemberKind,
     Role,
     TransferStatus,
+    UnknownBank,
+    UnknownMember,
+    UnknownTransfer,
     account_id,
     check_amount,
     check_memo,
@@ -57,22 +60,6 @@ from services.ledger.writer import Command, Executed, IdempotencyKey, Writer
 from shared.protocol import CLEARING, CheckpointPublished, Envelope, TransferRequested
 
 A = TypeVar("A", bound=Aggregate)
-
-
-class UnknownMember(LedgerError):
-    """No account with that member id in this bank."""
-
-
-class MemberExists(LedgerError):
-    """An account with that member id is already open in this bank."""
-
-
-class UnknownBank(LedgerError):
-    """The federation's directory, as last announced, has no such bank."""
-
-
-class UnknownTransfer(LedgerError):
-    """No cross-bank transfer with that id at this bank."""
 
 
 class Ledger(ServiceApplication):

@@ -51,6 +51,22 @@ class LedgerError(Exception):
         self.extra = extra
 
 
+class UnknownMember(LedgerError):
+    """No account with that member id in this bank."""
+
+
+class MemberExists(LedgerError):
+    """An account with that member id is already open in this bank."""
+
+
+class UnknownBank(LedgerError):
+    """The federation's directory, as last announced, has no such bank."""
+
+
+class UnknownTransfer(LedgerError):
+    """No cross-bank transfer with that id at this bank."""
+
+
 class InvalidRequest(LedgerError):
     """The command's values break a rule that does not depend on any state."""
 

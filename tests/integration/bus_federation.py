@@ -13,7 +13,8 @@ import pytest
 from services.clearing.application import Clearing
 from services.common.bus_worker import BusWorker
 from services.common.stores import parse_store_url
-from services.ledger.application import Ledger, UnknownTransfer
+from services.ledger.application import Ledger
+from services.ledger.domain_terms import UnknownTransfer
 from shared.bus import Bus
 from tests.helpers import admit, bank_bus_worker, clearing_worker
 

@@ -14,11 +14,9 @@ from typing import TypedDict, TypeVar
 import pytest
 
 from services.common.idempotency import fingerprint
-from services.ledger.application import (
-    Ledger,
-    MemberExists,
-)
+from services.ledger.application import Ledger
 from services.ledger.domain_terms import (
+    MemberExists,
     OverdraftLimitExceeded,
     account_id,
 )

@@ -25,17 +25,15 @@ from services.clearing.domain_terms import (
 from services.common.inbox import Outcome, Received, UnitOfWork
 from services.common.outbox import QUEUED_TOPIC, envelope_of
 from services.common.stores import parse_store_url
-from services.ledger.application import (
-    Ledger,
-    UnknownBank,
-    UnknownMember,
-    UnknownTransfer,
-)
+from services.ledger.application import Ledger
 from services.ledger.domain import (
     Account,
 )
 from services.ledger.domain_terms import (
     OverdraftLimitExceeded,
+    UnknownBank,
+    UnknownMember,
+    UnknownTransfer,
     account_id,
 )
 from shared.protocol import (

@@ -20,20 +20,18 @@ from hypothesis.stateful import (
 
 from services.common.idempotency import IdempotencyConflict, fingerprint
 from services.common.stores import parse_store_url
-from services.ledger.application import (
-    Ledger,
-    MemberExists,
-    UnknownMember,
-)
+from services.ledger.application import Ledger
 from services.ledger.domain_terms import (
     MAX_MEMO_LENGTH,
     MEMBER_ID_PATTERN,
     HoldExists,
     InvalidRequest,
     LedgerError,
+    MemberExists,
     MemberKind,
     OverdraftLimitExceeded,
     UnknownHold,
+    UnknownMember,
 )
 from services.ledger.views import (
     ExchangeReceipt,
