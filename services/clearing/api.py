@@ -206,6 +206,24 @@ def list_banks(clearing: ClearingDep) -> Banks:
     return Banks(banks=clearing.banks())
 
 
+class BankChanges(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    name: str | None = Field(default=None, min_length=1, max_length=200)
+    limit_minutes: int | None = Field(
+        default=None, ge=0, description="How far the bank may owe the federation."
+    )
+
+
+@banks.patch("/{bank_id}", dependencies=[Admin])
+def change_bank(bank_id: str, body: BankChanges, clearing: ClearingDep) -> BankView:
+    """Change a bank's name or limit (only what the body names). A lower limit refuses new
+    transfers that would pass it; transfers already reserved stand."""
+    if body.name is None and body.limit_minutes is None:
+        raise Problem(422, "invalid_request", "name the name or the limit_minutes to change")
+    return clearing.change_bank(bank_id, body.name, body.limit_minutes)
+
+
 @banks.post("/{bank_id}/suspend", dependencies=[Admin])
 def suspend_bank(bank_id: str, clearing: ClearingDep) -> BankView:
     """Stop new transfers to and from a bank; transfers already decided are not affected."""

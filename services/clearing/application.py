@@ -140,6 +140,21 @@ class Clearing(ServiceApplication):
     def suspend_bank(self, bank_id: str) -> BankView:
         return self._change_status(bank_id, MemberBank.suspend)
 
+    def change_bank(
+        self, bank_id: str, name: str | None = None, limit_minutes: int | None = None
+    ) -> BankView:
+        """A bank's new name or limit. A new name is announced to every bank, as admissions
+        are; the same values again change nothing and write nothing."""
+        with self._lock:
+            uow = UnitOfWork(self, CLEARING)
+            bank = member_bank(uow.get, bank_id)
+            renamed = name is not None and name != bank.name
+            if bank.change_terms(name, limit_minutes):
+                if renamed:
+                    self._announce_directory(uow, uow.add(self._directory()))
+                self.save(*uow.aggregates)
+            return bank_view(bank)
+
     def reinstate_bank(self, bank_id: str) -> BankView:
         return self._change_status(bank_id, MemberBank.reinstate)
 

@@ -163,6 +163,29 @@ class MemberBank(Aggregate):
         """Every key the bank has signed with, oldest first."""
         return [str(key) for key, _ in self.retired_keys] + [self.public_key]
 
+    class TermsChanged(Aggregate.Event):
+        name: str
+        limit_minutes: int
+
+    def change_terms(self, name: str | None = None, limit_minutes: int | None = None) -> bool:
+        """A new name or limit (None: keep it); whether anything changed. A lower limit
+        refuses new transfers that would pass it; those already reserved stand."""
+        new_name = self.name if name is None else name
+        new_limit = self.limit_minutes if limit_minutes is None else limit_minutes
+        if not new_name.strip() or len(new_name) > 200:
+            raise InvalidRequest("name must be 1-200 characters")
+        if isinstance(new_limit, bool) or not isinstance(new_limit, int) or new_limit < 0:
+            raise InvalidRequest("limit_minutes must be a whole number of minutes, >= 0")
+        if (new_name, new_limit) == (self.name, self.limit_minutes):
+            return False
+        self._terms_changed(name=new_name, limit_minutes=new_limit)
+        return True
+
+    @event(TermsChanged)
+    def _terms_changed(self, name: str, limit_minutes: int) -> None:
+        self.name = name
+        self.limit_minutes = limit_minutes
+
     class Suspended(Aggregate.Event):
         pass
 

@@ -177,3 +177,43 @@ def test_stuck_transfers_are_listed_for_readers_and_other_statuses_are_refused(
     assert_problem(client.get("/v1/transfers", params={"status": "stuck"}), 401, "unauthorized")
     refused = client.get("/v1/transfers", params={"status": "committed"}, headers=AUDITOR)
     assert_problem(refused, 422, "invalid_request")
+
+
+def test_the_admin_changes_a_banks_name_or_limit_and_only_the_admin(client: TestClient) -> None:
+    admitted = admit(client)
+    changed = client.patch("/v1/banks/rushey-green", json={"limit_minutes": 900}, headers=ADMIN)
+    assert changed.status_code == 200, changed.text
+    assert changed.json()["limit_minutes"] == 900
+    assert changed.json()["name"] == "Rushey Green"
+    renamed = client.patch(
+        "/v1/banks/rushey-green", json={"name": "Rushey Green TB"}, headers=ADMIN
+    )
+    assert (renamed.json()["name"], renamed.json()["limit_minutes"]) == ("Rushey Green TB", 900)
+    bank_token = {"Authorization": f"Bearer {admitted['clearing_token']}"}
+    for headers, status, code in ((AUDITOR, 403, "forbidden"), (bank_token, 401, "unauthorized")):
+        refused = client.patch("/v1/banks/rushey-green", json={"limit_minutes": 1}, headers=headers)
+        assert_problem(refused, status, code)
+    assert client.get("/v1/banks", headers=ADMIN).json()["banks"][0]["limit_minutes"] == 900
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "code"),
+    [
+        ({}, 422, "invalid_request"),
+        ({"limit_minutes": -1}, 422, "invalid_request"),
+        ({"limit_minutes": "10"}, 422, "invalid_request"),
+        ({"name": ""}, 422, "invalid_request"),
+        ({"status": "active"}, 422, "invalid_request"),
+    ],
+)
+def test_a_bad_change_is_refused_with_a_problem(
+    client: TestClient, body: dict[str, object], status: int, code: str
+) -> None:
+    admit(client)
+    response = client.patch("/v1/banks/rushey-green", json=body, headers=ADMIN)
+    assert_problem(response, status, code)
+
+
+def test_changing_an_unknown_bank_is_404(client: TestClient) -> None:
+    response = client.patch("/v1/banks/nobody", json={"limit_minutes": 1}, headers=ADMIN)
+    assert_problem(response, 404, "unknown_bank")

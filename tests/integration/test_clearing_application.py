@@ -266,6 +266,35 @@ def test_reinstating_a_bank_makes_it_active_and_reannounces_the_directory(
     assert {b.bank_id: b.status for b in alpha_directories[-1].banks}["beta"] == BankStatus.ACTIVE
 
 
+def test_a_lower_limit_refuses_new_transfers_past_it_and_leaves_reserved_ones(
+    clearing: Clearing, send: Senders
+) -> None:
+    clearing.receive([send("alpha", request("t1", minutes=100))])
+    view = clearing.change_bank("alpha", limit_minutes=150)
+    assert view.limit_minutes == 150
+    assert reserved(clearing)["alpha"] == 100
+    clearing.receive([send("alpha", request("t2", minutes=51))])
+    assert_aborted(clearing, "t2", "bank_limit_exceeded", ["alpha"])
+    clearing.receive([send("alpha", request("t3", minutes=50))])
+    assert reserved(clearing)["alpha"] == 150
+
+
+def test_renaming_a_bank_announces_the_directory_and_the_same_terms_write_nothing(
+    clearing: Clearing,
+) -> None:
+    clearing.change_bank("beta", name="Beta Community Bank")
+    latest = sent_to(clearing, "gamma", DirectoryChanged)[-1]
+    assert [b.name for b in latest.banks] == ["Alpha", "Beta Community Bank", "Gamma"]
+    written = clearing.recorder.max_notification_id()
+    clearing.change_bank("beta", name="Beta Community Bank", limit_minutes=LIMIT)
+    assert clearing.recorder.max_notification_id() == written
+    with pytest.raises(InvalidRequest):
+        clearing.change_bank("beta", name=" ")
+    with pytest.raises(UnknownBank):
+        clearing.change_bank("delta", limit_minutes=1)
+    assert clearing.recorder.max_notification_id() == written
+
+
 @pytest.mark.parametrize("change", ["suspend_bank", "reinstate_bank"])
 def test_changing_the_status_of_an_unknown_bank_raises_unknown_bank(
     clearing: Clearing, change: str
