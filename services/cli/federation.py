@@ -62,16 +62,28 @@ def up(
             typer.echo(f"clearing: {clearing['url']}  admin token: {clearing['admin_token']}")
             for bank_id, bank in described["banks"].items():
                 typer.echo(f"{bank_id}: {bank['url']}  operator token: {bank['operator_token']}")
+            for note in federation.notes:
+                typer.secho(note, err=note.startswith("warning"))
             typer.echo(f"written to {federation.description_path}; Ctrl-C stops everything")
-            turns = 0
-            while (failed := federation.failed()) is None:
-                time.sleep(0.5)
-                turns += 1
-                if turns % NATS_SYNC_TURNS == 0:
-                    sync_nats_users(federation)
-            raise fail(f"{failed} stopped unexpectedly; see {data_dir}/logs/{failed}.log", 1)
+            supervise(federation)
         finally:
             federation.stop()
+
+
+def supervise(federation: Any) -> None:
+    """Until stopped by a signal: every half second, start again what crashed (after its
+    backoff) and the banks that joined; every few turns, bring NATS's users up to date."""
+    turns = 0
+    while True:
+        time.sleep(0.5)
+        turns += 1
+        try:
+            for line in federation.supervise():
+                typer.secho(f"{time.strftime('%H:%M:%S')} {line}", err=True)
+        except Exception as e:  # a bank that joined failed to start: said, tried next turn
+            typer.secho(f"warning: {e}", err=True)
+        if turns % NATS_SYNC_TURNS == 0:
+            sync_nats_users(federation)
 
 
 @app.command("demo")

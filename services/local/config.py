@@ -15,8 +15,13 @@ from shared.protocol import BankId
 Minutes = Annotated[int, msgspec.Meta(ge=0, le=10_000_000)]
 
 
+Port = Annotated[int, msgspec.Meta(ge=1, le=65_535)]
+
+
 class ClearingConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     deadline_seconds: Annotated[float, msgspec.Meta(gt=0, le=86_400)] = 30.0
+    # The clearing house's HTTP port; unset: the port an earlier run used, or a free one.
+    port: Port | None = None
 
 
 class BankConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
@@ -25,11 +30,15 @@ class BankConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     limit_minutes: Minutes
     # The bank's default overdraft per member (10 hours unless set).
     overdraft_limit_minutes: Minutes = 600
+    # The bank's HTTP port; unset: the port an earlier run used, or a free one.
+    port: Port | None = None
 
 
 class FederationConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     banks: Annotated[list[BankConfig], msgspec.Meta(min_length=1)]
     clearing: ClearingConfig = ClearingConfig()
+    # The NATS server's client port, when `up` runs its own; unset: as for the services.
+    nats_port: Port | None = None
 
 
 class ConfigError(ValueError):

@@ -1,79 +1,51 @@
-"""A whole federation on one machine: NATS, the clearing house and every bank, as processes."""
+"""A whole federation on one machine: NATS, the clearing house and every bank, as processes,
+supervised (a crashed one is started again), on a data dir that one run holds at a time."""
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import secrets
 import signal
-import subprocess
 import sys
 import time
-from collections.abc import Iterable
-from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Any, Self
+from typing import Any, Self
+from urllib.parse import urlsplit
 
 import httpx2 as httpx
 
 from services.ledger.settings import DEFAULT_CHECKPOINT_SECONDS
-from services.local.config import FederationConfig
-from services.local.nats_config import write_auth_config
-from services.local.nats_server import NatsServer, free_ports
+from services.local.config import BankConfig, FederationConfig
+from services.local.datadir import DESCRIPTION_FILE as DESCRIPTION_FILE
+from services.local.datadir import DataDirInUse, DataDirLock, earlier_description, write_description
+from services.local.datadir import local_store_url as local_store_url
+from services.local.datadir import read_description as read_description
+from services.local.joining import JoinedBank, joined_banks
+from services.local.nats_server import NatsServer, NatsServerError, free_ports
+from services.local.nats_users import NatsUsers
+from services.local.processes import FederationError as FederationError
+from services.local.processes import Service
+from services.local.reconcile import reconcile_clearing
 from shared.bus import DEFAULT_NAMESPACE, Bus
-from shared.nats_users import new_seed, public_nkey
 from shared.protocol import CLEARING
 from shared.signing import SigningKey
 
 log = logging.getLogger(__name__)
 
 HOST = "127.0.0.1"
-START_TIMEOUT_SECONDS = 30.0
-
-
-def local_store_url(data_dir: Path, name: str) -> str:
-    """Where `timebank up` keeps the clearing house's (``clearing``) or a bank's events."""
-    return f"sqlite:///{data_dir.resolve() / (name + '.db')}"
-
-
-class FederationError(RuntimeError):
-    """A part of the local federation failed to start; the message says which and why."""
-
-
-DESCRIPTION_FILE = "federation.json"
-
-
-def read_description(data_dir: Path) -> dict[str, Any]:
-    """DATA_DIR/federation.json, as `timebank up` and the demo write it (URLs, tokens, stores);
-    OSError if it cannot be read, ValueError if it is not a JSON object."""
-    path = data_dir / DESCRIPTION_FILE
-    described = json.loads(path.read_text())
-    if not isinstance(described, dict):
-        raise ValueError(f"{path} holds no JSON object")
-    return described
-
-
-@dataclass
-class Service:
-    name: str
-    url: str
-    token: str
-    # A bank's own token at the clearing house's API (to confirm settlement receipts).
-    clearing_token: str | None = None
-    argv: list[str] = field(default_factory=list)
-    env: dict[str, str] = field(default_factory=dict, repr=False)
-    process: subprocess.Popen[bytes] | None = None
-    log: IO[bytes] | None = field(default=None, repr=False)
 
 
 class LocalFederation:
     """Starts NATS (unless given a URL), the clearing house and each bank, on SQLite files in
-    ``data_dir``; admits every bank; writes ``federation.json``; stops it all on exit.
+    ``data_dir``; admits every bank and applies the config's changes at the clearing house;
+    writes ``federation.json``; stops it all on exit. ``supervise()``, called every so often,
+    starts again whatever crashed and starts the banks that joined meanwhile.
 
-    ``nats_namespace`` prefixes every subject and stream, so that federations can share a
-    NATS server (``--nats-url``) without seeing each other's messages.
+    Ports and tokens are those of the last run on the same data dir (or the config's ports), so
+    what was written down stays true. ``nats_namespace`` prefixes every subject and stream, so
+    federations can share a NATS server (``--nats-url``) without seeing each other's messages.
     """
 
     def __init__(
@@ -89,16 +61,19 @@ class LocalFederation:
         self.checkpoint_seconds = checkpoint_seconds
         self.data_dir = data_dir.resolve()
         self.nats: NatsServer | None = None
-        # The banks' NATS users (id, public nkey) the server was last given.
-        self._users_on_nats: frozenset[tuple[str, str]] = frozenset()
         # The clearing house's public key, read from its key file at start.
         self.clearing_public_key = ""
         self.nats_url = nats_url or ""
         self.bus = Bus(nats_namespace)
-        self.clearing = Service("clearing", "", secrets.token_urlsafe(24))
-        self.banks = {
-            bank.id: Service(bank.id, "", secrets.token_urlsafe(24)) for bank in config.banks
-        }
+        self.users = NatsUsers(self.data_dir, self.bus)
+        self.clearing = Service("clearing", "", "")
+        self.bank_configs: dict[str, BankConfig] = {bank.id: bank for bank in config.banks}
+        self.joined: dict[str, JoinedBank] = {}
+        self.banks = {bank.id: Service(bank.id, "", "") for bank in config.banks}
+        # What starting found and did at the clearing house, for the operator to read.
+        self.notes: list[str] = []
+        self._lock = DataDirLock(self.data_dir)
+        self._earlier: dict[str, Any] = {}
 
     @property
     def description_path(self) -> Path:
@@ -106,7 +81,7 @@ class LocalFederation:
 
     def seed_path(self, name: str) -> Path:
         """A participant's NATS user (its nkey seed), when this federation runs its own NATS."""
-        return self.data_dir / "keys" / f"{name}.nk"
+        return self.users.seed_path(name)
 
     def key_path(self, name: str) -> Path:
         """A bank's or the clearing house's signing key (made at its first start, kept across
@@ -114,68 +89,87 @@ class LocalFederation:
         return self.data_dir / "keys" / f"{name}.key"
 
     def start(self) -> None:
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        (self.data_dir / "logs").mkdir(exist_ok=True)
-        (self.data_dir / "keys").mkdir(mode=0o700, exist_ok=True)
-        for name in (CLEARING, *(bank.id for bank in self.config.banks)):
-            if not self.key_path(name).exists():
-                SigningKey.generate().save(self.key_path(name))
-        self.clearing_public_key = SigningKey.load(self.key_path(CLEARING)).public_key
         try:
-            if not self.nats_url:
-                self.nats = NatsServer(self.data_dir / "nats", config_file=self._nats_users())
-                self.nats.start()
-                self.nats_url = self.nats.url
-            self._prepare(
-                self.clearing,
-                ["clearing", "serve", "--store", self._store("clearing")],
-                [
-                    "--deadline-seconds",
-                    str(self.config.clearing.deadline_seconds),
-                    "--signing-key",
-                    str(self.key_path(CLEARING)),
-                ],
-                {"TIMEBANK_ADMIN_TOKEN": self.clearing.token},
-            )
-            for bank in self.config.banks:
-                self._prepare(
-                    self.banks[bank.id],
-                    ["ledger", "serve", "--bank", bank.id, "--store", self._store(bank.id)],
-                    [
-                        "--overdraft-limit-minutes",
-                        str(bank.overdraft_limit_minutes),
-                        "--signing-key",
-                        str(self.key_path(bank.id)),
-                        "--checkpoint-seconds",
-                        str(self.checkpoint_seconds),
-                        "--clearing-key",
-                        self.clearing_public_key,
-                    ],
-                    {"TIMEBANK_OPERATOR_TOKEN": self.banks[bank.id].token},
-                )
-            # A bank is admitted (its key registered) before it starts: what it sends before
-            # then could not be authenticated, and would be set aside.
-            self._launch(self.clearing)
-            self._wait_healthy(self.clearing)
-            self._admit_banks()
-            for service in self.banks.values():
-                self._launch(service)
-            for service in self.banks.values():
-                self._wait_healthy(service)
-            self._write_description()
+            self._lock.acquire()
+        except DataDirInUse as e:
+            raise FederationError(str(e)) from None
+        try:
+            self._start()
         except BaseException:
             self.stop()
             raise
 
+    def _start(self) -> None:
+        (self.data_dir / "logs").mkdir(exist_ok=True)
+        (self.data_dir / "keys").mkdir(mode=0o700, exist_ok=True)
+        self._earlier = earlier_description(self.data_dir)
+        for joined in joined_banks(self.data_dir):
+            self._add_joined(joined)
+        for name in (CLEARING, *self.bank_configs):
+            if not self.key_path(name).exists():
+                SigningKey.generate().save(self.key_path(name))
+        self.clearing_public_key = SigningKey.load(self.key_path(CLEARING)).public_key
+        if not self.nats_url:
+            # The port of the NATS an earlier run ran here (not of one it was given).
+            ran_nats = (self._earlier.get("clearing") or {}).get("nats_seed")
+            earlier = self._earlier_port(self._earlier.get("nats_url")) if ran_nats else None
+            port = self.config.nats_port or earlier or 0
+            config_file = self.users.at_start(self.bank_configs)
+            self.nats = NatsServer(
+                self.data_dir / "nats", port=port, config_file=config_file, die_with_parent=True
+            )
+            self.nats.start()
+            self.nats_url = self.nats.url
+        self._prepare_clearing()
+        for bank_id in self.bank_configs:
+            if bank_id in self.banks:
+                self._prepare_bank(bank_id)
+        # A bank is admitted (its key registered) before it starts: what it sends before
+        # then could not be authenticated, and would be set aside.
+        self.clearing.launch()
+        self.clearing.wait_healthy()
+        self.notes = reconcile_clearing(self, self._earlier_clearing_tokens())
+        for bank_id in self.banks:
+            self._launch_bank(bank_id)
+        for service in self.banks.values():
+            if service.process is not None:
+                service.wait_healthy()
+        self._write_description()
+
     def stop(self) -> None:
         """Stop the banks, then the clearing house, then NATS; each gets time to finish."""
         for service in (*self.banks.values(), self.clearing):
-            if service.process is not None and service.process.poll() is None:
-                service.process.send_signal(signal.SIGTERM)
+            service.restart_at = None
+            service.signal(signal.SIGTERM)
         for service in (*self.banks.values(), self.clearing):
-            self._reap(service)
+            service.reap()
         if self.nats is not None:
             self.nats.stop()
+        self._lock.release()
+
+    def supervise(self) -> list[str]:
+        """One turn of supervision: NATS started again if it died; a service that exited is
+        started again after its backoff; banks that joined since are started. Returns what
+        happened, a line each, for the operator."""
+        said: list[str] = []
+        if self.nats is not None and not self.nats.running:
+            try:
+                self.nats.start()
+                said.append(f"NATS had stopped; started again at {self.nats.url}")
+            except NatsServerError as e:
+                said.append(f"NATS had stopped and failed to start again: {e}")
+        now = time.monotonic()
+        for service in (self.clearing, *self.banks.values()):
+            if not service.argv:
+                continue  # a bank run elsewhere
+            if service.process is not None and service.process.poll() is not None:
+                delay = service.crashed(now)
+                said.append(f"{service.name} exited; starting it again in {delay:.0f} s")
+            elif service.process is None and (due := service.restart_at) is not None and due <= now:
+                service.restart_at = None
+                service.launch()
+                said.append(f"{service.name} started again at {service.url}")
+        return said + self._start_joined()
 
     def service(self, name: str) -> Service:
         """The clearing house (``"clearing"``) or a bank, by id."""
@@ -186,18 +180,17 @@ class LocalFederation:
     def stop_service(self, name: str, *, kill: bool = False) -> None:
         """Stop one service: SIGTERM (it finishes what it is doing), or SIGKILL (a crash)."""
         service = self.service(name)
-        if service.process is not None and service.process.poll() is None:
-            service.process.send_signal(signal.SIGKILL if kill else signal.SIGTERM)
-        self._reap(service)
+        service.signal(signal.SIGKILL if kill else signal.SIGTERM)
+        service.reap()
 
     def start_service(self, name: str) -> None:
         """Start a stopped service again, on its store and its port, and wait until it serves."""
         service = self.service(name)
-        if service.process is not None and service.process.poll() is None:
+        if service.running:
             raise FederationError(f"{name} is already running")
-        self._reap(service)
-        self._launch(service)
-        self._wait_healthy(service)
+        service.reap()
+        service.launch()
+        service.wait_healthy()
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -211,16 +204,17 @@ class LocalFederation:
                 "nats_seed": self._seed_named(CLEARING),
             },
             "banks": {
-                bank.id: {
-                    "url": self.banks[bank.id].url,
-                    "operator_token": self.banks[bank.id].token,
-                    "clearing_token": self.banks[bank.id].clearing_token,
-                    "nats_seed": self._seed_named(bank.id),
-                    "signing_key": str(self.key_path(bank.id)),
-                    "store": self._store(bank.id),
+                bank_id: {
+                    "url": self.banks[bank_id].url,
+                    "operator_token": self.banks[bank_id].token,
+                    "clearing_token": self.banks[bank_id].clearing_token,
+                    "nats_seed": self._seed_named(bank_id),
+                    "signing_key": str(self.key_path(bank_id)),
+                    "store": self._store(bank_id) if self.banks[bank_id].argv else None,
                     "overdraft_limit_minutes": bank.overdraft_limit_minutes,
                 }
-                for bank in self.config.banks
+                for bank_id, bank in self.bank_configs.items()
+                if bank_id in self.banks
             },
         }
 
@@ -249,23 +243,6 @@ class LocalFederation:
     def _store(self, name: str) -> str:
         return local_store_url(self.data_dir, name)
 
-    def _nats_users(self) -> Path:
-        """The NATS server's users at start: an nkey for the clearing house and each bank in
-        the config (made once, kept in the data dir), each with only its own permissions."""
-        for name in (CLEARING, *(bank.id for bank in self.config.banks)):
-            if not self.seed_path(name).exists():
-                new_seed(self.seed_path(name))
-        self._users_on_nats = frozenset(
-            (bank.id, public_nkey(self.seed_path(bank.id))) for bank in self.config.banks
-        )
-        return self._write_nats_users(self._users_on_nats)
-
-    def _write_nats_users(self, banks: Iterable[tuple[str, str]]) -> Path:
-        config = self.data_dir / "nats-auth.conf"
-        clearing = public_nkey(self.seed_path(CLEARING))
-        write_auth_config(config, self.bus, clearing, sorted(banks))
-        return config
-
     def sync_nats_users(self) -> bool:
         """Give the NATS server this federation runs the users the clearing house's directory
         calls for, by a config reload (no restart): a bank admitted with a NATS key gets its
@@ -273,42 +250,81 @@ class LocalFederation:
         anything changed."""
         if self.nats is None:
             return False
-        response = httpx.get(
-            f"{self.clearing.url}/v1/banks",
-            headers={"Authorization": f"Bearer {self.clearing.token}"},
-            timeout=10,
-        )
-        response.raise_for_status()
-        users = frozenset(
-            (bank["bank_id"], self._nats_key_of(bank))
-            for bank in response.json()["banks"]
-            if bank["status"] == "active" and self._nats_key_of(bank)
-        )
-        if users == self._users_on_nats:
-            return False
-        self._write_nats_users(users)
-        self.nats.reload()
-        before, self._users_on_nats = self._users_on_nats, users
-        log.warning(
-            "NATS users brought in line with the clearing house's directory: added %s; removed %s",
-            ", ".join(sorted(b for b, _ in users - before)) or "none",
-            ", ".join(sorted(b for b, _ in before - users)) or "none",
-        )
-        return True
+        listed = self.clearing_get("/v1/banks")["banks"]
+        return self.users.sync(self.nats, listed, self.banks)
 
-    def _nats_key_of(self, bank: dict[str, Any]) -> str:
-        """The bank's NATS user: the key it was admitted with, or for a bank in the config
-        admitted without one (by an older run), the seed kept for it here."""
-        key = str(bank.get("nats_key") or "")
-        if not key and bank["bank_id"] in self.banks and self.seed_path(bank["bank_id"]).exists():
-            key = public_nkey(self.seed_path(bank["bank_id"]))
-        return key
+    # The clearing house's API, as its admin.
+
+    def clearing_get(self, path: str) -> Any:
+        response = httpx.get(f"{self.clearing.url}{path}", headers=self._admin(), timeout=10)
+        response.raise_for_status()
+        return response.json()
+
+    def clearing_call(self, method: str, path: str, body: Any = None) -> httpx.Response:
+        return httpx.request(
+            method, f"{self.clearing.url}{path}", json=body, headers=self._admin(), timeout=10
+        )
+
+    def _admin(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.clearing.token}"}
+
+    # Services: their command lines, ports and tokens.
+
+    def _prepare_clearing(self) -> None:
+        earlier = self._earlier.get("clearing") or {}
+        self.clearing.token = earlier.get("admin_token") or secrets.token_urlsafe(24)
+        self._prepare(
+            self.clearing,
+            self.config.clearing.port or self._earlier_port(earlier.get("url")),
+            ["clearing", "serve", "--store", self._store("clearing")],
+            [
+                "--deadline-seconds",
+                str(self.config.clearing.deadline_seconds),
+                "--signing-key",
+                str(self.key_path(CLEARING)),
+            ],
+            {"TIMEBANK_ADMIN_TOKEN": self.clearing.token},
+        )
+
+    def _prepare_bank(self, bank_id: str) -> None:
+        bank, service = self.bank_configs[bank_id], self.banks[bank_id]
+        earlier = (self._earlier.get("banks") or {}).get(bank_id) or {}
+        joined = self.joined.get(bank_id)
+        service.token = (
+            (joined.operator_token if joined else "")
+            or earlier.get("operator_token")
+            or secrets.token_urlsafe(24)
+        )
+        if joined is not None and joined.url:  # run on another host: only described here
+            service.url, service.clearing_token = joined.url, joined.clearing_token
+            return
+        self._prepare(
+            service,
+            bank.port or self._earlier_port(earlier.get("url")),
+            ["ledger", "serve", "--bank", bank.id, "--store", self._store(bank.id)],
+            [
+                "--overdraft-limit-minutes",
+                str(bank.overdraft_limit_minutes),
+                "--signing-key",
+                str(self.key_path(bank.id)),
+                "--checkpoint-seconds",
+                str(self.checkpoint_seconds),
+                "--clearing-key",
+                self.clearing_public_key,
+            ],
+            {"TIMEBANK_OPERATOR_TOKEN": service.token},
+        )
 
     def _prepare(
-        self, service: Service, command: list[str], options: list[str], tokens: dict[str, str]
+        self,
+        service: Service,
+        port: int | None,
+        command: list[str],
+        options: list[str],
+        tokens: dict[str, str],
     ) -> None:
-        """Choose the service's port and command line; it keeps both across restarts."""
-        port = free_ports(HOST, 1)[0]
+        """The service's port and command line; it keeps both across restarts."""
+        port = port or free_ports(HOST, 1)[0]
         service.url = f"http://{HOST}:{port}"
         service.argv = [sys.executable, "-m", "services.cli", *command, *options]
         service.argv += ["--host", HOST, "--port", str(port), "--nats-url", self.nats_url]
@@ -316,87 +332,59 @@ class LocalFederation:
         if self.nats is not None:
             service.argv += ["--nats-seed", str(self.seed_path(service.name))]
         service.env = {**os.environ, **tokens}
+        service.cwd = self.data_dir
+        service.log_path = self.data_dir / "logs" / f"{service.name}.log"
 
-    def _launch(self, service: Service) -> None:
-        service.log = (self.data_dir / "logs" / f"{service.name}.log").open("ab")
-        service.process = subprocess.Popen(  # noqa: S603 (this interpreter, our arguments, no shell)
-            service.argv,
-            env=service.env,
-            stdout=service.log,
-            stderr=subprocess.STDOUT,
-            cwd=self.data_dir,
-            # Its own session: Ctrl-C at the terminal reaches `up`, which stops them in order.
-            start_new_session=True,
-        )
+    @staticmethod
+    def _earlier_port(url: object) -> int | None:
+        """The port of a URL an earlier run wrote down, if any."""
+        if not isinstance(url, str):
+            return None
+        try:
+            return urlsplit(url).port
+        except ValueError:
+            return None
 
-    def _reap(self, service: Service) -> None:
-        """Wait for a signalled process to end (killing it if it takes too long); close its log."""
-        if service.process is not None:
-            try:
-                service.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                log.warning("%s did not stop in time; killing it", service.name)
-                service.process.kill()
-                service.process.wait(timeout=5)
-            service.process = None
-        if service.log is not None:
-            service.log.close()
-            service.log = None
+    def _launch_bank(self, bank_id: str) -> None:
+        service = self.banks[bank_id]
+        if service.argv:
+            service.launch()
 
-    def _wait_healthy(self, service: Service) -> None:
-        deadline = time.monotonic() + START_TIMEOUT_SECONDS
-        while True:
-            if service.process is not None and service.process.poll() is not None:
-                raise FederationError(f"{service.name} exited at start-up: {self._tail(service)}")
-            try:
-                if httpx.get(f"{service.url}/healthz", timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise FederationError(f"{service.name} did not start: {self._tail(service)}")
-            time.sleep(0.1)
+    # Banks that joined a running federation (`timebank join`).
 
-    def _admit_banks(self) -> None:
-        headers = {"Authorization": f"Bearer {self.clearing.token}"}
-        earlier = self._earlier_clearing_tokens()
-        for bank in self.config.banks:
-            body = {
-                "bank_id": bank.id,
-                "name": bank.name,
-                "limit_minutes": bank.limit_minutes,
-                "public_key": SigningKey.load(self.key_path(bank.id)).public_key,
-            }
-            if self.nats is not None:
-                body["nats_key"] = public_nkey(self.seed_path(bank.id))
-            response = httpx.post(f"{self.clearing.url}/v1/banks", json=body, headers=headers)
-            if response.status_code == 201:
-                self.banks[bank.id].clearing_token = response.json()["clearing_token"]
-            elif response.status_code == 409:
-                # Admitted by an earlier run on the same data dir: its token was shown then.
-                self.banks[bank.id].clearing_token = earlier.get(bank.id)
+    def _add_joined(self, joined: JoinedBank) -> None:
+        self.joined[joined.id] = joined
+        self.bank_configs[joined.id] = joined.config()
+        self.banks[joined.id] = Service(joined.id, "", "", clearing_token=joined.clearing_token)
+
+    def _start_joined(self) -> list[str]:
+        """Start the banks `timebank join` admitted since the last turn (or describe the ones
+        run on another host), and write the description again."""
+        new = [j for j in joined_banks(self.data_dir) if j.id not in self.banks]
+        if not new:
+            return []
+        said = []
+        self.sync_nats_users()
+        for joined in new:
+            self._add_joined(joined)
+            self._prepare_bank(joined.id)
+            if self.banks[joined.id].argv:
+                self._launch_bank(joined.id)
+                self.banks[joined.id].wait_healthy()
+                said.append(f"{joined.id} joined; serving at {self.banks[joined.id].url}")
             else:
-                raise FederationError(f"admitting {bank.id} failed: {response.text}")
+                said.append(f"{joined.id} joined; run on another host at {joined.url}")
+        self._write_description()
+        return said
 
     def _earlier_clearing_tokens(self) -> dict[str, str]:
-        try:
-            banks = read_description(self.data_dir)["banks"]
-        except (OSError, ValueError, KeyError, TypeError):
-            return {}
-        return {
+        banks = self._earlier.get("banks") or {}
+        tokens = {
             bank_id: bank["clearing_token"]
             for bank_id, bank in banks.items()
             if isinstance(bank, dict) and bank.get("clearing_token")
         }
+        return tokens | {j.id: j.clearing_token for j in self.joined.values()}
 
     def _write_description(self) -> None:
-        path = self.description_path
-        path.write_text(json.dumps(self.describe(), indent=2) + "\n")
-        path.chmod(0o600)  # it holds the tokens
-
-    def _tail(self, service: Service, lines: int = 15) -> str:
-        path = self.data_dir / "logs" / f"{service.name}.log"
-        try:
-            return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return "(no log)"
+        write_description(self.data_dir, self.describe())

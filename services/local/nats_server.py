@@ -20,6 +20,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Self
 
+from services.local.processes import die_with_parent
+
 log = logging.getLogger(__name__)
 
 # SIGKILL ends a process at once; this only bounds the wait for one stuck inside the kernel.
@@ -108,8 +110,12 @@ class NatsServer:
         log_file: Path | None = None,
         name: str = "timebank",
         config_file: Path | None = None,
+        die_with_parent: bool = False,
     ) -> None:
         self.store_dir = Path(store_dir)
+        # Linux stops the server when the thread that started it ends (`timebank up` starts
+        # and restarts it from its main thread; tests restart it from worker threads).
+        self.die_with_parent = die_with_parent
         self.host = host
         self.name = name
         self.log_file = (
@@ -220,6 +226,8 @@ class NatsServer:
                     stdout=output,
                     stderr=subprocess.STDOUT,
                     start_new_session=True,
+                    # Stopped by Linux if its parent dies without stopping it, when asked.
+                    preexec_fn=die_with_parent if self.die_with_parent else None,
                 )
             except OSError as error:
                 raise NatsServerError(f"could not run {binary}: {error}") from error

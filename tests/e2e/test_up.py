@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -33,16 +34,26 @@ limit_minutes = 600
 
 
 def processes_using(path: Path) -> list[str]:
-    """Command lines of live processes that mention ``path`` (the federation's data dir)."""
+    """Command lines of live processes, other than this test's, that mention ``path`` (the
+    federation's data dir)."""
     found = []
     for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        if int(cmdline.parent.name) == os.getpid():
+            continue
         try:
             text = cmdline.read_bytes().replace(b"\0", b" ").decode(errors="replace")
         except OSError:
             continue
-        if str(path) in text and "pytest" not in text:
+        if str(path) in text and not _is_zombie(cmdline.parent):
             found.append(text)
     return found
+
+
+def _is_zombie(proc: Path) -> bool:
+    try:
+        return (proc / "stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except (OSError, IndexError):
+        return True
 
 
 def wait_for(check: Any, seconds: float, what: str) -> Any:

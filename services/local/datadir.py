@@ -1,0 +1,128 @@
+"""A federation's data dir: one `timebank up` at a time (a lock), and its description,
+federation.json, with every path in it relative to the dir, so a copied dir describes the copy.
+
+What an earlier run fixed (ports and tokens) is read back from the description, so scripts and
+banks started by hand keep working across restarts.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+DESCRIPTION_FILE = "federation.json"
+LOCK_FILE = "up.lock"
+_SQLITE = "sqlite:///"
+# The description's fields that name a file (the others are URLs, tokens and numbers).
+_PATH_FIELDS = ("nats_seed", "signing_key")
+
+
+class DataDirInUse(RuntimeError):
+    """Another process runs a federation on this data dir; the message says which."""
+
+
+def local_store_url(data_dir: Path, name: str) -> str:
+    """Where `timebank up` keeps the clearing house's (``clearing``) or a bank's events."""
+    return f"sqlite:///{data_dir.resolve() / (name + '.db')}"
+
+
+@dataclass
+class DataDirLock:
+    """An exclusive lock on the data dir for as long as a federation runs on it (flock: the
+    kernel drops it when the process ends, however it ends, so a crash leaves no stale lock)."""
+
+    data_dir: Path
+    _file: IO[str] | None = field(default=None, repr=False)
+
+    def acquire(self) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        lock = (self.data_dir / LOCK_FILE).open("a+")
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.seek(0)
+            holder = lock.read().strip() or "another process"
+            lock.close()
+            raise DataDirInUse(
+                f"{self.data_dir} is in use by another `timebank up` ({holder}); stop it "
+                "first, or give this one another --data-dir"
+            ) from None
+        lock.seek(0)
+        lock.truncate()
+        lock.write(f"pid {os.getpid()}\n")
+        lock.flush()
+        self._file = lock
+
+    def release(self) -> None:
+        if self._file is not None:
+            with contextlib.suppress(OSError):
+                self._file.truncate(0)
+            self._file.close()
+            self._file = None
+
+
+def read_description(data_dir: Path) -> dict[str, Any]:
+    """DATA_DIR/federation.json, as `timebank up` and the demo write it (URLs, tokens, stores),
+    with its paths made absolute against DATA_DIR; OSError if it cannot be read, ValueError if
+    it is not a JSON object."""
+    path = data_dir / DESCRIPTION_FILE
+    described = json.loads(path.read_text())
+    if not isinstance(described, dict):
+        raise ValueError(f"{path} holds no JSON object")
+    return _paths(described, lambda p: _absolute(data_dir.resolve(), p))
+
+
+def write_description(data_dir: Path, described: dict[str, Any]) -> Path:
+    """Write the description with every path under DATA_DIR relative to it; readable by its
+    owner only, since it holds the tokens. Written to a new file and renamed, so a reader never
+    sees half of it."""
+    root = data_dir.resolve()
+    path = data_dir / DESCRIPTION_FILE
+    partial = path.with_suffix(".json.partial")
+    partial.write_text(json.dumps(_paths(described, lambda p: _relative(root, p)), indent=2))
+    partial.chmod(0o600)
+    partial.replace(path)
+    return path
+
+
+def earlier_description(data_dir: Path) -> dict[str, Any]:
+    """What an earlier run on this data dir described; empty if none (or unreadable)."""
+    try:
+        return read_description(data_dir)
+    except (OSError, ValueError):
+        return {}
+
+
+def _paths(described: dict[str, Any], convert: Callable[[str], str]) -> dict[str, Any]:
+    """A copy of the description with ``convert`` applied to each store file and key path."""
+    out: dict[str, Any] = json.loads(json.dumps(described))
+    banks = out.get("banks")
+    sections = [out.get("clearing"), *(banks.values() if isinstance(banks, dict) else ())]
+    for section in sections:
+        if not isinstance(section, dict):
+            continue
+        store = section.get("store")
+        if isinstance(store, str) and store.startswith(_SQLITE):
+            section["store"] = _SQLITE + convert(store[len(_SQLITE) :])
+        for key in _PATH_FIELDS:
+            if isinstance(section.get(key), str):
+                section[key] = convert(section[key])
+    return out
+
+
+def _relative(root: Path, path: str) -> str:
+    """A path under ``root`` as relative to it; any other path as it is."""
+    try:
+        return str(Path(path).relative_to(root))
+    except ValueError:
+        return path
+
+
+def _absolute(root: Path, path: str) -> str:
+    return path if Path(path).is_absolute() else str(root / path)
