@@ -66,7 +66,7 @@ def _command_elsewhere(data_dir: Path, bank: str, url: str, overdraft: int) -> s
     port = urlsplit(url).port or 8001
     seed = f" --nats-seed {bank}.nk" if described["clearing"].get("nats_seed") else ""
     return (
-        f"  TIMEBANK_OPERATOR_TOKEN=\"$(cat {bank}.token)\" "
+        f'  TIMEBANK_OPERATOR_TOKEN="$(cat {bank}.token)" '
         f"timebank ledger serve --bank {bank} --store sqlite:///{bank}.db "
         f"--overdraft-limit-minutes {overdraft} --host 0.0.0.0 --port {port} "
         f"--nats-url {described['nats_url']}{seed} --nats-namespace "
