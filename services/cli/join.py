@@ -1,4 +1,4 @@
-"""`timebank join`: a new bank joins a running federation."""
+"""`timebank join` (a new bank joins a running federation) and `timebank backup`."""
 
 from __future__ import annotations
 
@@ -73,3 +73,23 @@ def _command_elsewhere(data_dir: Path, bank: str, url: str, overdraft: int) -> s
         f"{described['nats_namespace']} --signing-key {bank}.key "
         f"--clearing-key {described['clearing']['public_key']}"
     )
+
+
+@app.command("backup")
+def backup(
+    out: Annotated[Path, typer.Option(help="A new folder for the copy.")],
+    data_dir: Annotated[
+        Path, typer.Option(help="The federation's data dir (it may be running).")
+    ] = Path("timebank-data"),
+) -> None:
+    """Copy a federation's data dir, running or not: every SQLite store by SQLite's online
+    backup, and the keys and federation.json. Audit the copy with `timebank audit federation
+    --data-dir OUT`; run it with `timebank up --data-dir OUT`."""
+    from services.local.backup import BackupError, backup_data_dir
+
+    try:
+        copied = backup_data_dir(data_dir, out)
+    except BackupError as e:
+        raise fail(str(e)) from None
+    typer.echo(f"{len(copied)} stores copied to {out}; audit the copy with:")
+    typer.echo(f"  timebank audit federation --data-dir {out}")

@@ -229,6 +229,19 @@ def test_a_bank_joins_a_running_federation_pays_and_is_paid_settles_and_is_audit
             confirmed = client.ok(client.confirm_obligation(cycle["settlement_id"], 1, "peckham"))
             assert confirmed["status"] == "completed"
             assert client.wait_until_mirrored()
-    audit = run_timebank("audit", "federation", "--data-dir", str(data_dir))
-    assert audit.returncode == 0, audit.stdout + audit.stderr
-    assert "peckham" in audit.stdout
+        # A backup taken while it runs is a data dir of its own.
+        copy = tmp_path / "backup"
+        backup = run_timebank("backup", "--data-dir", str(data_dir), "--out", str(copy))
+        assert backup.returncode == 0, backup.stderr
+        assert "4 stores copied" in backup.stdout
+    for audited in (data_dir, copy):
+        audit = run_timebank("audit", "federation", "--data-dir", str(audited))
+        assert audit.returncode == 0, audit.stdout + audit.stderr
+        assert "peckham" in audit.stdout
+    # Restored: `up` runs the copy, with every balance as it was.
+    with running_up(config, copy), FederationClient(read_description(copy)) as client:
+        assert client.member("peckham", "pat")["balance_minutes"] == 60
+        assert client.member("rushey-green", "maya")["balance_minutes"] == -60
+        # and the bus (made anew: the stores hold every outbox and inbox position) carries on.
+        again = client.transfer("peckham", "pat", "rushey-green", "maya", 15, "again")
+        assert client.outcome("peckham", again)["status"] == "committed"
