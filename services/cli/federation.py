@@ -35,6 +35,14 @@ def up(
         str | None, typer.Option(help="Use this NATS server instead of starting one.")
     ] = None,
     nats_namespace: NatsNamespace = DEFAULT_NAMESPACE,
+    store_template: Annotated[
+        str | None,
+        typer.Option(
+            help="Each service's store, as a URL with {name} or {schema} (its name, '-' as "
+            "'_'), e.g. 'postgresql://user@host:5432/db?schema=tb_{schema}'. Default: the "
+            "config's store_template, else SQLite files in the data dir."
+        ),
+    ] = None,
 ) -> None:
     """Run a whole federation here: NATS, the clearing house and every bank in the config.
     Prints every URL and token, writes them to DATA_DIR/federation.json, and stops everything
@@ -46,7 +54,11 @@ def up(
     configure_logging("warning")
     try:
         federation = LocalFederation(
-            load_config(config), data_dir, nats_url=nats_url, nats_namespace=nats_namespace
+            load_config(config),
+            data_dir,
+            nats_url=nats_url,
+            nats_namespace=nats_namespace,
+            store_template=store_template,
         )
     except (ConfigError, InvalidNamespace) as e:
         raise fail(str(e)) from None

@@ -39,6 +39,11 @@ class FederationConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     clearing: ClearingConfig = ClearingConfig()
     # The NATS server's client port, when `up` runs its own; unset: as for the services.
     nats_port: Port | None = None
+    # Where each service keeps its events: a store URL with {name} (the clearing house's
+    # "clearing", or a bank's id) and/or {schema} (the same, with "-" as "_"), e.g.
+    # "postgresql://timebank@db:5432/timebank?schema=tb_{schema}". Unset: SQLite files in
+    # the data dir.
+    store_template: str | None = None
 
 
 class ConfigError(ValueError):

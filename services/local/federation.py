@@ -37,6 +37,21 @@ log = logging.getLogger(__name__)
 HOST = "127.0.0.1"
 
 
+def store_from_template(template: str, name: str) -> str:
+    """A service's store URL from a template with {name} and/or {schema} (the name, with "-"
+    as "_", fit for a PostgreSQL schema); FederationError if the template is unusable."""
+    from services.common.stores import StoreURLError, parse_store_url
+
+    if "{name}" not in template and "{schema}" not in template:
+        raise FederationError(f"store template {template!r} has neither {{name}} nor {{schema}}")
+    url = template.replace("{name}", name).replace("{schema}", name.replace("-", "_"))
+    try:
+        parse_store_url(url)
+    except StoreURLError as e:
+        raise FederationError(f"store template {template!r}: {e}") from None
+    return url
+
+
 class LocalFederation:
     """Starts NATS (unless given a URL), the clearing house and each bank, on SQLite files in
     ``data_dir``; admits every bank and applies the config's changes at the clearing house;
@@ -56,8 +71,10 @@ class LocalFederation:
         nats_url: str | None = None,
         nats_namespace: str = DEFAULT_NAMESPACE,
         checkpoint_seconds: float = DEFAULT_CHECKPOINT_SECONDS,
+        store_template: str | None = None,
     ) -> None:
         self.config = config
+        self.store_template = store_template or config.store_template
         self.checkpoint_seconds = checkpoint_seconds
         self.data_dir = data_dir.resolve()
         self.nats: NatsServer | None = None
@@ -241,6 +258,8 @@ class LocalFederation:
         self.stop()
 
     def _store(self, name: str) -> str:
+        if self.store_template:
+            return store_from_template(self.store_template, name)
         return local_store_url(self.data_dir, name)
 
     def sync_nats_users(self) -> bool:
