@@ -27,9 +27,15 @@ from services.clearing.settlement import (
     UnknownSettlement,
 )
 from services.clearing.views import BankView, SettlementView, TransferView
-from services.common.auth import bearer_token, digest
+from services.common.auth import BearerScheme, bearer_token, digest
 from services.common.deps import Reader, Writer, application
-from services.common.problems import Problem
+from services.common.problems import (
+    FORBIDDEN,
+    Problem,
+    ProblemSource,
+    Responses,
+    problem_responses,
+)
 
 CLEARING_ERRORS: dict[type[Exception], tuple[int, str]] = {
     InvalidRequest: (422, "invalid_request"),
@@ -45,6 +51,12 @@ CLEARING_ERRORS: dict[type[Exception], tuple[int, str]] = {
     NotCreditor: (403, "not_creditor"),
     BadSignature: (403, "bad_signature"),
 }
+
+
+def problems(*sources: ProblemSource) -> Responses:
+    """A route's problems for its OpenAPI description, besides those its shape implies (a
+    token, a body: services/common/docs.py)."""
+    return problem_responses(CLEARING_ERRORS, *sources)
 
 
 class NewBank(BaseModel):
@@ -108,7 +120,7 @@ class Health(BaseModel):
 ClearingDep = Annotated[Clearing, Depends(application(Clearing))]
 
 
-def calling_bank(request: Request, clearing: ClearingDep) -> str:
+def calling_bank(request: Request, clearing: ClearingDep, _scheme: BearerScheme) -> str:
     """The member bank whose clearing-house token (given at admission) the caller presented."""
     token = bearer_token(request)
     bank_id = clearing.bank_with_token_digest(digest(token).hex()) if token else None
@@ -139,7 +151,12 @@ def healthz() -> Health:
     return Health(status="ok", service="clearing")
 
 
-@banks.post("", status_code=201, dependencies=[Admin])
+@banks.post(
+    "",
+    status_code=201,
+    dependencies=[Admin],
+    responses=problems(FORBIDDEN, InvalidRequest, BankExists),
+)
 def admit_bank(body: NewBank, clearing: ClearingDep, request: Request) -> AdmittedBank:
     """Admit a bank to the federation with a limit on what it may owe. The answer holds the
     bank's own token at this API, shown this once."""
@@ -162,7 +179,7 @@ class BankToken(BaseModel):
     clearing_token: str = Field(description="Shown once; the previous token stops working.")
 
 
-@banks.post("/{bank_id}/token", dependencies=[Admin])
+@banks.post("/{bank_id}/token", dependencies=[Admin], responses=problems(FORBIDDEN, UnknownBank))
 def issue_bank_token(bank_id: str, clearing: ClearingDep) -> BankToken:
     """Give a bank a new token at this API, when its token was lost or leaked."""
     token = secrets.token_urlsafe(32)
@@ -187,7 +204,7 @@ class NewKey(BaseModel):
     )
 
 
-@banks.post("/{bank_id}/key")
+@banks.post("/{bank_id}/key", responses=problems(FORBIDDEN, BadSignature, InvalidRequest))
 def rotate_bank_key(
     bank_id: str, body: NewKey, clearing: ClearingDep, calling: CallingBank
 ) -> BankView:
@@ -215,7 +232,11 @@ class BankChanges(BaseModel):
     )
 
 
-@banks.patch("/{bank_id}", dependencies=[Admin])
+@banks.patch(
+    "/{bank_id}",
+    dependencies=[Admin],
+    responses=problems(FORBIDDEN, UnknownBank, InvalidRequest),
+)
 def change_bank(bank_id: str, body: BankChanges, clearing: ClearingDep) -> BankView:
     """Change a bank's name or limit (only what the body names). A lower limit refuses new
     transfers that would pass it; transfers already reserved stand."""
@@ -224,13 +245,15 @@ def change_bank(bank_id: str, body: BankChanges, clearing: ClearingDep) -> BankV
     return clearing.change_bank(bank_id, body.name, body.limit_minutes)
 
 
-@banks.post("/{bank_id}/suspend", dependencies=[Admin])
+@banks.post("/{bank_id}/suspend", dependencies=[Admin], responses=problems(FORBIDDEN, UnknownBank))
 def suspend_bank(bank_id: str, clearing: ClearingDep) -> BankView:
     """Stop new transfers to and from a bank; transfers already decided are not affected."""
     return clearing.suspend_bank(bank_id)
 
 
-@banks.post("/{bank_id}/reinstate", dependencies=[Admin])
+@banks.post(
+    "/{bank_id}/reinstate", dependencies=[Admin], responses=problems(FORBIDDEN, UnknownBank)
+)
 def reinstate_bank(bank_id: str, clearing: ClearingDep) -> BankView:
     """Let a suspended bank take part again."""
     return clearing.reinstate_bank(bank_id)
@@ -255,13 +278,18 @@ def list_transfers(clearing: ClearingDep, status: Literal["stuck"]) -> Transfers
     return Transfers(transfers=clearing.stuck_transfers())
 
 
-@transfers.get("/{transfer_id}", dependencies=[Reader])
+@transfers.get("/{transfer_id}", dependencies=[Reader], responses=problems(UnknownTransfer))
 def get_transfer(transfer_id: str, clearing: ClearingDep) -> TransferView:
     """A cross-bank transfer as the coordinator sees it."""
     return clearing.get_transfer(transfer_id)
 
 
-@settlements.post("", status_code=201, dependencies=[Admin])
+@settlements.post(
+    "",
+    status_code=201,
+    dependencies=[Admin],
+    responses=problems(FORBIDDEN, SettlementOpen, SettlementBlocked),
+)
 def open_settlement(clearing: ClearingDep) -> SettlementView:
     """Close a settlement cycle now: each bank's position from the transfers committed so far,
     and the fewest obligations (debtor bank pays creditor bank) that settle them. One cycle is
@@ -275,7 +303,7 @@ def list_settlements(clearing: ClearingDep) -> Settlements:
     return Settlements(settlements=clearing.settlements())
 
 
-@settlements.get("/{settlement_id}", dependencies=[Reader])
+@settlements.get("/{settlement_id}", dependencies=[Reader], responses=problems(UnknownSettlement))
 def get_settlement(settlement_id: int, clearing: ClearingDep) -> SettlementView:
     """A cycle: positions at its cut-off, its obligations, and each one's status."""
     return clearing.get_settlement(settlement_id)
@@ -293,7 +321,10 @@ class Confirmation(BaseModel):
     )
 
 
-@settlements.post("/{settlement_id}/obligations/{number}/confirm")
+@settlements.post(
+    "/{settlement_id}/obligations/{number}/confirm",
+    responses=problems(UnknownSettlement, UnknownObligation, NotCreditor, BadSignature),
+)
 def confirm_obligation(
     settlement_id: int,
     number: int,

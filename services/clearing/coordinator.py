@@ -291,6 +291,11 @@ class Coordinator:
                 transfer.transfer_id,
                 ", ".join(waiting),
                 MAX_RESENDS,
+                extra={
+                    "transfer_id": transfer.transfer_id,
+                    "bank": transfer.payer_bank,
+                    "payee_bank": transfer.payee_bank,
+                },
             )
         self._app.save(*uow.aggregates)
         return transfer.transfer_id

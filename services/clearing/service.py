@@ -12,6 +12,7 @@ from fastapi import FastAPI
 
 from services.clearing.api import CLEARING_ERRORS, ROUTERS
 from services.clearing.application import Clearing
+from services.clearing.observability import ClearingMetrics
 from services.clearing.settings import ClearingSettings
 from services.common.authenticity import Authenticator
 from services.common.bus_worker import BusWorker
@@ -100,4 +101,5 @@ def create_app(settings: ClearingSettings, clearing: Clearing | None = None) -> 
         routers=ROUTERS,
         errors=CLEARING_ERRORS,
     )
-    return asgi_app(face, settings, lambda: clearing_runtime(settings, clearing))
+    metrics = ClearingMetrics()
+    return asgi_app(face, settings, lambda: clearing_runtime(settings, clearing), metrics)

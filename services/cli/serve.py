@@ -10,7 +10,15 @@ from typing import Annotated, Any, Protocol, TypeVar
 
 import typer
 
-from services.cli.common import NatsNamespace, app, configure_logging, exit_cleanly_on_signals, fail
+from services.cli.common import (
+    LogFormat,
+    NatsNamespace,
+    app,
+    configure_logging,
+    exit_cleanly_on_signals,
+    fail,
+    uvicorn_log_config,
+)
 from services.ledger.domain_terms import DEFAULT_MAX_EXCHANGE_MINUTES, DEFAULT_OVERDRAFT_MINUTES
 from services.ledger.settings import DEFAULT_CHECKPOINT_SECONDS
 from shared.bus import DEFAULT_NAMESPACE
@@ -24,6 +32,13 @@ NatsSeed = Annotated[
     ),
 ]
 LogLevel = Annotated[str, typer.Option(help="debug, info, warning or error.")]
+LogFormatOption = Annotated[
+    LogFormat,
+    typer.Option(
+        help="text, or json: one JSON object per line (uvicorn's access log too), with a "
+        "transfer's transfer_id and bank as fields."
+    ),
+]
 NatsTlsCa = Annotated[
     Path | None,
     typer.Option(help="TLS to NATS (between hosts): the CA that signed the server's certificate."),
@@ -89,6 +104,7 @@ def ledger_serve(
     nats_tls_cert: NatsTlsCert = None,
     nats_tls_key: NatsTlsKey = None,
     log_level: LogLevel = "info",
+    log_format: LogFormatOption = LogFormat.TEXT,
 ) -> None:
     """Serve one bank's ledger over HTTP. Tokens come from TIMEBANK_OPERATOR_TOKEN
     (required) and TIMEBANK_AUDITOR_TOKEN (optional, read-only)."""
@@ -114,7 +130,14 @@ def ledger_serve(
         )
 
     serve_service(
-        settings, open_ledger, create_app, lambda s: f"bank {s.bank_id}", host, port, log_level
+        settings,
+        open_ledger,
+        create_app,
+        lambda s: f"bank {s.bank_id}",
+        host,
+        port,
+        log_level,
+        log_format,
     )
 
 
@@ -139,12 +162,13 @@ def serve_service(
     host: str,
     port: int,
     log_level: str,
+    log_format: LogFormat = LogFormat.TEXT,
 ) -> None:
     """Check the settings, open the service's store, and serve it until SIGTERM or Ctrl-C."""
     from services.common.settings import SettingsError
     from services.common.stores import parse_store_url
 
-    configure_logging(log_level)
+    configure_logging(log_level, log_format)
     try:
         settings = build_settings()
     except SettingsError as e:
@@ -155,16 +179,30 @@ def serve_service(
     except Exception as e:
         raise fail(f"cannot open the store ({store.description}): {e}") from None
     typer.echo(f"{label(settings)}: store {store.description}; http://{host}:{port}")
-    serve(create_app(settings, application), host, port, log_level, on_exit=application.close)
+    asgi_app = create_app(settings, application)
+    serve(asgi_app, host, port, log_level, on_exit=application.close, log_format=log_format)
 
 
-def serve(asgi_app: Any, host: str, port: int, log_level: str, on_exit: Callable[[], None]) -> None:
+def serve(
+    asgi_app: Any,
+    host: str,
+    port: int,
+    log_level: str,
+    on_exit: Callable[[], None],
+    log_format: LogFormat = LogFormat.TEXT,
+) -> None:
     """Run an app with uvicorn until SIGTERM or Ctrl-C, then close what it used."""
     import uvicorn
 
     try:
         with exit_cleanly_on_signals():
-            uvicorn.run(asgi_app, host=host, port=port, log_level=log_level)
+            uvicorn.run(
+                asgi_app,
+                host=host,
+                port=port,
+                log_level=log_level,
+                log_config=uvicorn_log_config(log_format),
+            )
     finally:
         on_exit()
 
@@ -199,6 +237,7 @@ def clearing_serve(
     nats_tls_cert: NatsTlsCert = None,
     nats_tls_key: NatsTlsKey = None,
     log_level: LogLevel = "info",
+    log_format: LogFormatOption = LogFormat.TEXT,
 ) -> None:
     """Serve the clearing house over HTTP. The admin token comes from TIMEBANK_ADMIN_TOKEN
     (required); TIMEBANK_AUDITOR_TOKEN (optional) may read."""
@@ -220,5 +259,12 @@ def clearing_serve(
         )
 
     serve_service(
-        settings, open_clearing, create_app, lambda _: "clearing house", host, port, log_level
+        settings,
+        open_clearing,
+        create_app,
+        lambda _: "clearing house",
+        host,
+        port,
+        log_level,
+        log_format,
     )

@@ -7,8 +7,10 @@ import hmac
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Annotated
 
-from fastapi import Request
+from fastapi import Request, Security
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from services.common.problems import Problem
 
@@ -87,6 +89,17 @@ class TokenRegistry:
         return found
 
 
+# How the OpenAPI description names the token (so Swagger UI's Authorize button sends it). It
+# refuses nothing itself: every guard that takes it checks the token, and answers a problem.
+BEARER_SCHEME = HTTPBearer(
+    scheme_name="bearer",
+    description="A token of this service: at a ledger the operator's or an auditor's; at the "
+    "clearing house the admin's, an auditor's, or a member bank's clearing token.",
+    auto_error=False,
+)
+BearerScheme = Annotated[HTTPAuthorizationCredentials | None, Security(BEARER_SCHEME)]
+
+
 def bearer_token(request: Request) -> str:
     """The request's bearer token, or "" when it has none."""
     scheme, _, token = request.headers.get("authorization", "").partition(" ")
@@ -108,10 +121,10 @@ def bearer_role(request: Request, registry: TokenRegistry) -> str:
 
 def role_guard(
     allowed: frozenset[str], registry_of: Callable[[Request], TokenRegistry]
-) -> Callable[[Request], str]:
+) -> Callable[[Request, HTTPAuthorizationCredentials | None], str]:
     """A FastAPI dependency: the caller's role, if it is one of ``allowed``."""
 
-    def guard(request: Request) -> str:
+    def guard(request: Request, _scheme: BearerScheme) -> str:
         role = bearer_role(request, registry_of(request))
         if role not in allowed:
             raise Problem(403, "forbidden", f"the {role} role may not do this")

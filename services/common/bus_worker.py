@@ -9,7 +9,7 @@ import logging
 import ssl
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
@@ -47,6 +47,28 @@ ADMINISTER_SECONDS = 1.0
 # A message that arrived before an earlier one from the same sender waits this long.
 GAP_RETRY_SECONDS = 0.5
 STOP_TIMEOUT_SECONDS = 5.0
+
+
+class BusObserver(Protocol):
+    """Told what the worker does with what it receives (the service's metrics)."""
+
+    def inbox_gap(self) -> None: ...
+
+    def dead_letter(self, kind: str) -> None: ...
+
+
+class _Unobserved:
+    def inbox_gap(self) -> None:
+        pass
+
+    def dead_letter(self, kind: str) -> None:
+        pass
+
+
+def transfer_fields(envelope: Envelope | None) -> dict[str, str]:
+    """The log fields of a message about a transfer (its id); none for any other."""
+    transfer_id = getattr(envelope.message, "transfer_id", None) if envelope else None
+    return {"transfer_id": transfer_id} if isinstance(transfer_id, str) else {}
 
 
 def header_safe(text: str, limit: int = 500) -> str:
@@ -97,6 +119,9 @@ class BusWorker:
         self._nc: NATS | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
+        self.observer: BusObserver = _Unobserved()
+        # Whether the consumer's last fetch worked (a fetch that found nothing did).
+        self._fetching = False
 
     async def start(self) -> None:
         self._offload = Offload(self.name)
@@ -124,6 +149,7 @@ class BusWorker:
             await self._ensure_consumers(js)
             tasks.append(asyncio.create_task(self._administer(js), name=f"{self.name}-admin"))
         subscription = await js.pull_subscribe_bind(self.durable, stream=self.stream)
+        self._fetching = True
         self.app.save_listeners.append(self.wake)
         tasks.append(
             asyncio.create_task(self._consume(js, subscription), name=f"{self.name}-consumer")
@@ -168,6 +194,15 @@ class BusWorker:
             except Exception as e:
                 log.warning("%s: setting up the bus failed (%s); trying again", self.name, e)
 
+    def not_ready(self) -> str | None:
+        """Why the worker cannot receive now, or None when it can: connected to NATS, and
+        its consumer's last fetch worked."""
+        if self._nc is None or not self._nc.is_connected:
+            return "not connected to NATS"
+        if not self._fetching:
+            return f"consumer {self.durable} is not fetching"
+        return None
+
     def wake(self, _saved: SavedEvents = ()) -> None:
         """Tell the relay there is something new to publish (callable from any thread)."""
         if self.relay is not None:
@@ -205,6 +240,7 @@ class BusWorker:
             try:
                 messages = await self._next_messages(subscription)
             except (TimeoutError, NatsTimeoutError):
+                self._fetching = True
                 continue
             except asyncio.CancelledError:
                 raise
@@ -215,8 +251,10 @@ class BusWorker:
                 if not failing:
                     log.warning("%s: fetching failed (%s); retrying until it works", self.name, e)
                 failing = True
+                self._fetching = False
                 await asyncio.sleep(0.5)
                 continue
+            self._fetching = True
             if failing:
                 log.info("%s: fetching works again", self.name)
                 failing = False
@@ -251,7 +289,7 @@ class BusWorker:
             try:
                 decoded.append((msg, self.codec.decode(msg.data)))
             except ProtocolError as e:
-                await self._dead_letter(js, msg, f"undecodable: {e}")
+                await self._dead_letter(js, msg, "undecodable", f"undecodable: {e}")
         if not decoded:
             return
         # One hand-off to a thread for both: checking each message, then applying the
@@ -259,7 +297,7 @@ class BusWorker:
         refusals, authentic, results = await self._offload(self._check_and_receive, decoded)
         for (msg, _), refusal in zip(decoded, refusals, strict=True):
             if refusal is not None:
-                await self._dead_letter(js, msg, f"not authentic: {refusal}")
+                await self._dead_letter(js, msg, "not_authentic", f"not authentic: {refusal}")
         by_envelope = {id(envelope): msg for msg, envelope in authentic}
         for result in results:
             msg = by_envelope[id(result.envelope)]
@@ -267,9 +305,10 @@ class BusWorker:
                 case Outcome.APPLIED | Outcome.DUPLICATE:
                     await msg.ack()
                 case Outcome.REJECTED:
-                    await self._dead_letter(js, msg, result.reason)
+                    await self._dead_letter(js, msg, "rejected", result.reason, result.envelope)
                 case Outcome.GAP:
                     await msg.nak(delay=GAP_RETRY_SECONDS)
+                    self.observer.inbox_gap()
         self.wake()
 
     def _check_and_receive(
@@ -294,9 +333,24 @@ class BusWorker:
             for msg, envelope in decoded
         ]
 
-    async def _dead_letter(self, js: JetStreamContext, msg: Msg, reason: str) -> None:
-        """Keep the message, with why it could not be used, where an operator can read it."""
-        log.warning("%s: dead letter from %s: %s", self.name, msg.subject, reason)
+    async def _dead_letter(
+        self,
+        js: JetStreamContext,
+        msg: Msg,
+        kind: str,
+        reason: str,
+        envelope: Envelope | None = None,
+    ) -> None:
+        """Keep the message, with why it could not be used, where an operator can read it;
+        counted once it is acknowledged (so a batch delivered again does not count it twice).
+        Only an authentic message's transfer id is logged as a field."""
+        log.warning(
+            "%s: dead letter from %s: %s",
+            self.name,
+            msg.subject,
+            reason,
+            extra=transfer_fields(envelope),
+        )
         headers = {
             DEAD_REASON_HEADER: header_safe(reason),
             DEAD_SUBJECT_HEADER: header_safe(msg.subject),
@@ -304,3 +358,4 @@ class BusWorker:
         }
         await js.publish(self.bus.dead_letters(self.durable), msg.data, headers=headers)
         await msg.ack()
+        self.observer.dead_letter(kind)

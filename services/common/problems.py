@@ -10,12 +10,23 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.json_schema import SkipJsonSchema
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 log = logging.getLogger(__name__)
 
 PROBLEM_JSON = "application/problem+json"
 TYPE_PREFIX = "urn:timebank-federation:problem:"
+PROBLEM_SCHEMA_REF = "#/components/schemas/ProblemDetails"
+
+# Problems that come from the request's shape or its token rather than from a domain rule.
+UNAUTHORIZED = (401, "unauthorized")
+FORBIDDEN = (403, "forbidden")
+PAYLOAD_TOO_LARGE = (413, "payload_too_large")
+UNSUPPORTED_MEDIA_TYPE = (415, "unsupported_media_type")
+INVALID_REQUEST = (422, "invalid_request")
+INTERNAL_ERROR = (500, "internal_error")
 
 
 class Problem(Exception):
@@ -35,6 +46,64 @@ class Problem(Exception):
         self.detail = detail
         self.headers = dict(headers or {})
         self.extra = extra
+
+
+class ProblemError(BaseModel):
+    """One thing wrong with a request, as a validation problem lists it."""
+
+    location: list[str] = Field(description="Where, outermost first, e.g. body, minutes.")
+    message: str
+    type: str = Field(description="pydantic's name for the error, e.g. missing, int_type.")
+
+
+def _drop_default(schema: dict[str, Any]) -> None:
+    schema.pop("default", None)
+
+
+class ProblemDetails(BaseModel):
+    """An RFC 9457 problem: how every error is answered, as application/problem+json. A
+    problem may carry more members: the figures behind a refusal (available_minutes,
+    overdraft_limit_minutes, requested_minutes, ...) or the id it is about."""
+
+    model_config = ConfigDict(extra="allow")
+
+    # No examples: one problem's would show as the sample of every status.
+    type: str = Field(description=f"{TYPE_PREFIX}<code>")
+    title: str = Field(description="The HTTP status's phrase.")
+    status: int
+    code: str = Field(description="Stable, for programs to act on.")
+    detail: str = Field(description="For people: what went wrong with this request.")
+    instance: str = Field(description="The request's path.")
+    # Absent rather than null when there is none, hence no null in the schema.
+    errors: list[ProblemError] | SkipJsonSchema[None] = Field(
+        default=None,
+        description="Validation problems only: every error found, the first one in detail.",
+        json_schema_extra=_drop_default,
+    )
+
+
+Responses = dict[int | str, dict[str, Any]]
+ProblemSource = type[Exception] | tuple[int, str]
+
+
+def problem_responses(
+    domain_errors: Mapping[type[Exception], tuple[int, str]], *sources: ProblemSource
+) -> Responses:
+    """OpenAPI ``responses`` for the problems a route can answer: each status with its codes,
+    as application/problem+json. A source is a domain error (its status and code from
+    ``domain_errors``) or a (status, code) pair."""
+    codes: dict[int, list[str]] = {}
+    for source in sources:
+        status, code = source if isinstance(source, tuple) else domain_errors[source]
+        if code not in codes.setdefault(status, []):
+            codes[status].append(code)
+    return {
+        status: {
+            "description": HTTPStatus(status).phrase + ": " + ", ".join(f"`{c}`" for c in found),
+            "content": {PROBLEM_JSON: {"schema": {"$ref": PROBLEM_SCHEMA_REF}}},
+        }
+        for status, found in sorted(codes.items())
+    }
 
 
 def problem_body(

@@ -13,9 +13,12 @@ from fastapi import APIRouter, FastAPI
 
 from services.common.application import ServiceApplication
 from services.common.bus_worker import BusWorker
+from services.common.docs import documented_app
 from services.common.http import JSONBodyGuard
+from services.common.metrics import ServiceMetrics, install_metrics
 from services.common.offload import Periodic
 from services.common.problems import install_problem_handlers
+from services.common.readiness import router as readiness_router
 
 
 @dataclass
@@ -53,24 +56,46 @@ class HTTPFace:
     errors: Mapping[type[Exception], tuple[int, str]]
 
 
-def asgi_app(face: HTTPFace, settings: Any, start_runtime: Callable[[], Runtime]) -> FastAPI:
+def asgi_app(
+    face: HTTPFace,
+    settings: Any,
+    start_runtime: Callable[[], Runtime],
+    metrics: ServiceMetrics | None = None,
+) -> FastAPI:
     """The service's ASGI app: at start-up it builds its runtime and starts it; at shut-down it
-    stops it. Routes find the application in ``app.state.application``."""
+    stops it. Routes find the application in ``app.state.application``; ``metrics`` (the
+    service's own, or the common ones) count what the runtime does."""
+    metrics = metrics or ServiceMetrics()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         runtime = start_runtime()
         app.state.application = runtime.application
+        observe(app, metrics, runtime)
         await runtime.start()
         try:
             yield
         finally:
             await runtime.stop()
+            metrics.detach()
 
-    app = FastAPI(title=face.title, summary=face.summary, version="1", lifespan=lifespan)
+    app = documented_app(title=face.title, summary=face.summary, version="1", lifespan=lifespan)
     app.state.settings = settings
     app.add_middleware(JSONBodyGuard)
     install_problem_handlers(app, face.errors)
     for router in face.routers:
         app.include_router(router)
+    install_observability(app, metrics)
     return app
+
+
+def observe(app: FastAPI, metrics: ServiceMetrics, runtime: Runtime) -> None:
+    """Let the metrics count what the runtime does, and /readyz check it."""
+    app.state.runtime = runtime
+    metrics.attach(runtime.application, runtime.worker)
+
+
+def install_observability(app: FastAPI, metrics: ServiceMetrics) -> None:
+    """``/metrics`` and the middleware counting requests; ``/readyz`` beside ``/healthz``."""
+    install_metrics(app, metrics)
+    app.include_router(readiness_router)

@@ -15,7 +15,14 @@ from services.common.idempotency import (
     check_key,
     fingerprint,
 )
-from services.common.problems import error_problem, validation_problem
+from services.common.problems import (
+    FORBIDDEN,
+    ProblemSource,
+    Responses,
+    error_problem,
+    problem_responses,
+    validation_problem,
+)
 from services.ledger.application import Ledger
 from services.ledger.domain_terms import (
     MAX_MEMO_LENGTH,
@@ -29,6 +36,7 @@ from services.ledger.domain_terms import (
     UnknownMember,
     UnknownTransfer,
 )
+from services.ledger.observability import LedgerMetricsDep
 from services.ledger.orders import ExchangeOrder, TransferOrder
 from services.ledger.settings import LedgerSettings
 from services.ledger.views import (
@@ -54,6 +62,16 @@ LEDGER_ERRORS: dict[type[Exception], tuple[int, str]] = {
     HoldExists: (409, "hold_exists"),
     StoreBusy: (503, "busy"),
 }
+
+
+def problems(*sources: ProblemSource) -> Responses:
+    """A route's problems for its OpenAPI description, besides those its shape implies (a
+    token, a body: services/common/docs.py)."""
+    return problem_responses(LEDGER_ERRORS, *sources)
+
+
+# What any single write can answer, besides the refusals of its own.
+WRITE_PROBLEMS = (FORBIDDEN, InvalidRequest, IdempotencyConflict, StoreBusy)
 
 
 # Wire shapes. Requests are strict: no unknown fields, no coercion ("5" or 5.0 is not 5).
@@ -180,7 +198,12 @@ def healthz(request: Request) -> Health:
     return Health(status="ok", bank=settings.bank_id)
 
 
-@members.post("", status_code=201, dependencies=[Writer])
+@members.post(
+    "",
+    status_code=201,
+    dependencies=[Writer],
+    responses=problems(*WRITE_PROBLEMS, MemberExists),
+)
 def open_member(
     body: NewMember, ledger: LedgerDep, response: Response, key: IdempotencyKeyHeader = None
 ) -> MemberView:
@@ -196,35 +219,50 @@ def open_member(
     return executed.value
 
 
-@members.get("/{member_id}", dependencies=[Reader])
+@members.get("/{member_id}", dependencies=[Reader], responses=problems(UnknownMember))
 def get_member(member_id: str, ledger: LedgerDep) -> MemberView:
     """A member's posted, held and available balance, and overdraft limit."""
     return ledger.get_member(member_id)
 
 
-@members.get("/{member_id}/statement", dependencies=[Reader])
+@members.get("/{member_id}/statement", dependencies=[Reader], responses=problems(UnknownMember))
 def get_statement(member_id: str, ledger: LedgerDep) -> Statement:
     """Every posted entry on a member's account, oldest first; they sum to the balance."""
     return ledger.statement(member_id)
 
 
-@exchanges.post("", status_code=201, dependencies=[Writer])
+@exchanges.post(
+    "",
+    status_code=201,
+    dependencies=[Writer],
+    responses=problems(*WRITE_PROBLEMS, UnknownMember, OverdraftLimitExceeded),
+)
 def record_exchange(
-    body: NewExchange, ledger: LedgerDep, response: Response, key: IdempotencyKeyHeader = None
+    body: NewExchange,
+    ledger: LedgerDep,
+    response: Response,
+    metrics: LedgerMetricsDep,
+    key: IdempotencyKeyHeader = None,
 ) -> ExchangeReceipt:
     """Record a local exchange: the payer received help and pays the payee who gave it."""
-    executed = ledger.exchange(
-        body.payer,
-        body.payee,
-        body.minutes,
-        body.memo,
-        idempotency=idempotency(key, "POST /v1/exchanges", body),
-    )
+    idempotency_key = idempotency(key, "POST /v1/exchanges", body)
+    try:
+        executed = ledger.exchange(
+            body.payer, body.payee, body.minutes, body.memo, idempotency=idempotency_key
+        )
+    except Exception as e:
+        metrics.exchange_refused(e)
+        raise
     mark_replay(response, executed)
     return executed.value
 
 
-@transfers.post("", status_code=202, dependencies=[Writer])
+@transfers.post(
+    "",
+    status_code=202,
+    dependencies=[Writer],
+    responses=problems(*WRITE_PROBLEMS, UnknownMember, UnknownBank, OverdraftLimitExceeded),
+)
 def request_transfer(
     body: NewTransfer, ledger: LedgerDep, response: Response, key: IdempotencyKeyHeader = None
 ) -> TransferReceipt:
@@ -288,8 +326,10 @@ def run_batch(
     return sorted(answers.items())
 
 
-@exchanges.post("/batch", dependencies=[Writer])
-def record_exchanges(body: Batch, ledger: LedgerDep) -> ExchangeBatchResults:
+@exchanges.post("/batch", dependencies=[Writer], responses=problems(FORBIDDEN))
+def record_exchanges(
+    body: Batch, ledger: LedgerDep, metrics: LedgerMetricsDep
+) -> ExchangeBatchResults:
     """Record up to 1,000 local exchanges in one request, decided in order and saved together.
     Not all-or-nothing: each item is accepted (201) or refused (its problem details) on its
     own, exactly as it would be alone, and may carry its own `idempotency_key`."""
@@ -297,7 +337,7 @@ def record_exchanges(body: Batch, ledger: LedgerDep) -> ExchangeBatchResults:
     answers = run_batch(
         decode_items(body, ExchangeItem, "POST /v1/exchanges", instance),
         lambda item, key: ExchangeOrder(item.payer, item.payee, item.minutes, item.memo, key),
-        ledger.exchange_all,
+        metrics.exchange_refusals_counted(ledger.exchange_all),
         instance,
     )
     return ExchangeBatchResults(
@@ -310,7 +350,7 @@ def record_exchanges(body: Batch, ledger: LedgerDep) -> ExchangeBatchResults:
     )
 
 
-@transfers.post("/batch", dependencies=[Writer])
+@transfers.post("/batch", dependencies=[Writer], responses=problems(FORBIDDEN))
 def request_transfers(body: Batch, ledger: LedgerDep) -> TransferBatchResults:
     """Request up to 1,000 cross-bank transfers in one request, each held and sent on its own
     (202), or refused with its problem details; not all-or-nothing. Each item may carry its
@@ -334,7 +374,7 @@ def request_transfers(body: Batch, ledger: LedgerDep) -> TransferBatchResults:
     )
 
 
-@transfers.get("/{transfer_id}", dependencies=[Reader])
+@transfers.get("/{transfer_id}", dependencies=[Reader], responses=problems(UnknownTransfer))
 def get_transfer(transfer_id: str, ledger: LedgerDep) -> CrossBankTransferView:
     """A cross-bank transfer as this bank sees it: pending, committed or aborted (with why)."""
     return ledger.get_transfer(transfer_id)

@@ -18,6 +18,7 @@ from services.ledger.application import (
     Ledger,
 )
 from services.ledger.checkpoints import Checkpointer
+from services.ledger.observability import LedgerMetrics
 from services.ledger.settings import LedgerSettings
 from shared.bus import Bus, bank_consumer
 from shared.protocol import CLEARING
@@ -97,4 +98,5 @@ def create_app(settings: LedgerSettings, ledger: Ledger | None = None) -> FastAP
         routers=ROUTERS,
         errors=LEDGER_ERRORS,
     )
-    return asgi_app(face, settings, lambda: ledger_runtime(settings, ledger))
+    metrics = LedgerMetrics(settings.bank_id, LEDGER_ERRORS)
+    return asgi_app(face, settings, lambda: ledger_runtime(settings, ledger), metrics)
