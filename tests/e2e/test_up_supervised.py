@@ -245,3 +245,22 @@ def test_a_bank_joins_a_running_federation_pays_and_is_paid_settles_and_is_audit
         # and the bus (made anew: the stores hold every outbox and inbox position) carries on.
         again = client.transfer("peckham", "pat", "rushey-green", "maya", 15, "again")
         assert client.outcome("peckham", again)["status"] == "committed"
+
+
+def test_ports_set_in_the_config_are_the_ports_served(tmp_path: Path) -> None:
+    from services.local.config import BankConfig, ClearingConfig, FederationConfig
+    from services.local.federation import LocalFederation
+    from services.local.nats_server import free_ports
+
+    nats, clearing, bank = free_ports("127.0.0.1", 3)
+    config = FederationConfig(
+        banks=[BankConfig(id="gp", name="GP", limit_minutes=600, port=bank)],
+        clearing=ClearingConfig(port=clearing),
+        nats_port=nats,
+    )
+    with LocalFederation(config, tmp_path / "data") as federation:
+        described = federation.describe()
+        assert described["nats_url"] == f"nats://127.0.0.1:{nats}"
+        assert described["clearing"]["url"] == f"http://127.0.0.1:{clearing}"
+        assert described["banks"]["gp"]["url"] == f"http://127.0.0.1:{bank}"
+        assert serving(described["banks"]["gp"]["url"])
