@@ -9,7 +9,14 @@ from typing import Annotated, Any
 
 import typer
 
-from services.cli.common import NatsNamespace, app, configure_logging, exit_cleanly_on_signals, fail
+from services.cli.common import (
+    LogFormat,
+    NatsNamespace,
+    app,
+    configure_logging,
+    exit_cleanly_on_signals,
+    fail,
+)
 from shared.bus import DEFAULT_NAMESPACE
 
 # How often (in half-second turns) `up` gives NATS the users the clearing's directory calls for.
@@ -43,6 +50,9 @@ def up(
             "config's store_template, else SQLite files in the data dir."
         ),
     ] = None,
+    log_format: Annotated[
+        LogFormat, typer.Option(help="The services' logs in DATA_DIR/logs: text or json.")
+    ] = LogFormat.TEXT,
 ) -> None:
     """Run a whole federation here: NATS, the clearing house and every bank in the config.
     Prints every URL and token, writes them to DATA_DIR/federation.json, and stops everything
@@ -59,6 +69,7 @@ def up(
             nats_url=nats_url,
             nats_namespace=nats_namespace,
             store_template=store_template,
+            log_format=log_format.value,
         )
     except (ConfigError, InvalidNamespace) as e:
         raise fail(str(e)) from None

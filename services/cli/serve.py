@@ -3,6 +3,7 @@ or Ctrl-C, both through one path (settings, store, app, serve)."""
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -178,7 +179,11 @@ def serve_service(
         application = open_application(settings)
     except Exception as e:
         raise fail(f"cannot open the store ({store.description}): {e}") from None
-    typer.echo(f"{label(settings)}: store {store.description}; http://{host}:{port}")
+    banner = f"{label(settings)}: store {store.description}; http://{host}:{port}"
+    if log_format == LogFormat.JSON:  # every line a JSON object, this one too
+        logging.getLogger("services.cli").warning(banner)
+    else:
+        typer.echo(banner)
     asgi_app = create_app(settings, application)
     serve(asgi_app, host, port, log_level, on_exit=application.close, log_format=log_format)
 

@@ -72,8 +72,10 @@ class LocalFederation:
         nats_namespace: str = DEFAULT_NAMESPACE,
         checkpoint_seconds: float = DEFAULT_CHECKPOINT_SECONDS,
         store_template: str | None = None,
+        log_format: str = "text",
     ) -> None:
         self.config = config
+        self.log_format = log_format
         self.store_template = store_template or config.store_template
         self.checkpoint_seconds = checkpoint_seconds
         self.data_dir = data_dir.resolve()
@@ -347,7 +349,7 @@ class LocalFederation:
         service.url = f"http://{HOST}:{port}"
         service.argv = [sys.executable, "-m", "services.cli", *command, *options]
         service.argv += ["--host", HOST, "--port", str(port), "--nats-url", self.nats_url]
-        service.argv += ["--nats-namespace", self.bus.namespace]
+        service.argv += ["--nats-namespace", self.bus.namespace, "--log-format", self.log_format]
         if self.nats is not None:
             service.argv += ["--nats-seed", str(self.seed_path(service.name))]
         service.env = {**os.environ, **tokens}

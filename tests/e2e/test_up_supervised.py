@@ -247,7 +247,9 @@ def test_a_bank_joins_a_running_federation_pays_and_is_paid_settles_and_is_audit
         assert client.outcome("peckham", again)["status"] == "committed"
 
 
-def test_ports_set_in_the_config_are_the_ports_served(tmp_path: Path) -> None:
+def test_ports_set_in_the_config_are_the_ports_served_and_logs_can_be_json(
+    tmp_path: Path,
+) -> None:
     from services.local.config import BankConfig, ClearingConfig, FederationConfig
     from services.local.federation import LocalFederation
     from services.local.nats_server import free_ports
@@ -258,9 +260,12 @@ def test_ports_set_in_the_config_are_the_ports_served(tmp_path: Path) -> None:
         clearing=ClearingConfig(port=clearing),
         nats_port=nats,
     )
-    with LocalFederation(config, tmp_path / "data") as federation:
+    with LocalFederation(config, tmp_path / "data", log_format="json") as federation:
         described = federation.describe()
         assert described["nats_url"] == f"nats://127.0.0.1:{nats}"
         assert described["clearing"]["url"] == f"http://127.0.0.1:{clearing}"
         assert described["banks"]["gp"]["url"] == f"http://127.0.0.1:{bank}"
         assert serving(described["banks"]["gp"]["url"])
+    lines = (tmp_path / "data" / "logs" / "gp.log").read_text().splitlines()
+    assert lines
+    assert all(isinstance(json.loads(line), dict) for line in lines)
