@@ -21,10 +21,10 @@ def test_json_log_format_writes_one_json_object_per_line_access_log_included(
     assert server.stop() == 0
 
     lines = [line for line in server.log().splitlines() if line.strip()]
-    # The first line is the CLI's own announcement (store and URL), printed, not logged.
-    assert lines[0].startswith(f"bank {BANK_ID}: store ")
-    entries = [json.loads(line) for line in lines[1:]]
+    entries = [json.loads(line) for line in lines]
     assert entries, server.log()
+    # The CLI's own announcement (store and URL) is a record like the others.
+    assert entries[0]["message"].startswith(f"bank {BANK_ID}: store ")
     assert all({"time", "level", "logger", "message"} <= entry.keys() for entry in entries)
     access = [e for e in entries if e["logger"] == "uvicorn.access"]
     assert {(e["method"], e["path"], e["status"]) for e in access} >= {
