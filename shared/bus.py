@@ -27,7 +27,7 @@ from nats.js.api import (
     StorageType,
     StreamConfig,
 )
-from nats.js.errors import NotFoundError
+from nats.js.errors import BadRequestError, NotFoundError, ServerError
 
 from shared.protocol import CLEARING, Envelope
 
@@ -53,10 +53,26 @@ SIGNATURE_HEADER: Final = "Tb-Signature"
 CLEARING_CONSUMER: Final = "clearing"
 DEFAULT_NAMESPACE: Final = "tb"
 NAMESPACE_PATTERN: Final = r"[a-z][a-z0-9]{0,15}\Z"
+# JetStream keeps a stream on 1 to 5 servers; 3 on a three-node cluster survives one loss.
+MAX_STREAM_REPLICAS: Final = 5
 
 
 class InvalidNamespace(ValueError):
     pass
+
+
+class InvalidStreamReplicas(ValueError):
+    pass
+
+
+class StreamSetupError(RuntimeError):
+    """NATS refused a stream's settings (e.g. 3 replicas on a server that is not a cluster)."""
+
+
+def server_urls(url: str) -> list[str]:
+    """The servers of a NATS URL: one, or several separated by commas (a cluster's nodes).
+    nats-py takes a list, not a comma-separated string, so every connection goes through this."""
+    return [part.strip() for part in url.split(",") if part.strip()]
 
 
 @dataclass(frozen=True)
@@ -68,12 +84,20 @@ class Bus:
     """
 
     namespace: str = DEFAULT_NAMESPACE
+    # On how many NATS servers each stream is kept: 1 on a single server, 3 on a cluster of
+    # three (so one server can be lost, or restarted, without losing or stopping anything).
+    stream_replicas: int = 1
 
     def __post_init__(self) -> None:
         if not re.match(NAMESPACE_PATTERN, self.namespace):
             raise InvalidNamespace(
                 f"NATS namespace {self.namespace!r} must be 1-16 lowercase letters and digits,"
                 " starting with a letter"
+            )
+        if not 1 <= self.stream_replicas <= MAX_STREAM_REPLICAS:
+            raise InvalidStreamReplicas(
+                f"stream replicas must be between 1 and {MAX_STREAM_REPLICAS}, "
+                f"not {self.stream_replicas}"
             )
 
     @property
@@ -122,15 +146,28 @@ class Bus:
         )
 
     async def ensure_streams(self, js: JetStreamContext) -> None:
-        """Create the federation's streams, or bring their settings up to date."""
+        """Create the federation's streams, or bring their settings up to date (their
+        replicas too: a stream is moved to as many servers as ``stream_replicas`` says)."""
         for config in self.streams():
-            wanted = _with_defaults(config)
             try:
-                await js.stream_info(config.name or "")
-            except NotFoundError:
-                await js.add_stream(config=wanted)
-            else:
-                await js.update_stream(config=wanted)
+                await self._put_stream(js, _with_defaults(config, self.stream_replicas))
+            except (BadRequestError, ServerError) as e:
+                raise StreamSetupError(
+                    f"NATS refused stream {config.name} with {self.stream_replicas} "
+                    f"replica(s): {e.description or e}. A single NATS server keeps 1 replica, "
+                    "a cluster of N servers up to N"
+                ) from e
+
+    async def _put_stream(self, js: JetStreamContext, wanted: StreamConfig) -> None:
+        try:
+            info = await js.stream_info(wanted.name or "")
+        except NotFoundError:
+            await js.add_stream(config=wanted)
+            return
+        had = info.config.num_replicas or 1
+        if had != wanted.num_replicas:
+            log.warning("stream %s: replicas %d -> %s", wanted.name, had, wanted.num_replicas)
+        await js.update_stream(config=wanted)
 
     def inbox_prefix(self, participant: str) -> str:
         """Where a participant's replies come (JetStream answers, fetched messages): an inbox
@@ -195,7 +232,7 @@ def bank_consumer(bank_id: str) -> str:
     return f"bank-{bank_id}"
 
 
-def _with_defaults(config: StreamConfig) -> StreamConfig:
+def _with_defaults(config: StreamConfig, replicas: int) -> StreamConfig:
     return StreamConfig(
         name=config.name,
         description=config.description,
@@ -204,6 +241,7 @@ def _with_defaults(config: StreamConfig) -> StreamConfig:
         retention=RetentionPolicy.LIMITS,
         duplicate_window=DUPLICATE_WINDOW_SECONDS,
         max_age=RETENTION_SECONDS,
+        num_replicas=replicas,
     )
 
 
@@ -216,8 +254,10 @@ async def connect(
     tls: ssl.SSLContext | None = None,
 ) -> NATS:
     """Connect, reconnecting for ever: a restarted NATS server is waited for, not fatal.
-    With ``seed_file``, as the NATS user of that nkey; with ``tls``, over TLS (the server's
-    certificate checked, and the client's own presented when the context holds one)."""
+    ``url`` may name several servers, comma-separated (a cluster's nodes): any of them will do,
+    and another is tried when one goes away. With ``seed_file``, as the NATS user of that
+    nkey; with ``tls``, over TLS (the server's certificate checked, and the client's own
+    presented when the context holds one)."""
 
     async def on_disconnect() -> None:
         log.warning("%s: disconnected from NATS at %s", name, url)
@@ -229,7 +269,7 @@ async def connect(
         log.warning("%s: NATS error: %s", name, e)
 
     return await nats.connect(
-        url,
+        server_urls(url),
         name=name,
         max_reconnect_attempts=-1,
         reconnect_time_wait=0.5,

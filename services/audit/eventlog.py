@@ -23,6 +23,7 @@ from eventsourcing.persistence import JSONTranscoder, Mapper, PersistenceError, 
 from eventsourcing.utils import resolve_topic
 from psycopg import sql
 
+from services.clearing import APPLICATION_NAME as CLEARING
 from services.common.application import ServiceApplication
 from services.common.chain import StoredEventRow
 from services.common.stores import Store, StoreURLError, parse_store_url
@@ -33,10 +34,19 @@ from services.ledger import APPLICATION_NAME as LEDGER
 SQLITE_EVENTS_TABLE = "stored_events"
 POSTGRES_EVENTS_TABLE = f"{LEDGER.lower()}_events"
 DEFAULT_BATCH_SIZE = 5_000
+# Whose log a store holds, told by the topics of its first events: each application's own
+# aggregates live in its own package (events both write, such as the outbox's, tell nothing).
+LOG_OWNERS = {"services.ledger.": LEDGER, "services.clearing.": CLEARING}
+LOG_NAMES = {LEDGER: "a bank's log", CLEARING: "the clearing house's log"}
+OWNER_ROWS = 100
 
 
 class UnusableStore(Exception):
     """The store cannot be audited: a one-line reason, fit to show an operator."""
+
+
+class AnotherLog(UnusableStore):
+    """The store holds another application's log (the clearing house's given as a bank's)."""
 
 
 class _LogReader(ServiceApplication):
@@ -252,10 +262,42 @@ def open_event_log(url: str, application: str = LEDGER) -> EventLog:
         raise UnusableStore(str(e)) from None
     module = store.env["PERSISTENCE_MODULE"]
     if module == "eventsourcing.sqlite":
-        return _open_sqlite(store, application)
-    if module == "eventsourcing.postgres":
-        return _open_postgres(store, application)
-    raise UnusableStore(f"{store.description}: an in-memory store keeps no log to audit")
+        log = _open_sqlite(store, application)
+    elif module == "eventsourcing.postgres":
+        log = _open_postgres(store, application)
+    else:
+        raise UnusableStore(f"{store.description}: an in-memory store keeps no log to audit")
+    try:
+        _check_owner(log, application)
+    except BaseException:
+        log.close()
+        raise
+    return log
+
+
+def _log_name(application: str) -> str:
+    return LOG_NAMES.get(application, f"{application}'s log")
+
+
+def _check_owner(log: EventLog, application: str) -> None:
+    """UnusableStore if the first events that belong to an application are another's: the
+    clearing house's store given as a bank's would otherwise be replayed into hundreds of
+    problems, none of them the real one."""
+    try:
+        rows = log.query(1, OWNER_ROWS)
+    except (sqlite3.Error, psycopg.Error) as e:
+        raise UnusableStore(f"cannot read {log.description}: {_first_line(e)}") from None
+    for row in rows:
+        topic = str(row[3])
+        owner = next((app for prefix, app in LOG_OWNERS.items() if topic.startswith(prefix)), None)
+        if owner is None:
+            continue
+        if owner != application:
+            raise AnotherLog(
+                f"{log.description} is not {_log_name(application)}: it is "
+                f"{_log_name(owner)} (event {row[0]} is {topic.rpartition(':')[2]})"
+            )
+        return
 
 
 def _open_sqlite(store: Store, application: str) -> EventLog:

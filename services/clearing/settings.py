@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ssl
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from services.clearing.domain_terms import DEFAULT_DEADLINE_SECONDS
@@ -19,11 +19,12 @@ from services.common.settings import (
     nats_tls_options,
     service_tokens,
 )
-from shared.bus import DEFAULT_BUS, DEFAULT_NAMESPACE, Bus
+from shared.bus import DEFAULT_BUS, DEFAULT_NAMESPACE, MAX_STREAM_REPLICAS, Bus
 from shared.signing import SigningKey
 
 ADMIN_TOKEN_VAR = "TIMEBANK_ADMIN_TOKEN"  # noqa: S105 (a variable's name, not a secret)
-DEFAULT_STORE_URL = "sqlite:///timebank-data/clearing.db"
+# In the current directory, under a name `timebank up` never gives a store (see the ledger's).
+DEFAULT_STORE_URL = "sqlite:///clearing.house.db"
 
 
 @dataclass(frozen=True)
@@ -62,12 +63,21 @@ class ClearingSettings:
         nats_tls_ca: Path | None = None,
         nats_tls_cert: Path | None = None,
         nats_tls_key: Path | None = None,
+        stream_replicas: int = 1,
     ) -> ClearingSettings:
-        """Check everything the clearing needs before it starts; tokens come from ``environ``."""
+        """Check everything the clearing needs before it starts; tokens come from ``environ``.
+        ``stream_replicas``: on how many NATS servers the clearing house, which sets up the
+        streams, has each kept (3 on a cluster of three)."""
         url = check_store_url(store_url or DEFAULT_STORE_URL)
         tokens = service_tokens(environ, "admin", ADMIN_TOKEN_VAR, "clearing house")
         check_seconds("deadline", deadline_seconds)
-        bus = bus_settings(nats_url, nats_namespace)
+        if not 1 <= stream_replicas <= MAX_STREAM_REPLICAS:
+            raise SettingsError(
+                f"--stream-replicas {stream_replicas}: a stream is kept on 1 to "
+                f"{MAX_STREAM_REPLICAS} NATS servers (1 on a single server, 3 on a cluster "
+                "of three)"
+            )
+        bus = replace(bus_settings(nats_url, nats_namespace), stream_replicas=stream_replicas)
         signing_key = load_signing_key(signing_key_path)
         if nats_url is not None and signing_key is None:
             raise SettingsError(

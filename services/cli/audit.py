@@ -205,17 +205,23 @@ def audit_federation_command(
         Path | None,
         typer.Option(help="The federation file `timebank up` ran (federation.toml)."),
     ] = None,
-    data_dir: Annotated[Path, typer.Option(help="Where `timebank up` kept the stores.")] = Path(
-        "timebank-data"
-    ),
+    data_dir: Annotated[
+        Path | None,
+        typer.Option(help="Where `timebank up` kept the stores. Default: timebank-data."),
+    ] = None,
     clearing_store: Annotated[
         str | None,
-        typer.Option(help="The clearing house's store URL (instead of --config)."),
+        typer.Option(
+            help="The clearing house's store URL: with --bank, the stores to audit; with "
+            "--data-dir or --config, in place of the one named there."
+        ),
     ] = None,
     bank: Annotated[
         list[str] | None,
         typer.Option(
-            help="A bank's store, as ID=URL (repeat for each bank; with --clearing-store)."
+            help="A bank's store, as ID=URL (repeat for each bank): with --clearing-store "
+            "alone, every bank's; with --data-dir or --config, in place of that bank's store "
+            "there (a bank run on another host needs one)."
         ),
     ] = None,
     output: FormatOption = OutputFormat.table,
@@ -226,17 +232,26 @@ def audit_federation_command(
 ) -> None:
     """Replay the clearing house's log and every bank's from their first events, check each
     bank's rules, then cross-check them: invariants 2, 3 and 4 and every signed checkpoint of
-    each bank's hash chain. The stores: from --config and --data-dir, or --clearing-store and
-    --bank, or else DATA_DIR/federation.json (written by `timebank up` and `timebank demo
-    --keep`). Exit 0 if all hold, 1 if any fails, 2 if a store cannot be audited."""
+    each bank's hash chain. The stores: from --config and --data-dir, or from
+    DATA_DIR/federation.json (written by `timebank up` and `timebank demo --keep`), where
+    --clearing-store and --bank replace the stores they name; or, without --data-dir and
+    --config, exactly --clearing-store and each --bank. Exit 0 if all hold, 1 if any fails, 2
+    if a store cannot be audited."""
     from services.audit.eventlog import UnusableStore, open_event_log
     from services.audit.federation import audit_federation
     from services.audit.replay import audit_bank
     from services.clearing import APPLICATION_NAME as CLEARING
+    from services.cli.audit_stores import StoresError, federation_stores
 
-    stores, limits = _federation_stores(
-        config, data_dir, clearing_store, bank or [], overdraft_limit_minutes
-    )
+    only_given = clearing_store is not None and data_dir is None and config is None
+    data_dir = data_dir or Path("timebank-data")
+    try:
+        stores, limits = federation_stores(
+            config, None if only_given else data_dir, clearing_store, bank or []
+        )
+    except StoresError as e:
+        raise _unusable(str(e)) from None
+    limits = {bank_id: limits.get(bank_id, overdraft_limit_minutes) for bank_id in stores}
     logs: dict[str, EventLog] = {}
     try:
         clearing_log = open_event_log(stores.pop("clearing"), application=CLEARING)
@@ -265,62 +280,6 @@ def audit_federation_command(
 
         _print_federation(Console(), result)
     raise typer.Exit(EXIT_OK if result.ok else EXIT_PROBLEMS)
-
-
-def _federation_stores(
-    config: Path | None,
-    data_dir: Path,
-    clearing_store: str | None,
-    banks: list[str],
-    overdraft_limit_minutes: int,
-) -> tuple[dict[str, str], dict[str, int]]:
-    """Store URLs by name ("clearing" and each bank id), and each bank's default overdraft."""
-    if config is not None and clearing_store is not None:
-        raise _unusable("give either --config (and --data-dir) or --clearing-store and --bank")
-    if config is None and clearing_store is None:
-        return _described_stores(data_dir)
-    if config is not None:
-        from services.local.config import ConfigError, load_config
-        from services.local.federation import local_store_url
-
-        try:
-            federation = load_config(config)
-        except ConfigError as e:
-            raise _unusable(str(e)) from None
-        stores = {"clearing": local_store_url(data_dir, "clearing")}
-        stores |= {b.id: local_store_url(data_dir, b.id) for b in federation.banks}
-        return stores, {b.id: b.overdraft_limit_minutes for b in federation.banks}
-    stores = {"clearing": clearing_store or ""}
-    for item in banks:
-        bank_id, _, url = item.partition("=")
-        if not bank_id or not url or bank_id == "clearing":
-            raise _unusable(f"--bank {item!r}: give it as ID=URL")
-        stores[bank_id] = url
-    if len(stores) == 1:
-        raise _unusable("give each bank's store with --bank ID=URL")
-    return stores, dict.fromkeys(stores, overdraft_limit_minutes)
-
-
-def _described_stores(data_dir: Path) -> tuple[dict[str, str], dict[str, int]]:
-    """The stores named in DATA_DIR/federation.json, as `timebank up` and the demo write it."""
-    from services.local.federation import DESCRIPTION_FILE, read_description
-
-    path = data_dir / DESCRIPTION_FILE
-    try:
-        described = read_description(data_dir)
-        stores = {"clearing": described["clearing"]["store"]}
-        stores |= {bank_id: bank["store"] for bank_id, bank in described["banks"].items()}
-        limits = {
-            bank_id: int(bank["overdraft_limit_minutes"])
-            for bank_id, bank in described["banks"].items()
-        }
-    except OSError as e:
-        raise _unusable(
-            f"cannot read {path} ({e.strerror}); give --config or --clearing-store"
-        ) from None
-    except (ValueError, KeyError, TypeError, AttributeError) as e:
-        raise _unusable(f"{path} does not describe a federation's stores ({e!r})") from None
-    return stores, limits
 
 
 def _print_federation(console: Console, result: FederationAudit) -> None:

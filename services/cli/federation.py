@@ -4,6 +4,8 @@ its settlement cycles."""
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -57,6 +59,8 @@ def up(
     """Run a whole federation here: NATS, the clearing house and every bank in the config.
     Prints every URL and token, writes them to DATA_DIR/federation.json, and stops everything
     cleanly on Ctrl-C or SIGTERM."""
+    import httpx2 as httpx
+
     from services.local.config import ConfigError, load_config
     from services.local.federation import FederationError, LocalFederation
     from shared.bus import InvalidNamespace
@@ -76,8 +80,10 @@ def up(
     with exit_cleanly_on_signals():
         try:
             federation.start()
-        except FederationError as e:
-            raise fail(str(e)) from None
+        except (FederationError, httpx.HTTPError) as e:
+            raise fail(one_line(str(e), data_dir)) from None
+        except OSError as e:  # the data dir, or a file in it, cannot be made or written
+            raise fail(f"cannot use {e.filename or data_dir}: {e.strerror}") from None
         try:
             described = federation.describe()
             typer.echo(f"NATS:     {described['nats_url']}")
@@ -91,6 +97,16 @@ def up(
             supervise(federation)
         finally:
             federation.stop()
+
+
+def one_line(message: str, data_dir: Path) -> str:
+    """A service's failure to start carries the end of its log: the first words and the last
+    line say what happened; the rest stays in the log."""
+    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    if len(lines) <= 1:
+        return message.strip()
+    what = lines[0].split(": ", 1)[0]
+    return f"{what}: {lines[-1]} (more in {data_dir / 'logs'})"
 
 
 def supervise(federation: Any) -> None:
@@ -112,27 +128,50 @@ def supervise(federation: Any) -> None:
 @app.command("demo")
 def demo(
     keep: Annotated[
-        Path | None, typer.Option(help="Keep the federation's data in this folder.")
+        Path | None,
+        typer.Option(help="Keep the federation's data in this folder (new, or empty)."),
     ] = None,
 ) -> None:
     """Start three linked time banks and a clearing house, tell a short story through their
-    APIs, show balances and positions, and check the design's invariants (exit 0 if they hold)."""
+    APIs, show balances and positions, and check the design's invariants (exit 0 if they hold,
+    1 if not, 2 if the demo could not run)."""
     import tempfile
 
+    import httpx2 as httpx
     from rich.console import Console
 
     from services.local.client import RequestFailed
     from services.local.demo import run_demo
     from services.local.federation import FederationError
 
+    if keep is not None:
+        check_new_folder(keep)
     configure_logging("warning")
     console = Console()
     with exit_cleanly_on_signals(), tempfile.TemporaryDirectory(prefix="timebank-demo-") as tmp:
+        data_dir = keep.resolve() if keep else Path(tmp)
         try:
-            ok = run_demo(console, keep.resolve() if keep else Path(tmp))
-        except (RequestFailed, FederationError) as e:
-            raise fail(str(e), 1) from None
+            ok = run_demo(console, data_dir)
+        except (RequestFailed, FederationError, httpx.HTTPError) as e:
+            raise fail(one_line(str(e), data_dir)) from None
     raise typer.Exit(0 if ok else 1)
+
+
+def check_new_folder(folder: Path) -> None:
+    """The demo's story starts from nothing: an earlier run's members and positions would make
+    it fail half-way, so a folder that holds anything is refused, not reused."""
+    if folder.exists() and not folder.is_dir():
+        raise fail(f"--keep {folder}: it is a file; give a new or empty folder")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        empty = not any(folder.iterdir())
+    except OSError as e:
+        raise fail(f"--keep {folder}: cannot use it ({e.strerror})") from None
+    if not empty:
+        raise fail(
+            f"--keep {folder}: it is not empty (an earlier demo?); the demo starts a new "
+            "federation: give a new or empty folder"
+        )
 
 
 settle_app = typer.Typer(
@@ -157,8 +196,49 @@ def federation_client(data_dir: Path) -> Any:
     except OSError as e:
         raise fail(f"cannot read {path} ({e.strerror}); is `timebank up` running there?") from None
     except ValueError as e:
-        raise fail(f"{path} is not a federation's description: {e}") from None
+        said = str(e) if str(path) in str(e) else f"{path}: {e}"
+        raise fail(f"{said}; it is not a federation's description") from None
+    clearing = described.get("clearing")
+    if (
+        not isinstance(clearing, dict)
+        or not isinstance(clearing.get("url"), str)
+        or not isinstance(clearing.get("admin_token"), str)
+        or not isinstance(described.get("banks"), dict)
+    ):
+        raise fail(
+            f"{path} is not a federation's description: it names no clearing house URL and "
+            "admin token, or no banks"
+        )
     return FederationClient(described)
+
+
+@contextmanager
+def reaching(data_dir: Path) -> Iterator[None]:
+    """A federation that cannot be reached, or that refuses a request, in one line (exit 2)."""
+    import httpx2 as httpx
+
+    from services.local.client import RequestFailed
+    from services.local.federation import DESCRIPTION_FILE
+
+    try:
+        yield
+    except httpx.RequestError as e:  # refused, timed out, reset, a URL it cannot use
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise fail(
+            f"cannot reach {_url_of(e)} ({reason}): is the federation running? start it with "
+            f"`timebank up --config FILE --data-dir {data_dir}`"
+        ) from None
+    except httpx.InvalidURL as e:
+        raise fail(f"{data_dir / DESCRIPTION_FILE} names a URL that cannot be used: {e}") from None
+    except RequestFailed as e:
+        raise fail(str(e)) from None
+
+
+def _url_of(error: Any) -> str:
+    try:
+        return str(error.request.url)
+    except RuntimeError:  # raised before a request was made
+        return "the federation"
 
 
 @settle_app.callback(invoke_without_command=True)
@@ -169,14 +249,11 @@ def settle(ctx: typer.Context, data_dir: DataDir = Path("timebank-data")) -> Non
         return
     from rich.console import Console
 
-    from services.local.client import RequestFailed
     from services.local.demo import show_obligations
 
     client = federation_client(data_dir)
-    try:
+    with reaching(data_dir):
         cycle = client.open_settlement()
-    except (RequestFailed, OSError) as e:
-        raise fail(str(e), 1) from None
     console = Console()
     show_obligations(console, cycle)
     if cycle["status"] == "completed":
@@ -204,18 +281,19 @@ def settle_confirm(
 ) -> None:
     """Confirm, as the creditor bank (with its own clearing token, signed with its own key),
     that an obligation was paid. The last confirmation completes the cycle."""
-    from services.local.client import RequestFailed
     from shared.signing import SigningKeyError
 
     client = federation_client(data_dir)
-    if bank not in client.described.get("banks", {}):
+    described = client.described["banks"].get(bank)
+    if not isinstance(described, dict):
         raise fail(f"{bank} is not a bank of this federation")
-    try:
-        cycle = client.ok(client.confirm_obligation(settlement_id, number, bank, signing_key))
-    except (SigningKeyError, KeyError) as e:
-        raise fail(f"no usable signing key for {bank}: {e}") from None
-    except (RequestFailed, OSError) as e:
-        raise fail(str(e), 1) from None
+    if not isinstance(described.get("clearing_token"), str):
+        raise fail(f"federation.json in {data_dir} has no clearing token for {bank}")
+    with reaching(data_dir):
+        try:
+            cycle = client.ok(client.confirm_obligation(settlement_id, number, bank, signing_key))
+        except (SigningKeyError, KeyError) as e:
+            raise fail(f"no usable signing key for {bank}: {e}") from None
     typer.echo(
         f"settlement {settlement_id}: obligation {number} confirmed; cycle {cycle['status']}"
     )

@@ -37,12 +37,21 @@ def join(
     from services.local.joining import JoinError, join_bank
 
     configure_logging("warning")
+    if url is not None:
+        check_url(url)
     try:
         described = join_bank(
             data_dir, bank, name, limit_minutes, overdraft_limit_minutes, url or ""
         )
     except JoinError as e:
         raise fail(str(e)) from None
+    except OSError as e:  # the keys folder, or the joined one, cannot be written
+        raise fail(
+            f"cannot write {e.filename or data_dir}: {e.strerror}; is {data_dir} the data dir "
+            "of a running `timebank up`?"
+        ) from None
+    except (KeyError, TypeError, AttributeError) as e:
+        raise fail(not_described(data_dir, e)) from None
     typer.echo(f"{bank}: joined; operator token: {described['operator_token']}")
     if url is None:
         typer.echo(f"{bank}: serving at {described['url']} (run by `timebank up`)")
@@ -55,6 +64,25 @@ def join(
         f"{data_dir / 'keys'} copied there:"
     )
     typer.echo(_command_elsewhere(data_dir, bank, url, overdraft_limit_minutes))
+
+
+def check_url(url: str) -> None:
+    """The URL a bank run elsewhere serves at: http(s), a host, and a port if any."""
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 (read for its ValueError on a bad port)
+    except ValueError as e:
+        raise fail(f"--url {url}: {e}") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise fail(f"--url {url}: give the bank's URL, e.g. https://peckham.example:8001")
+
+
+def not_described(data_dir: Path, error: Exception) -> str:
+    """A description that lacks something `up` always writes, in one line."""
+    missing = f"no {error.args[0]!r}" if isinstance(error, KeyError) else str(error)
+    return f"{data_dir / 'federation.json'} does not describe a federation ({missing})"
 
 
 def _command_elsewhere(data_dir: Path, bank: str, url: str, overdraft: int) -> str:
@@ -91,5 +119,9 @@ def backup(
         copied = backup_data_dir(data_dir, out)
     except BackupError as e:
         raise fail(str(e)) from None
+    except OSError as e:
+        raise fail(f"cannot copy to {e.filename or out}: {e.strerror}") from None
+    except (KeyError, TypeError, AttributeError) as e:
+        raise fail(not_described(data_dir, e)) from None
     typer.echo(f"{len(copied)} stores copied to {out}; audit the copy with:")
     typer.echo(f"  timebank audit federation --data-dir {out}")

@@ -63,7 +63,8 @@ def ledger_serve(
         typer.Option(
             help="sqlite:///path.db (relative), sqlite:////abs/path.db, or "
             "postgresql://user@host:5432/db?schema=name. Default: "
-            "sqlite:///timebank-data/<bank>.db under the current directory."
+            "sqlite:///<bank>.ledger.db in the current directory. A SQLite store is held by "
+            "one service at a time."
         ),
     ] = None,
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
@@ -109,6 +110,7 @@ def ledger_serve(
 ) -> None:
     """Serve one bank's ledger over HTTP. Tokens come from TIMEBANK_OPERATOR_TOKEN
     (required) and TIMEBANK_AUDITOR_TOKEN (optional, read-only)."""
+    from services.ledger import APPLICATION_NAME as LEDGER
     from services.ledger.service import create_app, open_ledger
     from services.ledger.settings import LedgerSettings
 
@@ -139,6 +141,7 @@ def ledger_serve(
         port,
         log_level,
         log_format,
+        application_name=LEDGER,
     )
 
 
@@ -164,8 +167,12 @@ def serve_service(
     port: int,
     log_level: str,
     log_format: LogFormat = LogFormat.TEXT,
+    *,
+    application_name: str,
 ) -> None:
-    """Check the settings, open the service's store, and serve it until SIGTERM or Ctrl-C."""
+    """Check the settings, open the service's store, and serve it until SIGTERM or Ctrl-C.
+    ``application_name``: whose log the store must hold, if it holds one."""
+    from services.cli.guards import Refused, StoreLock, check_listening, check_log_owner
     from services.common.settings import SettingsError
     from services.common.stores import parse_store_url
 
@@ -175,9 +182,18 @@ def serve_service(
     except SettingsError as e:
         raise fail(str(e)) from None
     store = parse_store_url(settings.store_url)
+    lock = StoreLock(store)
+    try:
+        check_listening(host, port)
+        lock.acquire(label(settings))
+        check_log_owner(store, application_name)
+    except Refused as e:
+        lock.release()
+        raise fail(str(e)) from None
     try:
         application = open_application(settings)
     except Exception as e:
+        lock.release()
         raise fail(f"cannot open the store ({store.description}): {e}") from None
     banner = f"{label(settings)}: store {store.description}; http://{host}:{port}"
     if log_format == LogFormat.JSON:  # every line a JSON object, this one too
@@ -185,7 +201,12 @@ def serve_service(
     else:
         typer.echo(banner)
     asgi_app = create_app(settings, application)
-    serve(asgi_app, host, port, log_level, on_exit=application.close, log_format=log_format)
+
+    def close() -> None:
+        application.close()
+        lock.release()
+
+    serve(asgi_app, host, port, log_level, on_exit=close, log_format=log_format)
 
 
 def serve(
@@ -217,7 +238,8 @@ def clearing_serve(
     store: Annotated[
         str | None,
         typer.Option(
-            help="Store URL, as for a ledger. Default: sqlite:///timebank-data/clearing.db"
+            help="Store URL, as for a ledger. Default: sqlite:///clearing.house.db in the "
+            "current directory."
         ),
     ] = None,
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
@@ -241,11 +263,20 @@ def clearing_serve(
     nats_tls_ca: NatsTlsCa = None,
     nats_tls_cert: NatsTlsCert = None,
     nats_tls_key: NatsTlsKey = None,
+    stream_replicas: Annotated[
+        int,
+        typer.Option(
+            envvar="TIMEBANK_STREAM_REPLICAS",
+            help="On how many NATS servers each stream is kept: 1 on a single server, 3 on a "
+            "cluster of three (then one server may be lost without losing a message).",
+        ),
+    ] = 1,
     log_level: LogLevel = "info",
     log_format: LogFormatOption = LogFormat.TEXT,
 ) -> None:
     """Serve the clearing house over HTTP. The admin token comes from TIMEBANK_ADMIN_TOKEN
     (required); TIMEBANK_AUDITOR_TOKEN (optional) may read."""
+    from services.clearing import APPLICATION_NAME as CLEARING
     from services.clearing.service import create_app, open_clearing
     from services.clearing.settings import ClearingSettings
 
@@ -261,6 +292,7 @@ def clearing_serve(
             nats_tls_ca=nats_tls_ca,
             nats_tls_cert=nats_tls_cert,
             nats_tls_key=nats_tls_key,
+            stream_replicas=stream_replicas,
         )
 
     serve_service(
@@ -272,4 +304,5 @@ def clearing_serve(
         port,
         log_level,
         log_format,
+        application_name=CLEARING,
     )

@@ -10,7 +10,7 @@ import nkeys
 
 from services.common.auth import TokenError, TokenRegistry, tokens_from_environ
 from services.common.stores import StoreURLError, parse_store_url
-from shared.bus import Bus, InvalidNamespace
+from shared.bus import Bus, InvalidNamespace, server_urls
 from shared.signing import SigningKey, SigningKeyError, check_public_key
 
 
@@ -19,8 +19,12 @@ class SettingsError(ValueError):
 
 
 def bus_settings(nats_url: str | None, nats_namespace: str) -> Bus:
-    """Check a service's NATS options; the federation's subjects and streams on that server."""
-    if nats_url is not None and not nats_url.startswith(("nats://", "tls://")):
+    """Check a service's NATS options; the federation's subjects and streams on that server.
+    The URL may list a cluster's servers, comma-separated: each is checked."""
+    servers = server_urls(nats_url) if nats_url is not None else []
+    if nats_url is not None and (
+        not servers or not all(url.startswith(("nats://", "tls://")) for url in servers)
+    ):
         raise SettingsError(f"--nats-url {nats_url!r} must start with nats:// or tls://")
     try:
         return Bus(nats_namespace)

@@ -117,5 +117,7 @@ class LedgerSettings:
 
 
 def default_store_url(bank_id: str) -> str:
-    """``./timebank-data/<bank>.db`` under the current directory."""
-    return f"sqlite:///timebank-data/{bank_id}.db"
+    """``./<bank>.ledger.db`` in the current directory: `timebank up` names its stores
+    ``<name>.db`` and an id has no dot, so a bank started by hand beside a federation never
+    opens one of the federation's stores by default."""
+    return f"sqlite:///{bank_id}.ledger.db"

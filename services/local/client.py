@@ -23,6 +23,19 @@ class RequestFailed(RuntimeError):
     """An API answered with an error where the caller needed a success."""
 
 
+def problem_of(response: httpx.Response) -> str:
+    """An error answer in one line: a problem's code and detail, else the start of its text."""
+    try:
+        problem = response.json()
+    except ValueError:
+        problem = None
+    if isinstance(problem, dict) and problem.get("code"):
+        detail = " ".join(str(problem.get("detail") or problem.get("title") or "").split())
+        return f"{problem['code']}: {detail}" if detail else str(problem["code"])
+    text = " ".join(response.text.split())
+    return text[:200] or response.reason_phrase
+
+
 @dataclass
 class FederationClient:
     """Talks to the services named in a ``federation.json`` description, with their tokens."""
@@ -63,9 +76,17 @@ class FederationClient:
 
     @staticmethod
     def ok(response: httpx.Response) -> Any:
+        """The answer's JSON; RequestFailed, in one line, for an error or an answer that is not
+        JSON (something else serves at that URL)."""
+        request = f"{response.request.method} {response.request.url}"
         if not response.is_success:
-            raise RequestFailed(f"{response.request.url}: {response.status_code} {response.text}")
-        return response.json()
+            raise RequestFailed(f"{request}: {response.status_code} {problem_of(response)}")
+        try:
+            return response.json()
+        except ValueError:
+            raise RequestFailed(
+                f"{request}: {response.status_code} but not JSON; is a timebank service there?"
+            ) from None
 
     def open_member(self, bank_id: str, member_id: str, name: str, **extra: Any) -> Any:
         body = {"member_id": member_id, "name": name, "kind": "person", **extra}

@@ -15,12 +15,12 @@ from shared.bus import Bus
 TEMPLATE = "nats-auth.conf.template"
 
 
-def _template() -> str:
-    # Installed, it is packaged beside this module; in a checkout, it is in deploy/.
-    packaged = resources.files("services.local").joinpath(TEMPLATE)
+def deploy_template(name: str = TEMPLATE) -> str:
+    """A template of deploy/ (installed, it is packaged beside this module)."""
+    packaged = resources.files("services.local").joinpath(name)
     if packaged.is_file():
         return packaged.read_text()
-    return (Path(__file__).resolve().parents[2] / "deploy" / TEMPLATE).read_text()
+    return (Path(__file__).resolve().parents[2] / "deploy" / name).read_text()
 
 
 def auth_config(bus: Bus, clearing_nkey: str, banks: Iterable[tuple[str, str]]) -> str:
@@ -30,7 +30,7 @@ def auth_config(bus: Bus, clearing_nkey: str, banks: Iterable[tuple[str, str]]) 
     users += [
         {"nkey": nkey, "permissions": bus.bank_permissions(bank_id)} for bank_id, nkey in banks
     ]
-    return string.Template(_template()).substitute(users=json.dumps({"users": users}, indent=2))
+    return string.Template(deploy_template()).substitute(users=json.dumps({"users": users}, indent=2))
 
 
 def write_auth_config(

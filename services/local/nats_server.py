@@ -111,6 +111,7 @@ class NatsServer:
         name: str = "timebank",
         config_file: Path | None = None,
         die_with_parent: bool = False,
+        monitor_port: int = 0,
     ) -> None:
         self.store_dir = Path(store_dir)
         # Linux stops the server when the thread that started it ends (`timebank up` starts
@@ -125,7 +126,8 @@ class NatsServer:
         # anyone who reaches the port may connect.
         self.config_file = config_file
         self._port = port
-        self._monitor_port = 0
+        # Given when the server's config names it too (a cluster node's, from a template).
+        self._monitor_port = monitor_port
         self._process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -138,6 +140,13 @@ class NatsServer:
         if self._port == 0:
             raise NatsServerError("the port is picked by start(): start the server first")
         return f"nats://{_url_host(_reachable_host(self.host))}:{self._port}"
+
+    @property
+    def monitor_url(self) -> str:
+        """The monitoring endpoint (/healthz, /jsz): picked, like the port, at the first start."""
+        if self._monitor_port == 0:
+            raise NatsServerError("the port is picked by start(): start the server first")
+        return f"http://{_url_host(_reachable_host(self.host))}:{self._monitor_port}"
 
     @property
     def running(self) -> bool:
@@ -246,10 +255,7 @@ class NatsServer:
         log.info("nats-server (pid %d) is ready at %s", process.pid, self.url)
 
     def _wait_until_healthy(self, process: subprocess.Popen[bytes], deadline: float) -> None:
-        health_url = (
-            f"http://{_url_host(_reachable_host(self.host))}:{self._monitor_port}"
-            "/healthz?js-enabled-only=true"
-        )
+        health_url = f"{self.monitor_url}/healthz?js-enabled-only=true"
         # No proxies: urllib would otherwise obey http_proxy and send a loopback probe away.
         opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
         while True:

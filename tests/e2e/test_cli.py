@@ -123,8 +123,8 @@ def test_serve_with_bad_settings_exits_quickly_with_a_message_and_no_traceback(
     assert result.returncode != 0
     assert named_in_message in result.stderr
     assert "Traceback" not in result.stderr
-    # Refused before the default store (./timebank-data/<bank>.db) was created.
-    assert not (tmp_path / "timebank-data").exists()
+    # Refused before the default store (./<bank>.ledger.db) or its lock was created.
+    assert list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.parametrize(
@@ -295,7 +295,7 @@ def test_concurrent_exchanges_in_both_directions_keep_balances_exact_and_the_ban
 # The default store.
 
 
-def test_serve_without_a_store_keeps_the_bank_in_timebank_data_under_the_cwd(
+def test_serve_without_a_store_keeps_the_bank_in_the_cwd_named_after_it(
     start_server: StartServer, tmp_path: Path, operator: dict[str, str]
 ) -> None:
     cwd = tmp_path / "cwd"
@@ -304,7 +304,7 @@ def test_serve_without_a_store_keeps_the_bank_in_timebank_data_under_the_cwd(
     open_member(server.client(operator), "maya")
     server.stop()
 
-    db = cwd / "timebank-data" / "lewisham.db"
+    db = cwd / "lewisham.ledger.db"
     assert db.is_file()
     with closing(sqlite3.connect(db)) as conn:
         tables = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")]

@@ -132,8 +132,9 @@ def test_up_runs_a_federation_that_commits_a_transfer_and_stops_cleanly(tmp_path
         not_creditor = run_timebank(
             "settle", "confirm", "1", "1", "--bank", "rushey-green", "--data-dir", str(data_dir)
         )
-        assert not_creditor.returncode == 1
+        assert not_creditor.returncode == 2
         assert "not_creditor" in not_creditor.stderr
+        assert len(not_creditor.stderr.strip().splitlines()) == 1
         confirm = run_timebank(
             "settle", "confirm", "1", "1", "--bank", "lewisham-college", "--data-dir", str(data_dir)
         )

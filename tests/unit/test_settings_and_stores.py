@@ -239,14 +239,14 @@ def test_bad_bank_id_is_refused(bank_id: str) -> None:
         build({OPERATOR_TOKEN_VAR: OPERATOR}, bank_id=bank_id)
 
 
-def test_default_store_is_a_sqlite_file_under_timebank_data_named_after_the_bank(
+def test_default_store_is_a_sqlite_file_in_the_cwd_named_after_the_bank(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.chdir(tmp_path)
     settings = build({OPERATOR_TOKEN_VAR: OPERATOR}, bank_id="lewisham")
     assert settings.store_url == default_store_url("lewisham")
     dbname = parse_store_url(settings.store_url).env["SQLITE_DBNAME"]
-    assert dbname == str(tmp_path.resolve() / "timebank-data" / "lewisham.db")
+    assert dbname == str(tmp_path.resolve() / "lewisham.ledger.db")
 
 
 def test_explicit_store_url_is_kept() -> None:
