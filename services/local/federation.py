@@ -26,7 +26,7 @@ from services.local.joining import JoinedBank, joined_banks
 from services.local.nats_server import NatsServer, NatsServerError, free_ports
 from services.local.nats_users import NatsUsers
 from services.local.processes import FederationError as FederationError
-from services.local.processes import Service
+from services.local.processes import Service, wait_for_leftovers
 from services.local.reconcile import reconcile_clearing
 from shared.bus import DEFAULT_NAMESPACE, Bus
 from shared.protocol import CLEARING
@@ -119,6 +119,8 @@ class LocalFederation:
             raise
 
     def _start(self) -> None:
+        # An earlier `up` killed just now: its children are still stopping.
+        wait_for_leftovers(self.data_dir)
         (self.data_dir / "logs").mkdir(exist_ok=True)
         (self.data_dir / "keys").mkdir(mode=0o700, exist_ok=True)
         self._earlier = earlier_description(self.data_dir)

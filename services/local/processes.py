@@ -136,3 +136,32 @@ class Service:
             self.crashes,
         )
         return delay
+
+
+def leftover_children(data_dir: Path) -> list[int]:
+    """Services and NATS servers still running on ``data_dir`` (Linux's /proc): children of an
+    earlier `up` that was killed and are still finishing."""
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            text = cmdline.read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            state = (cmdline.parent / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            continue
+        ours = str(data_dir) in text and (" serve " in text or "nats-server" in text)
+        if ours and state != "Z" and int(cmdline.parent.name) != os.getpid():
+            found.append(int(cmdline.parent.name))
+    return found
+
+
+def wait_for_leftovers(data_dir: Path, seconds: float = STOP_TIMEOUT_SECONDS) -> None:
+    """Wait until an earlier run's children have stopped (they were told to when it died);
+    FederationError if some are still running after ``seconds``."""
+    deadline = time.monotonic() + seconds
+    while pids := leftover_children(data_dir):
+        if time.monotonic() > deadline:
+            raise FederationError(
+                f"processes of an earlier run still use {data_dir} (pids "
+                f"{', '.join(map(str, pids))}); stop them first"
+            )
+        time.sleep(0.2)

@@ -9,6 +9,7 @@ import os
 import shutil
 import signal
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
@@ -269,3 +270,31 @@ def test_ports_set_in_the_config_are_the_ports_served_and_logs_can_be_json(
     lines = (tmp_path / "data" / "logs" / "gp.log").read_text().splitlines()
     assert lines
     assert all(isinstance(json.loads(line), dict) for line in lines)
+
+
+def test_a_new_run_waits_for_an_earlier_runs_children_to_stop_and_names_any_that_do_not(
+    tmp_path: Path,
+) -> None:
+    """After `up` is killed its children stop on their own (they were told to), but not at
+    once; a new `up` on the same dir waits for them rather than fight over the stores."""
+    import sys
+
+    from services.local.processes import FederationError, leftover_children, wait_for_leftovers
+
+    data_dir = tmp_path / "data"
+    # A stand-in for a bank still stopping: its command line names the dir, as a service's does.
+    child = subprocess.Popen(
+        [sys.executable, "-c", "import time; time.sleep(60)", "ledger", "serve", str(data_dir)]
+    )
+    try:
+        wait_for(lambda: child.pid in leftover_children(data_dir), 10, "the child to be seen")
+        with pytest.raises(FederationError, match=f"earlier run still use .*{child.pid}"):
+            wait_for_leftovers(data_dir, seconds=0.5)
+        began = time.monotonic()
+        threading.Timer(1.0, child.terminate).start()
+        wait_for_leftovers(data_dir, seconds=20)
+        assert time.monotonic() - began >= 0.9
+    finally:
+        child.kill()
+        child.wait()
+    assert leftover_children(data_dir) == []
