@@ -15,6 +15,7 @@ from services.local.datadir import DESCRIPTION_FILE, read_description
 # Besides the stores: what a data dir needs to run again (not NATS's own files: the streams
 # are rebuilt from the services' outboxes, which the stores hold).
 KEPT = ("keys", "joined", "nats-auth.conf", DESCRIPTION_FILE)
+_SQLITE = "sqlite:///"
 
 
 class BackupError(RuntimeError):
@@ -23,7 +24,8 @@ class BackupError(RuntimeError):
 
 def backup_data_dir(data_dir: Path, out: Path) -> list[Path]:
     """Copy DATA_DIR's stores and keys into OUT (which must not exist yet); returns the stores
-    copied. A store on PostgreSQL is not copied: back it up with pg_dump."""
+    copied. A store elsewhere (on PostgreSQL) is not copied: BackupError says which, before
+    anything is written; back those up with pg_dump."""
     data_dir = data_dir.resolve()
     try:
         described = read_description(data_dir)
@@ -31,16 +33,19 @@ def backup_data_dir(data_dir: Path, out: Path) -> list[Path]:
         raise BackupError(f"no federation described in {data_dir}: {e}") from None
     if out.exists():
         raise BackupError(f"{out} exists already: give a new folder")
-    out.mkdir(parents=True, mode=0o700)
     stores = [described["clearing"]["store"]]
-    stores += [bank.get("store") for bank in described["banks"].values()]
+    stores += [bank["store"] for bank in described["banks"].values() if bank.get("store")]
+    sources = [Path(url[len(_SQLITE) :]) for url in stores if url.startswith(_SQLITE)]
+    elsewhere = [url for url in stores if not url.startswith(_SQLITE)]
+    elsewhere += [str(p) for p in sources if not p.is_relative_to(data_dir)]
+    if elsewhere:
+        raise BackupError(
+            f"{len(elsewhere)} of the stores are not in {data_dir} (on PostgreSQL, or "
+            "elsewhere): back those up with pg_dump (or SQLite's .backup), not with this"
+        )
+    out.mkdir(parents=True, mode=0o700)
     copied = []
-    for url in stores:
-        if not isinstance(url, str) or not url.startswith("sqlite:///"):
-            continue
-        source = Path(url[len("sqlite:///") :])
-        if not source.is_relative_to(data_dir):
-            continue  # not this data dir's
+    for source in sources:
         target = out / source.relative_to(data_dir)
         try:
             with (

@@ -40,6 +40,11 @@ def test_up_runs_every_service_on_postgresql_and_the_audit_reads_it_there(
         assert not list(data_dir.glob("*.db"))
         audit = run_timebank("audit", "federation", "--data-dir", str(data_dir))
         assert audit.returncode == 0, audit.stdout + audit.stderr
+        # Stores on PostgreSQL are backed up with pg_dump: said, and nothing half-made.
+        backup = run_timebank("backup", "--data-dir", str(data_dir), "--out", str(tmp_path / "b"))
+        assert backup.returncode == 2
+        assert "3 of the stores are not in" in backup.stderr
+        assert not (tmp_path / "b").exists()
     finally:
         with psycopg.connect(postgres_url, autocommit=True) as conn:
             for name in ("clearing", "rushey_green", "lewisham_college"):
