@@ -3,11 +3,11 @@ one machine, its settlement cycles, keys and audits."""
 
 from __future__ import annotations
 
-from services.cli import audit, bench, federation, join, keys, serve
+from services.cli import audit, bench, deploy, federation, join, keys, serve
 from services.cli.common import app
 
 # The modules register their commands on the root command when imported.
-__all__ = ["app", "audit", "bench", "federation", "join", "keys", "main", "serve"]
+__all__ = ["app", "audit", "bench", "deploy", "federation", "join", "keys", "main", "serve"]
 
 
 def main() -> None:

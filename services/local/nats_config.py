@@ -30,7 +30,9 @@ def auth_config(bus: Bus, clearing_nkey: str, banks: Iterable[tuple[str, str]]) 
     users += [
         {"nkey": nkey, "permissions": bus.bank_permissions(bank_id)} for bank_id, nkey in banks
     ]
-    return string.Template(deploy_template()).substitute(users=json.dumps({"users": users}, indent=2))
+    return string.Template(deploy_template()).substitute(
+        users=json.dumps({"users": users}, indent=2)
+    )
 
 
 def write_auth_config(
