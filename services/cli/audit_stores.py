@@ -67,7 +67,7 @@ def _configured_stores(config: Path, data_dir: Path) -> tuple[dict[str, str], di
     """The stores `timebank up --config CONFIG --data-dir DATA_DIR` keeps (its store template,
     if the config has one)."""
     from services.local.config import ConfigError, load_config
-    from services.local.federation import FederationError, local_store_url, store_from_template
+    from services.local.datadir import StoreTemplateError, local_store_url, store_from_template
 
     try:
         federation = load_config(config)
@@ -82,7 +82,7 @@ def _configured_stores(config: Path, data_dir: Path) -> tuple[dict[str, str], di
             else local_store_url(data_dir, name)
             for name in names
         }
-    except FederationError as e:
+    except StoreTemplateError as e:
         raise StoresError(f"{config}: {e}") from None
     return stores, {b.id: b.overdraft_limit_minutes for b in federation.banks}
 

@@ -55,6 +55,15 @@ def up(
     log_format: Annotated[
         LogFormat, typer.Option(help="The services' logs in DATA_DIR/logs: text or json.")
     ] = LogFormat.TEXT,
+    nats_cluster: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            max=5,
+            help="Run NATS as a JetStream cluster of this many nodes (3: every stream kept on "
+            "all three, so one node may fail), as across hosts. 1: one server.",
+        ),
+    ] = 1,
 ) -> None:
     """Run a whole federation here: NATS, the clearing house and every bank in the config.
     Prints every URL and token, writes them to DATA_DIR/federation.json, and stops everything
@@ -74,6 +83,7 @@ def up(
             nats_namespace=nats_namespace,
             store_template=store_template,
             log_format=log_format.value,
+            nats_cluster=nats_cluster,
         )
     except (ConfigError, InvalidNamespace) as e:
         raise fail(str(e)) from None

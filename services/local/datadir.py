@@ -16,11 +16,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+from services.common.stores import StoreURLError, parse_store_url
+
 DESCRIPTION_FILE = "federation.json"
 LOCK_FILE = "up.lock"
 _SQLITE = "sqlite:///"
 # The description's fields that name a file (the others are URLs, tokens and numbers).
 _PATH_FIELDS = ("nats_seed", "signing_key")
+
+
+class StoreTemplateError(ValueError):
+    """A store template that names no store per service, or no usable store."""
 
 
 class DataDirInUse(RuntimeError):
@@ -65,6 +71,19 @@ class DataDirLock:
                 self._file.truncate(0)
             self._file.close()
             self._file = None
+
+
+def store_from_template(template: str, name: str) -> str:
+    """A service's store URL from a template with {name} and/or {schema} (the name, with "-"
+    as "_", fit for a PostgreSQL schema); StoreTemplateError if the template is unusable."""
+    if "{name}" not in template and "{schema}" not in template:
+        raise StoreTemplateError(f"store template {template!r} has neither {{name}} nor {{schema}}")
+    url = template.replace("{name}", name).replace("{schema}", name.replace("-", "_"))
+    try:
+        parse_store_url(url)
+    except StoreURLError as e:
+        raise StoreTemplateError(f"store template {template!r}: {e}") from None
+    return url
 
 
 def read_description(data_dir: Path) -> dict[str, Any]:

@@ -19,10 +19,19 @@ import httpx2 as httpx
 from services.ledger.settings import DEFAULT_CHECKPOINT_SECONDS
 from services.local.config import BankConfig, FederationConfig
 from services.local.datadir import DESCRIPTION_FILE as DESCRIPTION_FILE
-from services.local.datadir import DataDirInUse, DataDirLock, earlier_description, write_description
+from services.local.datadir import (
+    DataDirInUse,
+    DataDirLock,
+    StoreTemplateError,
+    earlier_description,
+    store_from_template,
+    write_description,
+)
 from services.local.datadir import local_store_url as local_store_url
 from services.local.datadir import read_description as read_description
 from services.local.joining import JoinedBank, joined_banks
+from services.local.local_nats import local_nats, restart_stopped
+from services.local.nats_cluster import NatsCluster
 from services.local.nats_server import NatsServer, NatsServerError, free_ports
 from services.local.nats_users import NatsUsers
 from services.local.processes import FederationError as FederationError
@@ -35,21 +44,6 @@ from shared.signing import SigningKey
 log = logging.getLogger(__name__)
 
 HOST = "127.0.0.1"
-
-
-def store_from_template(template: str, name: str) -> str:
-    """A service's store URL from a template with {name} and/or {schema} (the name, with "-"
-    as "_", fit for a PostgreSQL schema); FederationError if the template is unusable."""
-    from services.common.stores import StoreURLError, parse_store_url
-
-    if "{name}" not in template and "{schema}" not in template:
-        raise FederationError(f"store template {template!r} has neither {{name}} nor {{schema}}")
-    url = template.replace("{name}", name).replace("{schema}", name.replace("-", "_"))
-    try:
-        parse_store_url(url)
-    except StoreURLError as e:
-        raise FederationError(f"store template {template!r}: {e}") from None
-    return url
 
 
 class LocalFederation:
@@ -73,13 +67,17 @@ class LocalFederation:
         checkpoint_seconds: float = DEFAULT_CHECKPOINT_SECONDS,
         store_template: str | None = None,
         log_format: str = "text",
+        nats_cluster: int = 1,
     ) -> None:
         self.config = config
         self.log_format = log_format
         self.store_template = store_template or config.store_template
         self.checkpoint_seconds = checkpoint_seconds
         self.data_dir = data_dir.resolve()
-        self.nats: NatsServer | None = None
+        # The NATS this federation runs itself (none when given a URL): one server, or a
+        # cluster of ``nats_cluster`` nodes with every stream on three of them.
+        self.nats: NatsServer | NatsCluster | None = None
+        self.nats_cluster = nats_cluster
         # The clearing house's public key, read from its key file at start.
         self.clearing_public_key = ""
         self.nats_url = nats_url or ""
@@ -136,9 +134,7 @@ class LocalFederation:
             earlier = self._earlier_port(self._earlier.get("nats_url")) if ran_nats else None
             port = self.config.nats_port or earlier or 0
             config_file = self.users.at_start(self.bank_configs)
-            self.nats = NatsServer(
-                self.data_dir / "nats", port=port, config_file=config_file, die_with_parent=True
-            )
+            self.nats = local_nats(self.data_dir / "nats", config_file, port, self.nats_cluster)
             self.nats.start()
             self.nats_url = self.nats.url
         self._prepare_clearing()
@@ -175,8 +171,7 @@ class LocalFederation:
         said: list[str] = []
         if self.nats is not None and not self.nats.running:
             try:
-                self.nats.start()
-                said.append(f"NATS had stopped; started again at {self.nats.url}")
+                said.append(restart_stopped(self.nats))
             except NatsServerError as e:
                 said.append(f"NATS had stopped and failed to start again: {e}")
         now = time.monotonic()
@@ -262,9 +257,12 @@ class LocalFederation:
         self.stop()
 
     def _store(self, name: str) -> str:
-        if self.store_template:
+        if not self.store_template:
+            return local_store_url(self.data_dir, name)
+        try:
             return store_from_template(self.store_template, name)
-        return local_store_url(self.data_dir, name)
+        except StoreTemplateError as e:
+            raise FederationError(str(e)) from None
 
     def sync_nats_users(self) -> bool:
         """Give the NATS server this federation runs the users the clearing house's directory
@@ -303,6 +301,9 @@ class LocalFederation:
             [
                 "--deadline-seconds",
                 str(self.config.clearing.deadline_seconds),
+                # Every stream on three nodes of a cluster: one may fail.
+                "--stream-replicas",
+                str(min(self.nats_cluster, 3)),
                 "--signing-key",
                 str(self.key_path(CLEARING)),
             ],

@@ -100,8 +100,11 @@ class NatsCluster:
         host: str = "127.0.0.1",
         name: str = "timebank",
         size: int = CLUSTER_SIZE,
+        die_with_parent: bool = False,
     ) -> None:
         self.base_dir = Path(base_dir)
+        # As NatsServer's: each node stopped by Linux when the thread that started it ends.
+        self.die_with_parent = die_with_parent
         self.users_file = users_file
         self.host = host
         self.name = name
@@ -162,6 +165,7 @@ class NatsCluster:
                     monitor_port=node.monitor_port,
                     name=node.name,
                     config_file=config,
+                    die_with_parent=self.die_with_parent,
                 )
             )
 
@@ -181,6 +185,18 @@ class NatsCluster:
         """Start a stopped node again, on its ports and data, and wait until it has caught up."""
         self.servers[index].start(timeout)
         self.wait_until_ready(timeout)
+
+    @property
+    def running(self) -> bool:
+        """Whether every node runs."""
+        return bool(self.servers) and all(server.running for server in self.servers)
+
+    def start_stopped(self, timeout: float = 30.0) -> list[str]:
+        """Start again every node that is not running (a crash); returns their names."""
+        stopped = [i for i, server in enumerate(self.servers) if not server.running]
+        for index in stopped:
+            self.start_node(index, timeout)
+        return [self.servers[i].name for i in stopped]
 
     def reload(self) -> None:
         """Make every running node read its config again (the users), with no restart."""

@@ -9,6 +9,7 @@ from collections.abc import Collection, Iterable
 from pathlib import Path
 from typing import Any
 
+from services.local.nats_cluster import NatsCluster
 from services.local.nats_config import write_auth_config
 from services.local.nats_server import NatsServer
 from shared.bus import Bus
@@ -42,7 +43,10 @@ class NatsUsers:
         return self._write(self.on_server)
 
     def sync(
-        self, nats: NatsServer, listed: Iterable[dict[str, Any]], local: Collection[str]
+        self,
+        nats: NatsServer | NatsCluster,
+        listed: Iterable[dict[str, Any]],
+        local: Collection[str],
     ) -> bool:
         """Give the server the users the clearing house's directory (``listed``, as GET
         /v1/banks answers) calls for; returns whether anything changed. ``local``: the banks of
