@@ -220,17 +220,26 @@ def serve(
     """Run an app with uvicorn until SIGTERM or Ctrl-C, then close what it used."""
     import uvicorn
 
+    config = uvicorn.Config(
+        asgi_app,
+        host=host,
+        port=port,
+        log_level=log_level,
+        log_config=uvicorn_log_config(log_format),
+    )
+    server = uvicorn.Server(config)
+    # Its start-up may find a setting it cannot run with: then it stops the server.
+    asgi_app.state.stop_server = lambda: setattr(server, "should_exit", True)
     try:
         with exit_cleanly_on_signals():
-            uvicorn.run(
-                asgi_app,
-                host=host,
-                port=port,
-                log_level=log_level,
-                log_config=uvicorn_log_config(log_format),
-            )
+            server.run()
     finally:
         on_exit()
+    refused = getattr(asgi_app.state, "refused", None)
+    if refused:
+        raise fail(refused)
+    if not server.started:
+        raise fail(f"the server did not start on {host}:{port}; see the lines above", 3)
 
 
 @clearing_app.command("serve")

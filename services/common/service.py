@@ -19,6 +19,7 @@ from services.common.metrics import ServiceMetrics, install_metrics
 from services.common.offload import Periodic
 from services.common.problems import install_problem_handlers
 from services.common.readiness import router as readiness_router
+from shared.bus import StreamSetupError
 
 
 @dataclass
@@ -72,7 +73,12 @@ def asgi_app(
         runtime = start_runtime()
         app.state.application = runtime.application
         observe(app, metrics, runtime)
-        await runtime.start()
+        try:
+            await runtime.start()
+        except StreamSetupError as e:
+            # A setting NATS refuses (3 replicas on one server): said once, in one line, and
+            # the server is asked to stop; the command exits with it (cli/serve.py).
+            refuse_start(app, str(e))
         try:
             yield
         finally:
@@ -87,6 +93,20 @@ def asgi_app(
         app.include_router(router)
     install_observability(app, metrics)
     return app
+
+
+def refuse_start(app: FastAPI, reason: str) -> None:
+    """Record why the service cannot run and stop its server (given by whoever serves it as
+    ``app.state.stop_server``); without one (a test's client), raise."""
+    app.state.refused = reason
+    stop: Callable[[], None] | None = getattr(app.state, "stop_server", None)
+    if stop is None:
+        raise StartupRefused(reason)
+    stop()
+
+
+class StartupRefused(RuntimeError):
+    """The service cannot start as configured; the message says why, in one line."""
 
 
 def observe(app: FastAPI, metrics: ServiceMetrics, runtime: Runtime) -> None:

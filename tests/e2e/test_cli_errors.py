@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from services.local.nats_server import NatsServer
+from shared.signing import SigningKey
 from tests.e2e.conftest import TIMEBANK, StartServer, pick_free_port, timebank_env
 from tests.helpers import BANK_ID
 
@@ -306,3 +308,19 @@ def test_join_with_a_url_that_is_not_a_banks_is_one_line(tmp_path: Path, url: st
     )
     assert f"--url {url}" in line
     assert list(tmp_path.iterdir()) == []
+
+
+def test_stream_replicas_one_server_cannot_keep_is_one_line_and_exit_2(
+    tmp_path: Path, nats_server: NatsServer
+) -> None:
+    """NATS refuses three replicas on a server that is not in a cluster; the clearing house
+    says so in one line and stops, rather than serve without its streams."""
+    key = tmp_path / "clearing.key"
+    SigningKey.generate().save(key)
+    result = timebank(
+        "clearing", "serve", "--port", str(pick_free_port()), "--nats-url", nats_server.url,
+        "--signing-key", str(key), "--stream-replicas", "3", "--log-level", "error",
+        cwd=tmp_path,
+    )  # fmt: skip
+    line = one_line_error(result)
+    assert "replicas" in line
