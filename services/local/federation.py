@@ -301,9 +301,9 @@ class LocalFederation:
             [
                 "--deadline-seconds",
                 str(self.config.clearing.deadline_seconds),
-                # Every stream on three nodes of a cluster: one may fail.
-                "--stream-replicas",
-                str(min(self.nats_cluster, 3)),
+                # Every stream on three nodes of a cluster it runs: one may fail. On a NATS it
+                # was given, the clearing house's environment says (TIMEBANK_STREAM_REPLICAS).
+                *(["--stream-replicas", str(min(self.nats_cluster, 3))] if self.nats else []),
                 "--signing-key",
                 str(self.key_path(CLEARING)),
             ],
