@@ -3,16 +3,13 @@ listen on their port, and that no other service holds the store."""
 
 from __future__ import annotations
 
-import contextlib
 import errno
-import fcntl
-import os
 import socket
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
 
 from services.common.stores import Store
+from services.local.held_file import HeldElsewhere, HeldFile
 
 LOCK_SUFFIX = ".lock"
 MAX_PORT = 65535
@@ -80,7 +77,7 @@ class StoreLock:
     """
 
     store: Store
-    _file: IO[str] | None = field(default=None, repr=False)
+    _held: HeldFile | None = field(default=None, repr=False)
 
     @property
     def path(self) -> Path | None:
@@ -94,30 +91,19 @@ class StoreLock:
         path = self.path
         if path is None:
             return
+        held = HeldFile(path)
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            lock = path.open("a+")
+            held.acquire(f"{holder}, ")
         except OSError as e:
             raise Refused(f"cannot lock {self.store.description}: {e.strerror}") from None
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            lock.seek(0)
-            other = lock.read().strip() or "another process"
-            lock.close()
+        except HeldElsewhere as e:
             raise Refused(
-                f"{self.store.description} is in use by another service ({other}); stop it "
+                f"{self.store.description} is in use by another service ({e}); stop it "
                 "first, or give this one another --store"
             ) from None
-        lock.seek(0)
-        lock.truncate()
-        lock.write(f"{holder}, pid {os.getpid()}\n")
-        lock.flush()
-        self._file = lock
+        self._held = held
 
     def release(self) -> None:
-        if self._file is not None:
-            with contextlib.suppress(OSError):
-                self._file.truncate(0)
-            self._file.close()
-            self._file = None
+        if self._held is not None:
+            self._held.release()
+            self._held = None

@@ -7,16 +7,14 @@ banks started by hand keep working across restarts.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import json
-import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from services.common.stores import StoreURLError, parse_store_url
+from services.local.held_file import HeldElsewhere, HeldFile
 
 DESCRIPTION_FILE = "federation.json"
 LOCK_FILE = "up.lock"
@@ -40,37 +38,26 @@ def local_store_url(data_dir: Path, name: str) -> str:
 
 @dataclass
 class DataDirLock:
-    """An exclusive lock on the data dir for as long as a federation runs on it (flock: the
-    kernel drops it when the process ends, however it ends, so a crash leaves no stale lock)."""
+    """An exclusive lock on the data dir for as long as a federation runs on it."""
 
     data_dir: Path
-    _file: IO[str] | None = field(default=None, repr=False)
+    _held: HeldFile | None = field(default=None, repr=False)
 
     def acquire(self) -> None:
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        lock = (self.data_dir / LOCK_FILE).open("a+")
+        held = HeldFile(self.data_dir / LOCK_FILE)
         try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            lock.seek(0)
-            holder = lock.read().strip() or "another process"
-            lock.close()
+            held.acquire("")
+        except HeldElsewhere as e:
             raise DataDirInUse(
-                f"{self.data_dir} is in use by another `timebank up` ({holder}); stop it "
+                f"{self.data_dir} is in use by another `timebank up` ({e}); stop it "
                 "first, or give this one another --data-dir"
             ) from None
-        lock.seek(0)
-        lock.truncate()
-        lock.write(f"pid {os.getpid()}\n")
-        lock.flush()
-        self._file = lock
+        self._held = held
 
     def release(self) -> None:
-        if self._file is not None:
-            with contextlib.suppress(OSError):
-                self._file.truncate(0)
-            self._file.close()
-            self._file = None
+        if self._held is not None:
+            self._held.release()
+            self._held = None
 
 
 def store_from_template(template: str, name: str) -> str:
