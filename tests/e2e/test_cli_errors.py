@@ -324,3 +324,15 @@ def test_stream_replicas_one_server_cannot_keep_is_one_line_and_exit_2(
     )  # fmt: skip
     line = one_line_error(result)
     assert "replicas" in line
+
+
+@pytest.mark.parametrize(
+    ("args", "said"),
+    [
+        (("up",), "Missing option '--config'"),
+        (("ledger", "serve", "--bank", BANK_ID, "--port", "eighty"), "Invalid value for '--port'"),
+        (("bogus",), "No such command 'bogus'"),
+    ],
+)
+def test_a_usage_error_is_one_line_too(tmp_path: Path, args: tuple[str, ...], said: str) -> None:
+    assert said in one_line_error(timebank(*args, cwd=tmp_path))
