@@ -16,6 +16,7 @@ from services.audit.decoding import (
     HoldPlaced,
     HoldPosted,
     HoldVoided,
+    OverdraftChanged,
 )
 from services.audit.findings import (
     ACCOUNT,
@@ -123,6 +124,7 @@ class AccountBook:
         """What folds each event of an account."""
         return {
             AccountOpened: self.opened,
+            OverdraftChanged: self.overdraft_changed,
             Debited: self.debited,
             Credited: self.credited,
             HoldPlaced: self.hold_placed,
@@ -141,6 +143,12 @@ class AccountBook:
         follows_default = kind != MemberKind.SYSTEM and own_limit is None
         limit = own_limit if kind != MemberKind.SYSTEM else None
         self._accounts[ref.key] = _Account(member_id, kind, limit, follows_default=follows_default)
+
+    def overdraft_changed(self, event: OverdraftChanged, ref: EventRef) -> None:
+        """The member's own limit from now on (None: the bank's default)."""
+        account = self._account(ref)
+        account.limit = event.overdraft_limit_minutes
+        account.follows_default = event.overdraft_limit_minutes is None
 
     def debited(self, event: Debited, ref: EventRef) -> None:
         account = self._account(ref)

@@ -44,6 +44,11 @@ class AccountOpened(Folded, frozen=True, gc=False):
     overdraft_limit_minutes: Limit | None
 
 
+class OverdraftChanged(Folded, frozen=True, gc=False):
+    # None: the member follows the bank's default from then on.
+    overdraft_limit_minutes: Limit | None
+
+
 class Debited(Folded, frozen=True, gc=False):
     entry_id: str
     minutes: Minutes
@@ -118,6 +123,13 @@ FOLDED: Final[dict[str, type[Folded]]] = {
     get_topic(Account.HoldPlaced): HoldPlaced,
     get_topic(Account.HoldPosted): HoldPosted,
     get_topic(Account.HoldVoided): HoldVoided,
+    get_topic(Account.OverdraftChanged): OverdraftChanged,
+    # A member's name and status: counted, and chained; the postings they allow are checked
+    # by the ledger's own rules, which refuse a suspended or closed member.
+    get_topic(Account.Renamed): Unread,
+    get_topic(Account.Suspended): Unread,
+    get_topic(Account.Reinstated): Unread,
+    get_topic(Account.Closed): Unread,
     get_topic(CrossBankTransfer.Started): TransferStarted,
     get_topic(CrossBankTransfer.Committed): TransferCommitted,
     get_topic(CrossBankTransfer.Aborted): TransferAborted,

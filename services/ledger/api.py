@@ -28,8 +28,11 @@ from services.ledger.domain_terms import (
     MAX_MEMO_LENGTH,
     MAX_NAME_LENGTH,
     HoldExists,
+    HoldsOpen,
     InvalidRequest,
+    MemberClosed,
     MemberExists,
+    MemberInactive,
     OverdraftLimitExceeded,
     UnknownBank,
     UnknownHold,
@@ -60,6 +63,9 @@ LEDGER_ERRORS: dict[type[Exception], tuple[int, str]] = {
     IdempotencyConflict: (409, "idempotency_conflict"),
     UnknownHold: (404, "unknown_hold"),
     HoldExists: (409, "hold_exists"),
+    MemberInactive: (409, "member_inactive"),
+    MemberClosed: (409, "member_closed"),
+    HoldsOpen: (409, "holds_open"),
     StoreBusy: (503, "busy"),
 }
 
@@ -235,7 +241,7 @@ def get_statement(member_id: str, ledger: LedgerDep) -> Statement:
     "",
     status_code=201,
     dependencies=[Writer],
-    responses=problems(*WRITE_PROBLEMS, UnknownMember, OverdraftLimitExceeded),
+    responses=problems(*WRITE_PROBLEMS, UnknownMember, OverdraftLimitExceeded, MemberInactive),
 )
 def record_exchange(
     body: NewExchange,
@@ -261,7 +267,9 @@ def record_exchange(
     "",
     status_code=202,
     dependencies=[Writer],
-    responses=problems(*WRITE_PROBLEMS, UnknownMember, UnknownBank, OverdraftLimitExceeded),
+    responses=problems(
+        *WRITE_PROBLEMS, UnknownMember, UnknownBank, OverdraftLimitExceeded, MemberInactive
+    ),
 )
 def request_transfer(
     body: NewTransfer, ledger: LedgerDep, response: Response, key: IdempotencyKeyHeader = None

@@ -2,23 +2,21 @@
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TypeVar
 from uuid import UUID, uuid4
 
 from eventsourcing.domain import Aggregate
-from eventsourcing.persistence import IntegrityError
 
 from services.common.application import ServiceApplication
 from services.common.inbox import Outcome, Received, receive_from
 from services.common.outbox import Outbox, outbox_id
 from services.common.stores import Store
 from services.ledger import APPLICATION_NAME
+from services.ledger.directory_index import DEFAULT_PAGE_SIZE, MemberDirectory
 from services.ledger.domain import (
     Account,
     BankDirectory,
-    BankPolicy,
     CrossBankTransfer,
     post_hold_to_counterparty,
 )
@@ -27,7 +25,6 @@ from services.ledger.domain_terms import (
     DEFAULT_OVERDRAFT_MINUTES,
     FEDERATION_ACCOUNT,
     MEMBER_ID_PATTERN,
-    SYSTEM_ACCOUNTS,
     EntryKind,
     InvalidRequest,
     MemberExists,
@@ -44,11 +41,13 @@ from services.ledger.domain_terms import (
 )
 from services.ledger.handlers import BankHandlers
 from services.ledger.orders import ExchangeOrder, TransferOrder
+from services.ledger.setup import open_system_accounts, record_policy
 from services.ledger.views import (
     BankSummary,
     BankTotals,
     CrossBankTransferView,
     ExchangeReceipt,
+    MemberPage,
     MemberView,
     Statement,
     TransferReceipt,
@@ -91,19 +90,18 @@ class Ledger(ServiceApplication):
         self.max_exchange_minutes = max_exchange_minutes
         self._handlers = BankHandlers(bank_id, default_overdraft_minutes)
         self._totals = BankTotals()
+        self._directory = MemberDirectory()
         store.prepare()
         super().__init__(env={**store.env, "AGGREGATE_CACHE_MAXSIZE": str(cache_size)})
         self._writer = Writer(self, working_set_size=cache_size)
-        self._open_system_accounts()
-        self._record_policy()
+        open_system_accounts(self)
+        record_policy(self, self.default_overdraft_minutes)
 
     def find(self, aggregate_id: UUID, cls: type[A]) -> A | None:
         # A command being decided reads the writer's live aggregates: no re-read, no copy.
         if self._writer.deciding_here:
             return self._writer.working.get(aggregate_id, cls)
         return super().find(aggregate_id, cls)
-
-    # Queries.
 
     def get_member(self, member_id: str) -> MemberView:
         return self._view(self._account(member_id))
@@ -112,9 +110,8 @@ class Ledger(ServiceApplication):
         return statement(member_id, self.events.get(self._account(member_id).id))
 
     def summary(self) -> BankSummary:
-        """Members and the sum of all posted balances, folded from the log's postings; each
-        call reads only what was recorded since the last, to a whole-transaction boundary, so
-        no exchange is ever half-counted, even while another process writes."""
+        """Members and the sum of posted balances, folded from the log since the last call, to
+        a whole-transaction boundary: no exchange is ever half-counted."""
         totals = self._totals
         with totals.lock:
             for position, event in self.follow_events(totals.next_position, totals.TOPICS):
@@ -122,6 +119,20 @@ class Ledger(ServiceApplication):
             return BankSummary(
                 bank=self.bank_id, members=totals.members, total_posted_minutes=totals.total_minutes
             )
+
+    def members(
+        self,
+        query: str | None = None,
+        limit: int = DEFAULT_PAGE_SIZE,
+        cursor: str | None = None,
+        *,
+        include_system: bool = False,
+    ) -> MemberPage:
+        """A page of members in id order, from the directory folded from the log."""
+        ids, next_cursor = self._directory.page(
+            self.follow_events, query, limit, cursor, include_system=include_system
+        )
+        return MemberPage(members=[self.get_member(m) for m in ids], next_cursor=next_cursor)
 
     def get_transfer(self, transfer_id: str) -> CrossBankTransferView:
         transfer = self.find(transfer_id_to_uuid(transfer_id), CrossBankTransfer)
@@ -186,6 +197,7 @@ class Ledger(ServiceApplication):
                 raise InvalidRequest("payer and payee must be different members")
             payer_account = self._member_account(payer)
             payee_account = self._member_account(payee)
+            payee_account.check_active()
             exchange_id = str(uuid4())
             payer_account.debit(
                 exchange_id,
@@ -229,6 +241,16 @@ class Ledger(ServiceApplication):
             account.place_hold(
                 hold_id, minutes, counterparty, memo, kind, self.default_overdraft_minutes
             )
+            return [account], self._view(account)
+
+        return self._writer.execute(command, None, MemberView).value
+
+    def change_member(self, member_id: str, change: Callable[[Account], object]) -> MemberView:
+        """A coordinator's change to a member: one of Account's methods, one event."""
+
+        def command() -> tuple[Sequence[Aggregate], MemberView]:
+            account = self._member_account(member_id)
+            change(account)
             return [account], self._view(account)
 
         return self._writer.execute(command, None, MemberView).value
@@ -359,22 +381,6 @@ class Ledger(ServiceApplication):
     def _outbox(self) -> Outbox:
         outbox = self.find(outbox_id(self.bank_id, CLEARING), Outbox)
         return outbox or Outbox(source=self.bank_id, destination=CLEARING)
-
-    def _open_system_accounts(self) -> None:
-        for member_id in SYSTEM_ACCOUNTS:
-            if not self.exists(account_id(member_id)):
-                # Another process may open it first; then it exists, which is all we need.
-                with contextlib.suppress(IntegrityError):
-                    self.save(Account.open(member_id, member_id.title(), MemberKind.SYSTEM))
-
-    def _record_policy(self) -> None:
-        """Record the default overdraft limit in the log when it is new or has changed."""
-        policy = self.find(BankPolicy.create_id(), BankPolicy)
-        policy = policy or BankPolicy(self.default_overdraft_minutes)
-        policy.set_default_overdraft(self.default_overdraft_minutes)
-        # Another process may record it first; then the policy is recorded, which is enough.
-        with contextlib.suppress(IntegrityError):
-            self.save(policy)
 
     def _account(self, member_id: str) -> Account:
         account = self.find(account_id(member_id), Account)

@@ -19,8 +19,12 @@ from services.ledger.domain_terms import (
     SYSTEM_ACCOUNTS,
     EntryKind,
     HoldExists,
+    HoldsOpen,
     InvalidRequest,
+    MemberClosed,
+    MemberInactive,
     MemberKind,
+    MemberStatus,
     OverdraftLimitExceeded,
     Role,
     TransferDecided,
@@ -93,9 +97,110 @@ class Account(Aggregate):
         # hold id -> the pending posting, kept as plain data so snapshots transcode it.
         self.holds: dict[str, dict[str, Any]] = {}
 
+    # Accounts opened before members had a status (and snapshots of them) are active.
+    status = MemberStatus.ACTIVE
+
     @property
     def is_system(self) -> bool:
         return self.kind == MemberKind.SYSTEM
+
+    def check_active(self) -> None:
+        """MemberInactive unless the member may pay and be paid."""
+        if self.status != MemberStatus.ACTIVE:
+            raise MemberInactive(
+                f"{self.member_id} is {self.status}: it can neither pay nor be paid",
+                member_id=self.member_id,
+                member_status=self.status,
+            )
+
+    # A member's terms and status, changed by the bank's coordinator.
+
+    class Renamed(Aggregate.Event):
+        name: str
+
+    def rename(self, name: str) -> None:
+        self._check_open()
+        if not name.strip() or len(name) > MAX_NAME_LENGTH:
+            raise InvalidRequest(f"name must be 1-{MAX_NAME_LENGTH} characters")
+        if name != self.name:
+            self._renamed(name=name)
+
+    @event(Renamed)
+    def _renamed(self, name: str) -> None:
+        self.name = name
+
+    class OverdraftChanged(Aggregate.Event):
+        # None: the member follows the bank's default.
+        overdraft_limit_minutes: int | None
+
+    def change_overdraft(self, overdraft_limit_minutes: int | None) -> None:
+        """A lower limit refuses new spending past it; it takes nothing already spent back."""
+        self._check_open()
+        if self.is_system:
+            raise InvalidRequest("a system account has no overdraft limit")
+        if overdraft_limit_minutes is not None and (
+            isinstance(overdraft_limit_minutes, bool)
+            or not isinstance(overdraft_limit_minutes, int)
+            or overdraft_limit_minutes < 0
+        ):
+            raise InvalidRequest("overdraft_limit_minutes must be a whole number >= 0")
+        if overdraft_limit_minutes != self.overdraft_limit_minutes:
+            self._overdraft_changed(overdraft_limit_minutes=overdraft_limit_minutes)
+
+    @event(OverdraftChanged)
+    def _overdraft_changed(self, overdraft_limit_minutes: int | None) -> None:
+        self.overdraft_limit_minutes = overdraft_limit_minutes
+
+    class Suspended(Aggregate.Event):
+        pass
+
+    def suspend(self) -> None:
+        self._check_open()
+        if self.is_system:
+            raise InvalidRequest("a system account cannot be suspended")
+        if self.status != MemberStatus.SUSPENDED:
+            self._suspended()
+
+    @event(Suspended)
+    def _suspended(self) -> None:
+        self.status = MemberStatus.SUSPENDED
+
+    class Reinstated(Aggregate.Event):
+        pass
+
+    def reinstate(self) -> None:
+        self._check_open()
+        if self.status != MemberStatus.ACTIVE:
+            self._reinstated()
+
+    @event(Reinstated)
+    def _reinstated(self) -> None:
+        self.status = MemberStatus.ACTIVE
+
+    class Closed(Aggregate.Event):
+        pass
+
+    def close(self, credits_pending: int = 0) -> None:
+        """For good. Refused while a transfer is in flight, from it (its minutes on hold) or
+        to it (``credits_pending``): it can be closed once they are decided."""
+        self._check_open()
+        if self.is_system:
+            raise InvalidRequest("a system account cannot be closed")
+        if self.holds or credits_pending:
+            raise HoldsOpen(
+                f"{self.member_id} has {len(self.holds) + credits_pending} transfer(s) or "
+                "hold(s) in flight; close it once they are decided",
+                member_id=self.member_id,
+            )
+        self._closed()
+
+    @event(Closed)
+    def _closed(self) -> None:
+        self.status = MemberStatus.CLOSED
+
+    def _check_open(self) -> None:
+        if self.status == MemberStatus.CLOSED:
+            raise MemberClosed(f"{self.member_id} is closed", member_id=self.member_id)
 
     @property
     def available_minutes(self) -> int:
@@ -133,6 +238,7 @@ class Account(Aggregate):
         bank_default_limit: int,
     ) -> None:
         check_amount(minutes)
+        self.check_active()
         self._check_can_spend(minutes, bank_default_limit)
         self._debited(
             entry_id=entry_id, minutes=minutes, counterparty=counterparty, memo=memo, kind=kind
@@ -201,6 +307,7 @@ class Account(Aggregate):
         check_amount(minutes)
         if hold_id in self.holds:
             raise HoldExists(f"hold {hold_id} is already open on {self.member_id}")
+        self.check_active()
         self._check_can_spend(minutes, bank_default_limit)
         self._hold_placed(
             hold_id=hold_id,
@@ -291,6 +398,13 @@ def post_hold_to_counterparty(
         hold.get("party", ""),
     )
     return counterparty
+
+
+def credits_pending(federation: Account | None, member_id: str) -> int:
+    """Cross-bank credits to a member still waiting for the clearing house's decision: held on
+    the bank's federation account, to be posted to the member on commit."""
+    holds = federation.holds.values() if federation is not None else ()
+    return sum(1 for hold in holds if hold["counterparty"] == member_id)
 
 
 def post_settlement(

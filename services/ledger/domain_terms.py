@@ -14,6 +14,14 @@ DEFAULT_OVERDRAFT_MINUTES = 10 * 60
 DEFAULT_MAX_EXCHANGE_MINUTES = 100 * 60
 
 
+class MemberStatus(StrEnum):
+    ACTIVE = "active"
+    # Neither pays nor is paid until reinstated (a coordinator's pause).
+    SUSPENDED = "suspended"
+    # For good: its balance stays, and is reported.
+    CLOSED = "closed"
+
+
 class MemberKind(StrEnum):
     PERSON = "person"
     ORGANISATION = "organisation"
@@ -49,6 +57,18 @@ class LedgerError(Exception):
         super().__init__(detail)
         self.detail = detail
         self.extra = extra
+
+
+class MemberInactive(LedgerError):
+    """The member is suspended or closed: it can neither pay nor be paid."""
+
+
+class HoldsOpen(LedgerError):
+    """The account has minutes on hold (a transfer in flight): it cannot be closed yet."""
+
+
+class MemberClosed(LedgerError):
+    """The member is closed: nothing about its account changes any more."""
 
 
 class UnknownMember(LedgerError):

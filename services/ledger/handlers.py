@@ -20,6 +20,7 @@ from services.ledger.domain_terms import (
     FEDERATION_ACCOUNT,
     SETTLEMENT_ACCOUNT,
     EntryKind,
+    MemberStatus,
     Role,
     TransferStatus,
     account_id,
@@ -81,12 +82,15 @@ class BankHandlers:
             )
         )
         payee = uow.get(account_id(message.payee), Account)
+        refused = None
         if payee is None or payee.is_system:
-            transfer.abort("unknown_payee")
+            refused = ("unknown_payee", f"no member {message.payee} in bank {self.bank_id}")
+        elif payee.status != MemberStatus.ACTIVE:
+            refused = ("payee_refused", f"{message.payee} is {payee.status} in {self.bank_id}")
+        if refused is not None:
+            transfer.abort(refused[0])
             refusal = CreditRefused(
-                transfer_id=message.transfer_id,
-                reason="unknown_payee",
-                detail=f"no member {message.payee} in bank {self.bank_id}",
+                transfer_id=message.transfer_id, reason=refused[0], detail=refused[1]
             )
             uow.send(CLEARING, refusal, sender=self.bank_id)
             return

@@ -14,6 +14,7 @@ from services.common.offload import Periodic
 from services.common.service import HTTPFace, Runtime, asgi_app
 from services.common.stores import parse_store_url
 from services.ledger.api import LEDGER_ERRORS, ROUTERS
+from services.ledger.api_members import member_changes
 from services.ledger.application import (
     Ledger,
 )
@@ -95,7 +96,7 @@ def create_app(settings: LedgerSettings, ledger: Ledger | None = None) -> FastAP
     face = HTTPFace(
         title=f"timebank ledger: {settings.bank_id}",
         summary="One time bank's event-sourced ledger, in integer minutes.",
-        routers=ROUTERS,
+        routers=(*ROUTERS, member_changes),
         errors=LEDGER_ERRORS,
     )
     metrics = LedgerMetrics(settings.bank_id, LEDGER_ERRORS)

@@ -11,13 +11,16 @@ from uuid import UUID
 
 from eventsourcing.domain import DomainEventProtocol
 from eventsourcing.utils import get_topic
+from pydantic import BaseModel, Field
 
+from services.ledger.directory_index import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE
 from services.ledger.domain import (
     Account,
     CrossBankTransfer,
 )
 from services.ledger.domain_terms import (
     MemberKind,
+    MemberStatus,
     Role,
     TransferStatus,
 )
@@ -34,6 +37,10 @@ class MemberView:
     overdraft_limit_minutes: int | None = field(
         metadata={"description": "How far below zero the member may go; null for system accounts."}
     )
+    status: MemberStatus = field(
+        default=MemberStatus.ACTIVE,
+        metadata={"description": "active; suspended or closed: it can neither pay nor be paid."},
+    )
 
 
 def member_view(account: Account, bank_default_limit: int) -> MemberView:
@@ -45,6 +52,30 @@ def member_view(account: Account, bank_default_limit: int) -> MemberView:
         held_minutes=account.held_minutes,
         available_minutes=account.available_minutes,
         overdraft_limit_minutes=account.effective_limit(bank_default_limit),
+        status=MemberStatus(account.status),
+    )
+
+
+class MemberQuery(BaseModel):
+    """Which members a page of the directory holds (query parameters)."""
+
+    q: str | None = Field(
+        default=None,
+        max_length=200,
+        description="Only members whose id or name contains this, in any case.",
+    )
+    limit: int = Field(default=DEFAULT_PAGE_SIZE, ge=1, le=MAX_PAGE_SIZE)
+    cursor: str | None = Field(
+        default=None, max_length=200, description="The previous page's next_cursor."
+    )
+    include_system: bool = Field(default=False, description="List the system accounts too.")
+
+
+@dataclass(frozen=True)
+class MemberPage:
+    members: list[MemberView]
+    next_cursor: str | None = field(
+        metadata={"description": "Pass as cursor for the next page; null on the last."}
     )
 
 

@@ -24,6 +24,7 @@ MEMBER_KEYS = {
     "held_minutes",
     "available_minutes",
     "overdraft_limit_minutes",
+    "status",
 }
 EXCHANGE_KEYS = {"exchange_id", "payer", "payee", "minutes", "memo", "recorded_at"}
 
@@ -114,6 +115,7 @@ def test_new_member_is_201_with_zero_balances_and_the_default_overdraft_of_600(
         "held_minutes": 0,
         "available_minutes": 0,
         "overdraft_limit_minutes": 600,
+        "status": "active",
     }
 
 
@@ -225,6 +227,7 @@ def test_get_member_shows_balances_after_exchanges(
         "held_minutes": 0,
         "available_minutes": -90,
         "overdraft_limit_minutes": 600,
+        "status": "active",
     }
 
 
