@@ -47,7 +47,6 @@ from services.ledger.views import (
     CrossBankTransferView,
     ExchangeReceipt,
     MemberView,
-    Statement,
     TransferReceipt,
 )
 from services.ledger.writer import Executed, IdempotencyKey, StoreBusy
@@ -229,12 +228,6 @@ def open_member(
 def get_member(member_id: str, ledger: LedgerDep) -> MemberView:
     """A member's posted, held and available balance, and overdraft limit."""
     return ledger.get_member(member_id)
-
-
-@members.get("/{member_id}/statement", dependencies=[Reader], responses=problems(UnknownMember))
-def get_statement(member_id: str, ledger: LedgerDep) -> Statement:
-    """Every posted entry on a member's account, oldest first; they sum to the balance."""
-    return ledger.statement(member_id)
 
 
 @exchanges.post(

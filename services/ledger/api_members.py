@@ -4,10 +4,14 @@ replayed by the audit."""
 
 from __future__ import annotations
 
+import csv
+import io
+from datetime import datetime
 from typing import Annotated
 
-from fastapi import APIRouter, Query
-from pydantic import Field
+from fastapi import APIRouter, Query, Response
+from fastapi.responses import PlainTextResponse
+from pydantic import BaseModel, ConfigDict, Field
 
 from services.common.deps import Reader, Writer
 from services.common.problems import FORBIDDEN, Problem
@@ -22,7 +26,13 @@ from services.ledger.domain_terms import (
     UnknownMember,
     account_id,
 )
-from services.ledger.views import MemberPage, MemberQuery, MemberView
+from services.ledger.views import (
+    MemberPage,
+    MemberQuery,
+    MemberView,
+    Statement,
+    StatementWindow,
+)
 
 member_changes = APIRouter(prefix="/v1/members", tags=["members"])
 CHANGE_PROBLEMS = (FORBIDDEN, InvalidRequest, UnknownMember, MemberClosed)
@@ -42,6 +52,65 @@ def list_members(query: Annotated[MemberQuery, Query()], ledger: LedgerDep) -> M
     """Members in id order, a page at a time (send `next_cursor` back as `cursor`; null on the
     last page); `q` keeps those whose id or name contains it, in any case."""
     return ledger.members(query.q, query.limit, query.cursor, include_system=query.include_system)
+
+
+class StatementQuery(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    start: datetime | None = Field(
+        default=None, alias="from", description="Entries at or after this moment (ISO 8601)."
+    )
+    end: datetime | None = Field(
+        default=None, alias="to", description="Entries before this moment (ISO 8601)."
+    )
+    limit: int | None = Field(default=None, ge=1, le=1000, description="Default: every entry.")
+    cursor: str | None = Field(default=None, max_length=20, pattern=r"^[0-9]+$")
+
+    def window(self) -> StatementWindow:
+        for moment in (self.start, self.end):
+            if moment is not None and moment.tzinfo is None:
+                raise InvalidRequest("from and to must say their time zone (e.g. Z)")
+        return StatementWindow(self.start, self.end, int(self.cursor or 0), self.limit)
+
+
+StatementParams = Annotated[StatementQuery, Query()]
+
+
+@member_changes.get(
+    "/{member_id}/statement",
+    dependencies=[Reader],
+    responses=problems(UnknownMember, InvalidRequest),
+)
+def get_statement(member_id: str, query: StatementParams, ledger: LedgerDep) -> Statement:
+    """A member's posted entries, oldest first: all of them, or those from `from` to before
+    `to`, a page of `limit` at a time (send `next_cursor` back as `cursor`). The balance is
+    the member's now; the opening balance, the member's before the first entry listed."""
+    return ledger.statement(member_id, query.window())
+
+
+@member_changes.get(
+    "/{member_id}/statement.csv",
+    dependencies=[Reader],
+    responses=problems(UnknownMember, InvalidRequest),
+    response_class=PlainTextResponse,
+)
+def get_statement_csv(member_id: str, query: StatementParams, ledger: LedgerDep) -> Response:
+    """The same entries as the statement, as CSV: one row each, with the balance after it."""
+    listed = ledger.statement(member_id, query.window())
+    out = io.StringIO()
+    rows = csv.writer(out, lineterminator="\n")
+    rows.writerow(["at", "entry_id", "kind", "counterparty", "memo", "minutes", "balance_after"])
+    balance = listed.opening_balance_minutes
+    for entry in listed.entries:
+        balance += entry.minutes
+        rows.writerow([entry.at.isoformat(), entry.entry_id, entry.kind, entry.counterparty,
+                       entry.memo, entry.minutes, balance])  # fmt: skip
+    filename = f"{member_id}-statement.csv"
+    return Response(
+        out.getvalue(),
+        media_type="text/csv; charset=utf-8",
+        headers={"Content-Disposition": f'attachment; filename="{filename}"'},
+    )
 
 
 @member_changes.patch("/{member_id}", dependencies=[Writer], responses=problems(*CHANGE_PROBLEMS))

@@ -50,6 +50,7 @@ from services.ledger.views import (
     MemberPage,
     MemberView,
     Statement,
+    StatementWindow,
     TransferReceipt,
     cross_bank_transfer_view,
     member_view,
@@ -106,8 +107,8 @@ class Ledger(ServiceApplication):
     def get_member(self, member_id: str) -> MemberView:
         return self._view(self._account(member_id))
 
-    def statement(self, member_id: str) -> Statement:
-        return statement(member_id, self.events.get(self._account(member_id).id))
+    def statement(self, member_id: str, window: StatementWindow | None = None) -> Statement:
+        return statement(member_id, self.events.get(self._account(member_id).id), window)
 
     def summary(self) -> BankSummary:
         """Members and the sum of posted balances, folded from the log since the last call, to

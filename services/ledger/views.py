@@ -106,13 +106,58 @@ class StatementEntry:
 @dataclass(frozen=True)
 class Statement:
     member_id: str
-    balance_minutes: int
+    balance_minutes: int = field(metadata={"description": "The balance now."})
     entries: list[StatementEntry]
+    opening_balance_minutes: int = field(
+        default=0,
+        metadata={"description": "The balance before the first entry listed."},
+    )
+    next_cursor: str | None = field(
+        default=None,
+        metadata={"description": "Give it as `cursor` for the next page; null on the last."},
+    )
 
 
-def statement(member_id: str, events: Iterable[object]) -> Statement:
-    """Every posted entry among an account's events, oldest first; the balance is their sum,
-    so the two always agree."""
+@dataclass(frozen=True)
+class StatementWindow:
+    """Which entries of a statement: those at or after ``start`` and before ``end``, from the
+    ``after``-th on (a cursor), at most ``limit`` (None: all)."""
+
+    start: datetime | None = None
+    end: datetime | None = None
+    after: int = 0
+    limit: int | None = None
+
+
+def statement(
+    member_id: str, events: Iterable[object], window: StatementWindow | None = None
+) -> Statement:
+    """The posted entries among an account's events, oldest first, in the window (all of them
+    without one). The balance is the sum of every entry, so the two always agree; the opening
+    balance is the sum of those before the first listed."""
+    every = posted_entries(events)
+    window = window or StatementWindow()
+    listed = [
+        (n, entry)
+        for n, entry in enumerate(every)
+        if n >= window.after
+        and (window.start is None or entry.at >= window.start)
+        and (window.end is None or entry.at < window.end)
+    ]
+    page = listed if window.limit is None else listed[: window.limit]
+    more = len(page) < len(listed)
+    first = page[0][0] if page else len(every)
+    return Statement(
+        member_id=member_id,
+        balance_minutes=sum(e.minutes for e in every),
+        entries=[entry for _, entry in page],
+        opening_balance_minutes=sum(e.minutes for e in every[:first]),
+        next_cursor=str(page[-1][0] + 1) if more else None,
+    )
+
+
+def posted_entries(events: Iterable[object]) -> list[StatementEntry]:
+    """Every posted entry among an account's events, oldest first."""
     entries = []
     for ev in events:
         match ev:
@@ -134,9 +179,7 @@ def statement(member_id: str, events: Iterable[object]) -> Statement:
                 entry_id=entry_id,
             )
         )
-    return Statement(
-        member_id=member_id, balance_minutes=sum(e.minutes for e in entries), entries=entries
-    )
+    return entries
 
 
 @dataclass(frozen=True)

@@ -275,7 +275,13 @@ def test_statement_lists_signed_entries_with_counterparty_and_memo_newest_last(
 
     assert response.status_code == 200
     statement = response.json()
-    assert statement.keys() == {"member_id", "balance_minutes", "entries"}
+    assert statement.keys() == {
+        "member_id",
+        "balance_minutes",
+        "entries",
+        "opening_balance_minutes",
+        "next_cursor",
+    }
     assert statement["member_id"] == "ann"
     entries = statement["entries"]
     assert [{k: v for k, v in e.items() if k != "at"} for e in entries] == [
@@ -312,7 +318,13 @@ def test_statement_of_a_new_member_is_empty_at_zero(client: TestClient, operator
 
     response = client.get("/v1/members/ann/statement", headers=operator)
 
-    assert response.json() == {"member_id": "ann", "balance_minutes": 0, "entries": []}
+    assert response.json() == {
+        "member_id": "ann",
+        "balance_minutes": 0,
+        "entries": [],
+        "opening_balance_minutes": 0,
+        "next_cursor": None,
+    }
 
 
 # Exchanges.
