@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from services.common.stores import StoreURLError, parse_store_url
-from services.local.held_file import HeldElsewhere, HeldFile
 
 DESCRIPTION_FILE = "federation.json"
 LOCK_FILE = "up.lock"
@@ -27,37 +26,19 @@ class StoreTemplateError(ValueError):
     """A store template that names no store per service, or no usable store."""
 
 
-class DataDirInUse(RuntimeError):
-    """Another process runs a federation on this data dir; the message says which."""
-
-
 def local_store_url(data_dir: Path, name: str) -> str:
     """Where `timebank up` keeps the clearing house's (``clearing``) or a bank's events."""
     return f"sqlite:///{data_dir.resolve() / (name + '.db')}"
 
 
-@dataclass
-class DataDirLock:
-    """An exclusive lock on the data dir for as long as a federation runs on it."""
-
-    data_dir: Path
-    _held: HeldFile | None = field(default=None, repr=False)
-
-    def acquire(self) -> None:
-        held = HeldFile(self.data_dir / LOCK_FILE)
-        try:
-            held.acquire("")
-        except HeldElsewhere as e:
-            raise DataDirInUse(
-                f"{self.data_dir} is in use by another `timebank up` ({e}); stop it "
-                "first, or give this one another --data-dir"
-            ) from None
-        self._held = held
-
-    def release(self) -> None:
-        if self._held is not None:
-            self._held.release()
-            self._held = None
+def port_of(url: object) -> int | None:
+    """The port of a URL an earlier run wrote down, if any."""
+    if not isinstance(url, str):
+        return None
+    try:
+        return urlsplit(url).port
+    except ValueError:
+        return None
 
 
 def store_from_template(template: str, name: str) -> str:

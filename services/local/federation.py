@@ -12,23 +12,21 @@ import time
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
-from urllib.parse import urlsplit
-
-import httpx2 as httpx
 
 from services.ledger.settings import DEFAULT_CHECKPOINT_SECONDS
 from services.local.config import BankConfig, FederationConfig
 from services.local.datadir import DESCRIPTION_FILE as DESCRIPTION_FILE
 from services.local.datadir import (
-    DataDirInUse,
-    DataDirLock,
+    LOCK_FILE,
     StoreTemplateError,
     earlier_description,
+    port_of,
     store_from_template,
     write_description,
 )
 from services.local.datadir import local_store_url as local_store_url
 from services.local.datadir import read_description as read_description
+from services.local.held_file import HeldElsewhere, HeldFile
 from services.local.joining import JoinedBank, joined_banks
 from services.local.local_nats import local_nats, restart_stopped
 from services.local.nats_cluster import NatsCluster
@@ -36,7 +34,7 @@ from services.local.nats_server import NatsServer, NatsServerError, free_ports
 from services.local.nats_users import NatsUsers
 from services.local.processes import FederationError as FederationError
 from services.local.processes import Service, wait_for_leftovers
-from services.local.reconcile import reconcile_clearing
+from services.local.reconcile import ClearingAdmin, reconcile_clearing
 from shared.bus import DEFAULT_NAMESPACE, Bus
 from shared.protocol import CLEARING
 from shared.signing import SigningKey
@@ -89,7 +87,8 @@ class LocalFederation:
         self.banks = {bank.id: Service(bank.id, "", "") for bank in config.banks}
         # What starting found and did at the clearing house, for the operator to read.
         self.notes: list[str] = []
-        self._lock = DataDirLock(self.data_dir)
+        # One run per data dir: held while it runs.
+        self._lock = HeldFile(self.data_dir / LOCK_FILE)
         self._earlier: dict[str, Any] = {}
 
     @property
@@ -107,9 +106,12 @@ class LocalFederation:
 
     def start(self) -> None:
         try:
-            self._lock.acquire()
-        except DataDirInUse as e:
-            raise FederationError(str(e)) from None
+            self._lock.acquire("")
+        except HeldElsewhere as e:
+            raise FederationError(
+                f"{self.data_dir} is in use by another `timebank up` ({e}); stop it first, "
+                "or give this one another --data-dir"
+            ) from None
         try:
             self._start()
         except BaseException:
@@ -131,7 +133,7 @@ class LocalFederation:
         if not self.nats_url:
             # The port of the NATS an earlier run ran here (not of one it was given).
             ran_nats = (self._earlier.get("clearing") or {}).get("nats_seed")
-            earlier = self._earlier_port(self._earlier.get("nats_url")) if ran_nats else None
+            earlier = port_of(self._earlier.get("nats_url")) if ran_nats else None
             port = self.config.nats_port or earlier or 0
             config_file = self.users.at_start(self.bank_configs)
             self.nats = local_nats(self.data_dir / "nats", config_file, port, self.nats_cluster)
@@ -237,13 +239,6 @@ class LocalFederation:
     def _seed_named(self, name: str) -> str | None:
         return str(self.seed_path(name)) if self.nats is not None else None
 
-    def failed(self) -> str | None:
-        """The name of a service whose process has ended, if any."""
-        for service in (self.clearing, *self.banks.values()):
-            if service.process is not None and service.process.poll() is not None:
-                return service.name
-        return None
-
     def __enter__(self) -> Self:
         self.start()
         return self
@@ -255,6 +250,10 @@ class LocalFederation:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
+
+    def clearing_admin(self) -> ClearingAdmin:
+        """The clearing house's API, as its admin."""
+        return ClearingAdmin(self.clearing.url, self.clearing.token)
 
     def _store(self, name: str) -> str:
         if not self.store_template:
@@ -271,23 +270,8 @@ class LocalFederation:
         anything changed."""
         if self.nats is None:
             return False
-        listed = self.clearing_get("/v1/banks")["banks"]
+        listed = self.clearing_admin().get("/v1/banks")["banks"]
         return self.users.sync(self.nats, listed, self.banks)
-
-    # The clearing house's API, as its admin.
-
-    def clearing_get(self, path: str) -> Any:
-        response = httpx.get(f"{self.clearing.url}{path}", headers=self._admin(), timeout=10)
-        response.raise_for_status()
-        return response.json()
-
-    def clearing_call(self, method: str, path: str, body: Any = None) -> httpx.Response:
-        return httpx.request(
-            method, f"{self.clearing.url}{path}", json=body, headers=self._admin(), timeout=10
-        )
-
-    def _admin(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.clearing.token}"}
 
     # Services: their command lines, ports and tokens.
 
@@ -296,7 +280,7 @@ class LocalFederation:
         self.clearing.token = earlier.get("admin_token") or secrets.token_urlsafe(24)
         self._prepare(
             self.clearing,
-            self.config.clearing.port or self._earlier_port(earlier.get("url")),
+            self.config.clearing.port or port_of(earlier.get("url")),
             ["clearing", "serve", "--store", self._store("clearing")],
             [
                 "--deadline-seconds",
@@ -324,7 +308,7 @@ class LocalFederation:
             return
         self._prepare(
             service,
-            bank.port or self._earlier_port(earlier.get("url")),
+            bank.port or port_of(earlier.get("url")),
             ["ledger", "serve", "--bank", bank.id, "--store", self._store(bank.id)],
             [
                 "--overdraft-limit-minutes",
@@ -358,16 +342,6 @@ class LocalFederation:
         service.env = {**os.environ, **tokens}
         service.cwd = self.data_dir
         service.log_path = self.data_dir / "logs" / f"{service.name}.log"
-
-    @staticmethod
-    def _earlier_port(url: object) -> int | None:
-        """The port of a URL an earlier run wrote down, if any."""
-        if not isinstance(url, str):
-            return None
-        try:
-            return urlsplit(url).port
-        except ValueError:
-            return None
 
     def _launch_bank(self, bank_id: str) -> None:
         service = self.banks[bank_id]
