@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -306,20 +305,27 @@ def _open_sqlite(store: Store, application: str) -> EventLog:
         raise UnusableStore(f"no SQLite file at {path}")
     # Read-only: neither this check nor the recorder below can create or change anything.
     uri = f"{path.as_uri()}?mode=ro"
+    # One connection checks the file and then reads its rows.
     try:
-        with closing(sqlite3.connect(uri, uri=True)) as conn:
-            journal_mode = conn.execute("PRAGMA journal_mode").fetchone()[0]
-            has_table = conn.execute(
-                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?",
-                (SQLITE_EVENTS_TABLE,),
-            ).fetchone()
+        rows = sqlite3.connect(uri, uri=True)
     except sqlite3.Error as e:
         raise UnusableStore(f"{store.description} cannot be read: {_first_line(e)}") from None
+    try:
+        journal_mode = rows.execute("PRAGMA journal_mode").fetchone()[0]
+        has_table = rows.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?",
+            (SQLITE_EVENTS_TABLE,),
+        ).fetchone()
+    except sqlite3.Error as e:
+        rows.close()
+        raise UnusableStore(f"{store.description} cannot be read: {_first_line(e)}") from None
     if not has_table:
+        rows.close()
         raise UnusableStore(
             f"{store.description} has no {SQLITE_EVENTS_TABLE} table: not an event store"
         )
     if str(journal_mode).lower() != "wal":
+        rows.close()
         # eventsourcing puts every store it opens in WAL mode and would switch this one,
         # which a read-only audit must not do.
         raise UnusableStore(
@@ -331,12 +337,7 @@ def _open_sqlite(store: Store, application: str) -> EventLog:
         "SQLITE_DBNAME": uri,
         "CREATE_TABLE": "no",
     }
-    reader = _open_reader(store, application, env)
-    try:
-        rows = sqlite3.connect(uri, uri=True)
-    except sqlite3.Error as e:
-        reader.close()
-        raise UnusableStore(f"{store.description} cannot be read: {_first_line(e)}") from None
+    reader = _open_reader(store, application, env, rows.close)
     statement = _SQLITE_ROWS
 
     def query(start: int, limit: int) -> list[RawRow]:
@@ -356,22 +357,23 @@ def _open_postgres(store: Store, application: str) -> EventLog:
     env = store.env
     schema = env.get("POSTGRES_SCHEMA") or "public"
     events_table = f"{application.lower()}_events"
-    try:
-        with psycopg.connect(store.postgres_conninfo()) as conn:
-            table = sql.Identifier(schema, events_table).as_string(conn)
-            row = conn.execute("SELECT to_regclass(%s)", (table,)).fetchone()
-    except psycopg.Error as e:
-        raise UnusableStore(f"cannot use {store.description}: {_first_line(e)}") from None
-    if row is None or row[0] is None:
-        raise UnusableStore(
-            f"{store.description} has no {events_table} table: no {application} log there"
-        )
-    reader = _open_reader(store, application, {**env, "CREATE_TABLE": "no"})
+    # One connection checks the table and then reads its rows.
     try:
         rows = psycopg.connect(store.postgres_conninfo(), autocommit=True)
     except psycopg.Error as e:
-        reader.close()
         raise UnusableStore(f"cannot use {store.description}: {_first_line(e)}") from None
+    try:
+        table = sql.Identifier(schema, events_table).as_string(rows)
+        row = rows.execute("SELECT to_regclass(%s)", (table,)).fetchone()
+    except psycopg.Error as e:
+        rows.close()
+        raise UnusableStore(f"cannot use {store.description}: {_first_line(e)}") from None
+    if row is None or row[0] is None:
+        rows.close()
+        raise UnusableStore(
+            f"{store.description} has no {events_table} table: no {application} log there"
+        )
+    reader = _open_reader(store, application, {**env, "CREATE_TABLE": "no"}, rows.close)
     statement = sql.SQL(
         "SELECT notification_id, originator_id, originator_version, topic, state "
         "FROM {} WHERE notification_id >= %s ORDER BY notification_id LIMIT %s"
@@ -390,8 +392,13 @@ def _open_postgres(store: Store, application: str) -> EventLog:
     )
 
 
-def _open_reader(store: Store, application: str, env: dict[str, str]) -> _LogReader:
+def _open_reader(
+    store: Store, application: str, env: dict[str, str], close_rows: Callable[[], None]
+) -> _LogReader:
+    """The application's mapper and recorder; UnusableStore (the rows' connection closed) if
+    they cannot be made."""
     try:
         return _LogReader(application, env)
     except (PersistenceError, OSError, sqlite3.Error, psycopg.Error) as e:
+        close_rows()
         raise UnusableStore(f"cannot open {store.description}: {_first_line(e)}") from None
