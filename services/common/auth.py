@@ -13,13 +13,16 @@ from fastapi import Request, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from services.common.problems import Problem
+from services.common.sessions import Principal, Sessions
 
 MIN_TOKEN_LENGTH = 16
 TOKEN_PATTERN = re.compile(r"[A-Za-z0-9._~+/=-]+")
 PLACEHOLDER_TOKENS = frozenset({"changeme", "changethis", "secret", "password", "token"})
-# What each role may do: read everything, and write (operator, admin).
-READ_ROLES = frozenset({"operator", "auditor", "admin"})
-WRITE_ROLES = frozenset({"operator", "admin"})
+# What each role may do: read everything, and write (operator, admin). A coordinator (a person
+# with a session at a bank, services/ledger/access.py) does what the operator does; a member's
+# session opens only the member's own routes (services/ledger/api_self.py).
+READ_ROLES = frozenset({"operator", "auditor", "admin", "coordinator"})
+WRITE_ROLES = frozenset({"operator", "admin", "coordinator"})
 
 
 class TokenError(ValueError):
@@ -93,8 +96,9 @@ class TokenRegistry:
 # refuses nothing itself: every guard that takes it checks the token, and answers a problem.
 BEARER_SCHEME = HTTPBearer(
     scheme_name="bearer",
-    description="A token of this service: at a ledger the operator's or an auditor's; at the "
-    "clearing house the admin's, an auditor's, or a member bank's clearing token.",
+    description="A token of this service: at a ledger the operator's or an auditor's, or a "
+    "person's session token (POST /v1/sessions); at the clearing house the admin's, an "
+    "auditor's, or a member bank's clearing token.",
     auto_error=False,
 )
 BearerScheme = Annotated[HTTPAuthorizationCredentials | None, Security(BEARER_SCHEME)]
@@ -106,28 +110,55 @@ def bearer_token(request: Request) -> str:
     return token.strip() if scheme.lower() == "bearer" else ""
 
 
-def bearer_role(request: Request, registry: TokenRegistry) -> str:
+def session_principal(request: Request, token: str) -> Principal | None:
+    """The person whose session ``token`` is, at this service, or None."""
+    sessions: Sessions | None = getattr(request.app.state, "sessions", None)
+    return sessions.principal_of(token) if sessions is not None and token else None
+
+
+def caller_of(request: Request, registry: TokenRegistry) -> Principal:
+    """Who is calling: a service token's role (its login is the role's name), or a person's
+    session; 401 for anyone else."""
     token = bearer_token(request)
     role = registry.role_of(token) if token else None
-    if role is None:
+    if role is not None:
+        return Principal(role=role, login=role)
+    principal = session_principal(request, token)
+    if principal is None:
         raise Problem(
             401,
             "unauthorized",
             "a valid bearer token is required",
             headers={"WWW-Authenticate": 'Bearer realm="timebank"'},
         )
-    return role
+    return principal
+
+
+def bearer_role(request: Request, registry: TokenRegistry) -> str:
+    return caller_of(request, registry).role
+
+
+def principal_guard(
+    allowed: frozenset[str], registry_of: Callable[[Request], TokenRegistry]
+) -> Callable[[Request, HTTPAuthorizationCredentials | None], Principal]:
+    """A FastAPI dependency: who is calling, if their role is one of ``allowed``."""
+
+    def guard(request: Request, _scheme: BearerScheme) -> Principal:
+        principal = caller_of(request, registry_of(request))
+        if principal.role not in allowed:
+            raise Problem(403, "forbidden", f"the {principal.role} role may not do this")
+        return principal
+
+    return guard
 
 
 def role_guard(
     allowed: frozenset[str], registry_of: Callable[[Request], TokenRegistry]
 ) -> Callable[[Request, HTTPAuthorizationCredentials | None], str]:
     """A FastAPI dependency: the caller's role, if it is one of ``allowed``."""
+    check = principal_guard(allowed, registry_of)
 
-    def guard(request: Request, _scheme: BearerScheme) -> str:
-        role = bearer_role(request, registry_of(request))
-        if role not in allowed:
-            raise Problem(403, "forbidden", f"the {role} role may not do this")
-        return role
+    def guard(request: Request, scheme: BearerScheme) -> str:
+        return check(request, scheme).role
 
     return guard

@@ -4,12 +4,19 @@ caller's role from its bearer token, checked against the service's settings."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Protocol, TypeVar
+from typing import Annotated, Protocol, TypeVar
 
 from fastapi import Depends, Request
 
 from services.common.application import ServiceApplication
-from services.common.auth import READ_ROLES, WRITE_ROLES, TokenRegistry, role_guard
+from services.common.auth import (
+    READ_ROLES,
+    WRITE_ROLES,
+    TokenRegistry,
+    principal_guard,
+    role_guard,
+)
+from services.common.sessions import Principal
 
 App = TypeVar("App", bound=ServiceApplication)
 
@@ -40,3 +47,12 @@ def application(cls: type[App]) -> Callable[[Request], App]:
 # Route dependencies: anyone with a token of the service may read; operators and admins write.
 Reader = Depends(role_guard(READ_ROLES, service_tokens))
 Writer = Depends(role_guard(WRITE_ROLES, service_tokens))
+
+
+def callers(*roles: str) -> object:
+    """A route parameter's dependency: who is calling, if their role is one of ``roles``."""
+    return Depends(principal_guard(frozenset(roles), service_tokens))
+
+
+# Who writes, for routes that record it (a coordinator acting for a member).
+WritingCaller = Annotated[Principal, Depends(principal_guard(WRITE_ROLES, service_tokens))]

@@ -19,6 +19,7 @@ from services.common.metrics import ServiceMetrics, install_metrics
 from services.common.offload import Periodic
 from services.common.problems import install_problem_handlers
 from services.common.readiness import router as readiness_router
+from services.common.sessions import LoginThrottle, Sessions
 from shared.bus import StreamSetupError
 
 
@@ -87,6 +88,8 @@ def asgi_app(
 
     app = documented_app(title=face.title, summary=face.summary, version="1", lifespan=lifespan)
     app.state.settings = settings
+    app.state.sessions = Sessions()
+    app.state.login_throttle = LoginThrottle()
     app.add_middleware(JSONBodyGuard)
     install_problem_handlers(app, face.errors)
     for router in face.routers:

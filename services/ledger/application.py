@@ -60,6 +60,7 @@ from services.ledger.writer import Command, Executed, IdempotencyKey, Writer
 from shared.protocol import CLEARING, CheckpointPublished, Envelope, TransferRequested
 
 A = TypeVar("A", bound=Aggregate)
+T = TypeVar("T")
 
 
 class Ledger(ServiceApplication):
@@ -175,7 +176,7 @@ class Ledger(ServiceApplication):
         idempotency: IdempotencyKey | None = None,
     ) -> Executed[ExchangeReceipt]:
         """The payer received help and pays the payee, who gave it, in one atomic save."""
-        command = self._exchange(payer, payee, minutes, memo)
+        command = self.exchange_command(payer, payee, minutes, memo)
         return self._writer.execute(command, idempotency, ExchangeReceipt)
 
     def exchange_all(
@@ -184,11 +185,12 @@ class Ledger(ServiceApplication):
         """Many exchanges, decided in this order and saved together: each is accepted or
         refused on its own, with the answer it would have had alone."""
         commands = [
-            (self._exchange(o.payer, o.payee, o.minutes, o.memo), o.idempotency) for o in orders
+            (self.exchange_command(o.payer, o.payee, o.minutes, o.memo), o.idempotency)
+            for o in orders
         ]
         return self._writer.execute_all(commands, ExchangeReceipt)
 
-    def _exchange(
+    def exchange_command(
         self, payer: str, payee: str, minutes: int, memo: str
     ) -> Command[ExchangeReceipt]:
         def command() -> tuple[Sequence[Aggregate], ExchangeReceipt]:
@@ -220,6 +222,12 @@ class Ledger(ServiceApplication):
             return [payer_account, payee_account], receipt
 
         return command
+
+    def run(
+        self, command: Command[T], idempotency: IdempotencyKey | None, result_type: type[T]
+    ) -> Executed[T]:
+        """Decide and save a command composed elsewhere (an offer's, a coordinator's act)."""
+        return self._writer.execute(command, idempotency, result_type)
 
     def place_hold(
         self,
@@ -286,7 +294,7 @@ class Ledger(ServiceApplication):
         idempotency: IdempotencyKey | None = None,
     ) -> Executed[TransferReceipt]:
         """Hold the payer's minutes and ask the clearing house to move them to another bank."""
-        command = self._request_transfer(payer, to_bank, payee, minutes, memo)
+        command = self.transfer_command(payer, to_bank, payee, minutes, memo)
         return self._writer.execute(command, idempotency, TransferReceipt)
 
     def request_transfer_all(
@@ -294,12 +302,12 @@ class Ledger(ServiceApplication):
     ) -> list[Executed[TransferReceipt] | Exception]:
         """Many transfers, decided in this order and saved together, each on its own."""
         commands = [
-            (self._request_transfer(o.payer, o.to_bank, o.payee, o.minutes, o.memo), o.idempotency)
+            (self.transfer_command(o.payer, o.to_bank, o.payee, o.minutes, o.memo), o.idempotency)
             for o in orders
         ]
         return self._writer.execute_all(commands, TransferReceipt)
 
-    def _request_transfer(
+    def transfer_command(
         self, payer: str, to_bank: str, payee: str, minutes: int, memo: str
     ) -> Command[TransferReceipt]:
         def command() -> tuple[Sequence[Aggregate], TransferReceipt]:
