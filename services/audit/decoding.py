@@ -23,6 +23,7 @@ from services.ledger.domain import (
     BankPolicy,
     CrossBankTransfer,
 )
+from services.ledger.domain_access import Login
 from services.ledger.domain_terms import (
     MemberKind,
     Role,
@@ -140,6 +141,13 @@ FOLDED: Final[dict[str, type[Folded]]] = {
     get_topic(BankDirectory.Opened): Unread,
     get_topic(BankDirectory.Replaced): Unread,
     IDEMPOTENCY_RECORDED: Unread,
+    # Who may log in, and what coordinators did for members: counted and chained; no
+    # balance depends on them.
+    get_topic(Login.Invited): Unread,
+    get_topic(Login.Reinvited): Unread,
+    get_topic(Login.PassphraseSet): Unread,
+    get_topic(Login.Revoked): Unread,
+    get_topic(Login.ActedFor): Unread,
 }
 
 

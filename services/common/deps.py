@@ -4,7 +4,7 @@ caller's role from its bearer token, checked against the service's settings."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Annotated, Protocol, TypeVar
+from typing import Annotated, Any, Protocol, TypeVar
 
 from fastapi import Depends, Request
 
@@ -49,7 +49,7 @@ Reader = Depends(role_guard(READ_ROLES, service_tokens))
 Writer = Depends(role_guard(WRITE_ROLES, service_tokens))
 
 
-def callers(*roles: str) -> object:
+def callers(*roles: str) -> Any:
     """A route parameter's dependency: who is calling, if their role is one of ``roles``."""
     return Depends(principal_guard(frozenset(roles), service_tokens))
 

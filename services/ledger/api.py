@@ -24,6 +24,7 @@ from services.common.problems import (
     validation_problem,
 )
 from services.ledger.application import Ledger
+from services.ledger.domain_access import InvitationRefused, LoginExists
 from services.ledger.domain_terms import (
     MAX_MEMO_LENGTH,
     MAX_NAME_LENGTH,
@@ -65,6 +66,8 @@ LEDGER_ERRORS: dict[type[Exception], tuple[int, str]] = {
     MemberInactive: (409, "member_inactive"),
     MemberClosed: (409, "member_closed"),
     HoldsOpen: (409, "holds_open"),
+    LoginExists: (409, "login_exists"),
+    InvitationRefused: (403, "invitation_refused"),
     StoreBusy: (503, "busy"),
 }
 

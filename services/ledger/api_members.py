@@ -96,7 +96,11 @@ def get_statement(member_id: str, query: StatementParams, ledger: LedgerDep) -> 
 )
 def get_statement_csv(member_id: str, query: StatementParams, ledger: LedgerDep) -> Response:
     """The same entries as the statement, as CSV: one row each, with the balance after it."""
-    listed = ledger.statement(member_id, query.window())
+    return statement_csv(member_id, ledger.statement(member_id, query.window()))
+
+
+def statement_csv(member_id: str, listed: Statement) -> Response:
+    """A statement as a CSV download: one row an entry, with the balance after it."""
     out = io.StringIO()
     rows = csv.writer(out, lineterminator="\n")
     rows.writerow(["at", "entry_id", "kind", "counterparty", "memo", "minutes", "balance_after"])

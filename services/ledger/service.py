@@ -14,7 +14,9 @@ from services.common.offload import Periodic
 from services.common.service import HTTPFace, Runtime, asgi_app
 from services.common.stores import parse_store_url
 from services.ledger.api import LEDGER_ERRORS, ROUTERS
+from services.ledger.api_access import access
 from services.ledger.api_members import member_changes
+from services.ledger.api_self import for_member, me
 from services.ledger.application import (
     Ledger,
 )
@@ -96,7 +98,7 @@ def create_app(settings: LedgerSettings, ledger: Ledger | None = None) -> FastAP
     face = HTTPFace(
         title=f"timebank ledger: {settings.bank_id}",
         summary="One time bank's event-sourced ledger, in integer minutes.",
-        routers=(*ROUTERS, member_changes),
+        routers=(*ROUTERS, member_changes, access, me, for_member),
         errors=LEDGER_ERRORS,
     )
     metrics = LedgerMetrics(settings.bank_id, LEDGER_ERRORS)
