@@ -9,11 +9,22 @@ from typing import Protocol, runtime_checkable
 import typer
 from typer.exceptions import TyperException
 
-from services.cli import audit, bench, deploy, federation, join, keys, serve
+from services.cli import audit, bench, deploy, federation, join, keys, people, serve
 from services.cli.common import app
 
 # The modules register their commands on the root command when imported.
-__all__ = ["app", "audit", "bench", "deploy", "federation", "join", "keys", "main", "serve"]
+__all__ = [
+    "app",
+    "audit",
+    "bench",
+    "deploy",
+    "federation",
+    "join",
+    "keys",
+    "main",
+    "people",
+    "serve",
+]
 
 
 def main() -> None:

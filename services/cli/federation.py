@@ -101,6 +101,7 @@ def up(
             typer.echo(f"clearing: {clearing['url']}  admin token: {clearing['admin_token']}")
             for bank_id, bank in described["banks"].items():
                 typer.echo(f"{bank_id}: {bank['url']}  operator token: {bank['operator_token']}")
+            show_dashboards(described)
             for note in federation.notes:
                 typer.secho(note, err=note.startswith("warning"))
             typer.echo(f"written to {federation.description_path}; Ctrl-C stops everything")
@@ -165,6 +166,15 @@ def demo(
         except (RequestFailed, FederationError, httpx.HTTPError) as e:
             raise fail(one_line(str(e), data_dir)) from None
     raise typer.Exit(0 if ok else 1)
+
+
+def show_dashboards(described: dict[str, Any]) -> None:
+    """Where the dashboards are, and how a bank's first coordinator gets in."""
+    typer.echo("dashboards:")
+    typer.echo(f"  federation (clearing admin): {described['clearing']['url']}/ui/")
+    for bank_id, bank in described["banks"].items():
+        typer.echo(f"  {bank_id} (coordinators, members): {bank['url']}/ui/")
+    typer.echo('  a first coordinator: timebank invite BANK ID --coordinator "Full Name"')
 
 
 def check_new_folder(folder: Path) -> None:
