@@ -142,10 +142,18 @@ def demo(
         Path | None,
         typer.Option(help="Keep the federation's data in this folder (new, or empty)."),
     ] = None,
+    stay: Annotated[
+        bool,
+        typer.Option(
+            "--stay",
+            help="Keep the federation running after the story, with a coordinator's and a "
+            "member's login at each bank, to look at the dashboards; Ctrl-C stops it.",
+        ),
+    ] = False,
 ) -> None:
     """Start three linked time banks and a clearing house, tell a short story through their
     APIs, show balances and positions, and check the design's invariants (exit 0 if they hold,
-    1 if not, 2 if the demo could not run)."""
+    1 if not, 2 if the demo could not run). The dashboards' addresses are printed at the end."""
     import tempfile
 
     import httpx2 as httpx
@@ -162,7 +170,7 @@ def demo(
     with exit_cleanly_on_signals(), tempfile.TemporaryDirectory(prefix="timebank-demo-") as tmp:
         data_dir = keep.resolve() if keep else Path(tmp)
         try:
-            ok = run_demo(console, data_dir)
+            ok = run_demo(console, data_dir, stay)
         except (RequestFailed, FederationError, httpx.HTTPError) as e:
             raise fail(one_line(str(e), data_dir)) from None
     raise typer.Exit(0 if ok else 1)

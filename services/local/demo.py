@@ -3,6 +3,8 @@ the design's invariants checked at the end."""
 
 from __future__ import annotations
 
+import secrets
+import time
 from pathlib import Path
 from typing import Any
 
@@ -40,8 +42,9 @@ def member_ids() -> dict[str, list[str]]:
     return {bank_id: [m for m, _ in members] for bank_id, members in MEMBERS.items()}
 
 
-def run_demo(console: Console, data_dir: Path) -> bool:
-    """Tell the story; True if every invariant holds at the end."""
+def run_demo(console: Console, data_dir: Path, stay: bool = False) -> bool:
+    """Tell the story; True if every invariant holds at the end. With ``stay``, keep the
+    federation running afterwards, with logins to look at its dashboards, until Ctrl-C."""
     console.rule("[bold]timebank-federation demo")
     console.print(f"Starting NATS, the clearing house and three banks in {data_dir} ...")
     with (
@@ -104,6 +107,9 @@ def run_demo(console: Console, data_dir: Path) -> bool:
         problems = client.check_invariants(member_ids(), expected)
         if completed["status"] != "completed":
             problems.append(f"settlement cycle {completed['settlement_id']} did not complete")
+        show_dashboards(console, client, stay and not problems)
+        while stay and not problems:  # until Ctrl-C (SystemExit, from the CLI's handler)
+            time.sleep(1)
     if problems:
         console.print("[bold red]Invariants broken:[/]")
         for problem in problems:
@@ -111,6 +117,35 @@ def run_demo(console: Console, data_dir: Path) -> bool:
         return False
     console.print("[bold green]All invariants hold[/] (1-5 of the design), after settlement too.")
     return True
+
+
+def show_dashboards(console: Console, client: FederationClient, stay: bool) -> None:
+    """Where the dashboards are; with ``stay``, a coordinator and a member who can log in."""
+    clearing = client.described["clearing"]
+    console.print("\n[bold]Dashboards[/]")
+    console.print(
+        f"  federation: {clearing['url']}/ui/  (the admin token: {clearing['admin_token']})"
+    )
+    for bank_id, bank in client.described["banks"].items():
+        console.print(f"  {bank_id}: {bank['url']}/ui/")
+    if not stay:
+        console.print("  (they stop with the demo: `timebank demo --stay` keeps them up)")
+        return
+    new_coordinator = {"coordinator_id": "coordinator", "name": "Demo Coordinator"}
+    for bank_id, (member_id, _) in ((b, m[0]) for b, m in MEMBERS.items()):
+        coordinator = demo_login(client, bank_id, "/v1/coordinators", new_coordinator)
+        member = demo_login(client, bank_id, f"/v1/members/{member_id}/invitation", None)
+        console.print(f"  {bank_id}: coordinator / {coordinator}   {member_id} / {member}")
+    console.print("Ctrl-C stops everything.")
+
+
+def demo_login(client: FederationClient, bank_id: str, path: str, body: Any) -> str:
+    """A login made for the demo: invited, then given a random passphrase, which is shown."""
+    invited = client.ok(client.bank(bank_id, "POST", path, json=body))
+    passphrase = "-".join(secrets.token_hex(3) for _ in range(3))
+    accept = {"login": invited["login"], "code": invited["code"], "passphrase": passphrase}
+    client.ok(client.bank(bank_id, "POST", "/v1/invitations/accept", json=accept))
+    return passphrase
 
 
 def say(console: Console, text: str) -> None:

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import httpx2 as httpx
 import pytest
 
 from tests.e2e.test_up import processes_using
@@ -33,6 +36,9 @@ def test_demo_tells_the_story_and_exits_zero_with_every_invariant_holding(
     assert "All invariants hold" in out
     assert "Positions at the clearing house" in out
     assert "Settlement cycle 1: completed" in out
+    assert "Dashboards" in out
+    assert "/ui/" in out
+    assert "timebank demo --stay" in out
     # Everything it started has stopped; its data stays where it was asked to keep it.
     assert processes_using(data) == []
     assert (data / "federation.json").exists()
@@ -52,3 +58,31 @@ def test_demo_tells_the_story_and_exits_zero_with_every_invariant_holding(
     assert set(verdict["banks"]) == {"rushey-green", "lewisham-college", "deptford-community"}
     assert all(position == 0 for position in verdict["positions"].values())  # settled
     assert all(count >= 1 for count in verdict["checkpoints"].values())  # and checked
+
+
+def test_demo_stay_keeps_the_dashboards_up_with_logins_until_ctrl_c(tmp_path: Path) -> None:
+    data = tmp_path / "demo"
+    demo = subprocess.Popen(
+        [str(Path(sys.executable).parent / "timebank"), "demo", "--stay", "--keep", str(data)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        assert demo.stdout is not None
+        lines: list[str] = []
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline and "Ctrl-C stops everything." not in lines[-1:]:
+            lines.append(demo.stdout.readline().strip())
+        logins = [line.split() for line in lines if " coordinator / " in line]
+        assert len(logins) == 3, lines
+        bank_id, passphrase = logins[0][0].rstrip(":"), logins[0][3]
+        described = json.loads((data / "federation.json").read_text())
+        url = described["banks"][bank_id]["url"]
+        body = {"login": "coordinator", "passphrase": passphrase}
+        assert httpx.post(f"{url}/v1/sessions", json=body).status_code == 201
+    finally:
+        demo.send_signal(signal.SIGINT)
+        code = demo.wait(timeout=40)
+    assert code == 0
+    assert processes_using(data) == []
