@@ -11,6 +11,7 @@ from pathlib import Path
 from fastapi import FastAPI
 
 from services.clearing.api import CLEARING_ERRORS, ROUTERS
+from services.clearing.api_reports import reports
 from services.clearing.application import Clearing
 from services.clearing.observability import ClearingMetrics
 from services.clearing.settings import ClearingSettings
@@ -98,7 +99,7 @@ def create_app(settings: ClearingSettings, clearing: Clearing | None = None) -> 
     face = HTTPFace(
         title="timebank clearing house",
         summary="Coordinates transfers between linked time banks and keeps their positions.",
-        routers=ROUTERS,
+        routers=(*ROUTERS, reports),
         errors=CLEARING_ERRORS,
     )
     metrics = ClearingMetrics()
