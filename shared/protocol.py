@@ -147,6 +147,36 @@ class CheckpointPublished(Message, frozen=True, kw_only=True, tag="checkpoint.pu
     signature: Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
 
 
+OfferId = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+Revision = Annotated[int, msgspec.Meta(ge=1)]
+
+
+class OfferShared(Message, frozen=True, kw_only=True, tag="offer.shared.v1"):
+    """A bank -> clearing -> every other active bank: a member's offer or request, shared with
+    the federation because the member opted in; only what they chose to show. Sent again on
+    every change (``revision``: the offer's version at its bank; an older one is ignored)."""
+
+    offer_id: OfferId
+    bank: BankId
+    revision: Revision
+    kind: Annotated[str, msgspec.Meta(pattern=r"^(offer|request)\Z")]
+    member_id: MemberId
+    member_name: Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
+    title: Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
+    category: Annotated[str, msgspec.Meta(pattern=r"^[a-z][a-z_]{0,31}\Z")]
+    minutes: Minutes
+    where: Annotated[str, msgspec.Meta(max_length=200)] = ""
+
+
+class OfferUnshared(Message, frozen=True, kw_only=True, tag="offer.unshared.v1"):
+    """A bank -> clearing -> every other active bank: the offer is withdrawn or its member no
+    longer shares it; partners forget its terms."""
+
+    offer_id: OfferId
+    bank: BankId
+    revision: Revision
+
+
 AnyMessage = (
     DirectoryChanged
     | TransferRequested
@@ -158,6 +188,8 @@ AnyMessage = (
     | DecisionApplied
     | SettlementCompleted
     | CheckpointPublished
+    | OfferShared
+    | OfferUnshared
 )
 
 

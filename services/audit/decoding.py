@@ -24,6 +24,7 @@ from services.ledger.domain import (
     CrossBankTransfer,
 )
 from services.ledger.domain_access import Login
+from services.ledger.domain_offers import Offer, PartnerOffer
 from services.ledger.domain_terms import (
     MemberKind,
     Role,
@@ -148,6 +149,16 @@ FOLDED: Final[dict[str, type[Folded]]] = {
     get_topic(Login.PassphraseSet): Unread,
     get_topic(Login.Revoked): Unread,
     get_topic(Login.ActedFor): Unread,
+    # The board of offers and requests, and partner banks' shared offers: counted and chained;
+    # the exchanges and transfers recorded against them are checked as every posting is.
+    get_topic(Offer.Posted): Unread,
+    get_topic(Offer.Changed): Unread,
+    get_topic(Offer.Withdrawn): Unread,
+    get_topic(Offer.Recorded): Unread,
+    get_topic(PartnerOffer.Known): Unread,
+    get_topic(PartnerOffer.Shared): Unread,
+    get_topic(PartnerOffer.Unshared): Unread,
+    get_topic(PartnerOffer.Recorded): Unread,
 }
 
 

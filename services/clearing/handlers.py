@@ -6,22 +6,27 @@ from __future__ import annotations
 from services.clearing.coordinator import Coordinator
 from services.clearing.domain import (
     CheckpointLog,
+    Directory,
     MemberBank,
 )
 from services.clearing.domain_rules import (
     member_bank,
 )
 from services.clearing.domain_terms import (
+    BankStatus,
     CheckpointConflict,
     bank_id_to_uuid,
 )
 from services.common.inbox import MessageRejected, UnitOfWork
 from shared.protocol import (
+    CLEARING,
     AnyMessage,
     CheckpointPublished,
     CreditPrepared,
     CreditRefused,
     DecisionApplied,
+    OfferShared,
+    OfferUnshared,
     TransferRequested,
 )
 from shared.signing import checkpoint_payload, verify_any
@@ -44,8 +49,21 @@ def handle(coordinator: Coordinator, source: str, message: AnyMessage, uow: Unit
             coordinator.on_decision_applied(source, message, uow)
         case CheckpointPublished():
             on_checkpoint(source, message, uow)
+        case OfferShared() | OfferUnshared():
+            relay_offer(source, message, uow)
         case _:
             raise MessageRejected(f"a bank may not send {type(message).__name__}")
+
+
+def relay_offer(source: str, message: OfferShared | OfferUnshared, uow: UnitOfWork) -> None:
+    """Pass a member's shared offer (or its end) on, unchanged, to every other active bank:
+    the clearing house keeps nothing of it but what its outboxes send."""
+    if message.bank != source:
+        raise MessageRejected(f"{source} may not speak for the offers of {message.bank}")
+    directory = uow.get(Directory.create_id(), Directory)
+    for bank_id in directory.bank_ids if directory is not None else ():
+        if bank_id != source and member_bank(uow.get, bank_id).status == BankStatus.ACTIVE:
+            uow.send(bank_id, message, sender=CLEARING)
 
 
 def on_checkpoint(source: str, message: CheckpointPublished, uow: UnitOfWork) -> None:

@@ -87,7 +87,11 @@ def get_impact_csv(query: ReportParams, ledger: LedgerDep) -> Response:
     columns, in this order, stay as they are: month, exchanges, exchanged_minutes, hours
     (exchanged_minutes as hours, two decimals), active_members, new_members, transfers_out,
     transfers_out_minutes, transfers_in, transfers_in_minutes. Minutes are whole numbers."""
-    report = impact_report(ledger, query.window())
+    return impact_csv(impact_report(ledger, query.window()))
+
+
+def impact_csv(report: ImpactReport) -> Response:
+    """An impact report as a CSV download."""
     out = io.StringIO()
     rows = csv.writer(out, lineterminator="\n")
     rows.writerow(IMPACT_COLUMNS)

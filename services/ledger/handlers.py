@@ -16,6 +16,7 @@ from services.ledger.domain import (
     post_hold_to_counterparty,
     post_settlement,
 )
+from services.ledger.domain_offers import PartnerOffer, partner_offer_id
 from services.ledger.domain_terms import (
     FEDERATION_ACCOUNT,
     SETTLEMENT_ACCOUNT,
@@ -34,6 +35,8 @@ from shared.protocol import (
     CreditRequested,
     DecisionApplied,
     DirectoryChanged,
+    OfferShared,
+    OfferUnshared,
     SettlementCompleted,
     TransferAborted,
     TransferCommitted,
@@ -57,6 +60,8 @@ class BankHandlers:
                 self.on_decision(message, uow)
             case SettlementCompleted():
                 self.on_settlement_completed(message, uow)
+            case OfferShared() | OfferUnshared():
+                self.on_partner_offer(message, uow)
             case _:
                 raise MessageRejected(f"a bank does not accept {type(message).__name__}")
 
@@ -135,6 +140,25 @@ class BankHandlers:
             message.settlement_id,
             message.paid_minutes - message.received_minutes,
         )
+
+    def on_partner_offer(self, message: OfferShared | OfferUnshared, uow: UnitOfWork) -> None:
+        """Keep a partner bank's shared offer (what its member chose to show), or forget it."""
+        if message.bank == self.bank_id:
+            raise MessageRejected(f"offer {message.offer_id} is this bank's own")
+        offer = uow.get(partner_offer_id(message.offer_id), PartnerOffer)
+        if offer is not None and offer.bank != message.bank:
+            raise MessageRejected(
+                f"offer {message.offer_id} is {offer.bank}'s, not {message.bank}'s"
+            )
+        if isinstance(message, OfferUnshared):
+            if offer is not None:
+                offer.unshare(message.revision)
+            return
+        offer = offer or uow.add(PartnerOffer(offer_id=message.offer_id, bank=message.bank))
+        terms = msgspec.to_builtins(message)
+        for name in ("type", "offer_id", "bank", "revision"):
+            terms.pop(name, None)
+        offer.share(message.revision, terms)
 
     def account(self, uow: UnitOfWork, member_id: str) -> Account:
         account = uow.get(account_id(member_id), Account)

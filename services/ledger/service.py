@@ -16,6 +16,7 @@ from services.common.stores import parse_store_url
 from services.ledger.api import LEDGER_ERRORS, ROUTERS
 from services.ledger.api_access import access
 from services.ledger.api_members import member_changes
+from services.ledger.api_offers import ROUTERS as OFFER_ROUTERS
 from services.ledger.api_reports import reports
 from services.ledger.api_self import for_member, me
 from services.ledger.application import (
@@ -99,7 +100,7 @@ def create_app(settings: LedgerSettings, ledger: Ledger | None = None) -> FastAP
     face = HTTPFace(
         title=f"timebank ledger: {settings.bank_id}",
         summary="One time bank's event-sourced ledger, in integer minutes.",
-        routers=(*ROUTERS, member_changes, access, me, for_member, reports),
+        routers=(*ROUTERS, member_changes, access, me, for_member, reports, *OFFER_ROUTERS),
         errors=LEDGER_ERRORS,
     )
     metrics = LedgerMetrics(settings.bank_id, LEDGER_ERRORS)

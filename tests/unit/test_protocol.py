@@ -27,6 +27,8 @@ from shared.protocol import (
     DirectoryChanged,
     Envelope,
     Message,
+    OfferShared,
+    OfferUnshared,
     ProtocolError,
     SettlementCompleted,
     TransferAborted,
@@ -69,6 +71,20 @@ SAMPLES: list[Message] = [
     ),
     TransferAborted(transfer_id="t-1", reason="deadline_exceeded"),
     DecisionApplied(transfer_id="t-1", committed=True),
+    # Relayed unchanged by the clearing house; kept off SAMPLES[-2], a settlement's place.
+    OfferShared(
+        offer_id="8d9a6a52-6f1e-4d7e-9a57-1d5c0f3a2b11",
+        bank="fair-shares",
+        revision=2,
+        kind="offer",
+        member_id="bob",
+        member_name="Bob Ellis",
+        title="Evening pottery course",
+        category="courses",
+        minutes=1200,
+        where="New Cross",
+    ),
+    OfferUnshared(offer_id="8d9a6a52-6f1e-4d7e-9a57-1d5c0f3a2b11", bank="fair-shares", revision=3),
     SettlementCompleted(settlement_id=3, paid_minutes=0, received_minutes=45),
     CheckpointPublished(position=41, chain_hash="ab" * 32, signature="c2lnbmF0dXJl"),
 ]
@@ -85,6 +101,8 @@ EXPECTED_TAGS = {
     DecisionApplied: "decision.applied.v1",
     SettlementCompleted: "settlement.completed.v1",
     CheckpointPublished: "checkpoint.published.v1",
+    OfferShared: "offer.shared.v1",
+    OfferUnshared: "offer.unshared.v1",
 }
 
 
