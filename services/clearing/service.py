@@ -10,6 +10,7 @@ from pathlib import Path
 
 from fastapi import FastAPI
 
+from services.clearing import ui
 from services.clearing.api import CLEARING_ERRORS, ROUTERS
 from services.clearing.api_reports import reports
 from services.clearing.application import Clearing
@@ -20,6 +21,7 @@ from services.common.bus_worker import BusWorker
 from services.common.offload import Periodic
 from services.common.service import HTTPFace, Runtime, asgi_app
 from services.common.stores import parse_store_url
+from services.common.ui import install_ui
 from shared.bus import CLEARING_CONSUMER, Bus
 from shared.protocol import CLEARING
 from shared.signing import SigningKey
@@ -103,4 +105,6 @@ def create_app(settings: ClearingSettings, clearing: Clearing | None = None) -> 
         errors=CLEARING_ERRORS,
     )
     metrics = ClearingMetrics()
-    return asgi_app(face, settings, lambda: clearing_runtime(settings, clearing), metrics)
+    app = asgi_app(face, settings, lambda: clearing_runtime(settings, clearing), metrics)
+    install_ui(app, ui.SITE, ui.UI_ROUTERS)
+    return app

@@ -11,6 +11,8 @@ from services.common.problems import PROBLEM_JSON, problem_body
 MAX_BODY_BYTES = 64 * 1024
 # A batch route (a path ending in /batch) takes up to 1,000 items in one body.
 MAX_BATCH_BODY_BYTES = 1024 * 1024
+# The dashboard's pages post HTML forms, not JSON (services/common/ui).
+UI_FORMS_PREFIX = "/ui/"
 
 
 def is_json(content_type: str) -> bool:
@@ -18,6 +20,14 @@ def is_json(content_type: str) -> bool:
     return media_type == "application/json" or (
         media_type.startswith("application/") and media_type.endswith("+json")
     )
+
+
+def is_ui_form(scope: Scope, content_type: str) -> bool:
+    """A form posted by a dashboard page (under /ui/), which checks its own CSRF token."""
+    media_type = content_type.split(";", 1)[0].strip().lower()
+    return media_type == "application/x-www-form-urlencoded" and str(
+        scope.get("path", "")
+    ).startswith(UI_FORMS_PREFIX)
 
 
 class JSONBodyGuard:
@@ -64,7 +74,8 @@ class JSONBodyGuard:
                 )
                 return
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
-        if body and not is_json(headers.get("content-type", "")):
+        content_type = headers.get("content-type", "")
+        if body and not is_json(content_type) and not is_ui_form(scope, content_type):
             # FastAPI would not parse it as JSON (a CSRF guard); say so plainly.
             await self._problem(
                 scope,

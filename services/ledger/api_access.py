@@ -90,9 +90,9 @@ def start_session(
     )
 
 
-def sign_in(request: Request, ledger: LedgerDep, login: str, passphrase: str) -> tuple[
-    OpenedSession, Principal
-]:  # fmt: skip
+def sign_in(
+    request: Request, ledger: LedgerDep, login: str, passphrase: str
+) -> tuple[OpenedSession, Principal]:
     """A session for the login, or the one problem a failed login gets (401, or 429 after
     too many), the same whatever was wrong."""
     state = request.app.state
@@ -146,8 +146,12 @@ def accept(body: Acceptance, request: Request, response: Response, ledger: Ledge
     address = client_address(request)
     if not state.login_throttle.allowed(body.login, address):
         retry = state.login_throttle.retry_after(body.login, address)
-        raise Problem(429, "too_many_attempts", "too many failed attempts", headers={
-            "Retry-After": str(retry)})  # fmt: skip
+        raise Problem(
+            429,
+            "too_many_attempts",
+            "too many failed attempts",
+            headers={"Retry-After": str(retry)},
+        )
     try:
         who = accept_invitation(ledger, body.login, body.code, body.passphrase)
     except InvitationRefused:

@@ -17,6 +17,8 @@ from uuid import UUID
 from eventsourcing.domain import Aggregate
 
 from services.common.outbox import Outbox, outbox_id
+from services.common.sessions import Principal
+from services.ledger.access import acting
 from services.ledger.application import Ledger
 from services.ledger.domain import Account
 from services.ledger.domain_offers import (
@@ -203,9 +205,13 @@ def find_partner_offer(ledger: Ledger, offer_id: str) -> PartnerOffer | None:
 
 
 def post_offer(
-    ledger: Ledger, new: NewOffer, idempotency: IdempotencyKey | None = None
+    ledger: Ledger,
+    new: NewOffer,
+    idempotency: IdempotencyKey | None = None,
+    by: Principal | None = None,
 ) -> Executed[OfferView]:
-    """Post a member's offer or request; only an active member may."""
+    """Post a member's offer or request; only an active member may. Posted by a coordinator
+    (``by``), it is recorded as their act for the member."""
 
     def command() -> tuple[Sequence[Aggregate], OfferView]:
         account = _member(ledger, new.member_id)
@@ -221,7 +227,10 @@ def post_offer(
         )
         return [offer, *_announce(ledger, offer, was_visible=False)], offer_view(offer)
 
-    return ledger.run(command, idempotency, OfferView)
+    if by is None:
+        return ledger.run(command, idempotency, OfferView)
+    recorded = acting(ledger, command, by, new.member_id, "posted", lambda v: v.offer_id)
+    return ledger.run(recorded, idempotency, OfferView)
 
 
 def change_offer(ledger: Ledger, offer_id: str, changes: OfferChanges) -> OfferView:

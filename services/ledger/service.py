@@ -13,6 +13,7 @@ from services.common.bus_worker import BusWorker
 from services.common.offload import Periodic
 from services.common.service import HTTPFace, Runtime, asgi_app
 from services.common.stores import parse_store_url
+from services.common.ui import install_ui
 from services.ledger.api import LEDGER_ERRORS, ROUTERS
 from services.ledger.api_access import access
 from services.ledger.api_members import member_changes
@@ -25,6 +26,8 @@ from services.ledger.application import (
 from services.ledger.checkpoints import Checkpointer
 from services.ledger.observability import LedgerMetrics
 from services.ledger.settings import LedgerSettings
+from services.ledger.ui import ledger_site
+from services.ledger.ui_pages import UI_ROUTERS
 from shared.bus import Bus, bank_consumer
 from shared.protocol import CLEARING
 from shared.signing import SigningKey
@@ -104,4 +107,6 @@ def create_app(settings: LedgerSettings, ledger: Ledger | None = None) -> FastAP
         errors=LEDGER_ERRORS,
     )
     metrics = LedgerMetrics(settings.bank_id, LEDGER_ERRORS)
-    return asgi_app(face, settings, lambda: ledger_runtime(settings, ledger), metrics)
+    app = asgi_app(face, settings, lambda: ledger_runtime(settings, ledger), metrics)
+    install_ui(app, ledger_site(settings.bank_id), UI_ROUTERS)
+    return app

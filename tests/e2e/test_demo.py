@@ -81,6 +81,9 @@ def test_demo_stay_keeps_the_dashboards_up_with_logins_until_ctrl_c(tmp_path: Pa
         url = described["banks"][bank_id]["url"]
         body = {"login": "coordinator", "passphrase": passphrase}
         assert httpx.post(f"{url}/v1/sessions", json=body).status_code == 201
+        login_page = httpx.get(f"{url}/ui/", follow_redirects=True)
+        assert login_page.status_code == 200
+        assert "Log in" in login_page.text
     finally:
         demo.send_signal(signal.SIGINT)
         code = demo.wait(timeout=40)
