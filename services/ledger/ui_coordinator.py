@@ -27,12 +27,14 @@ from services.ledger.domain_terms import (
     LedgerError,
     account_id,
 )
+from services.ledger.offer_board import category_report
 from services.ledger.reports import Window, impact_report, month_text, monthly_report
 from services.ledger.ui import LedgerUI, partner_banks, payment_from, recent_statement
 
 router = APIRouter(prefix=UI_PREFIX)
 PAGE_SIZE = 25
 REPORT_MONTHS = 12
+CATEGORIES_SHOWN = 6
 
 
 def coordinator(session: Any) -> Principal:
@@ -252,12 +254,18 @@ def bank_reports(request: Request, ledger: LedgerUI, session: Viewer) -> Respons
             Series("partners' members spent here", [row.transfers_in_minutes for row in rows]),
         ],
     )
+    categories = category_report(ledger).categories[:CATEGORIES_SHOWN]
+    categories_chart = bar_chart(
+        "Top categories: hours exchanged against offers and requests",
+        {c.label: c.minutes for c in categories},
+    )
     context = {
         "title": "Reports",
         "session": session,
         "impact": impact,
         "monthly": monthly,
-        "charts": [hours_chart, people_chart, across_chart],
+        "charts": [hours_chart, people_chart, across_chart, categories_chart],
+        "categories": categories,
         "first": month_text(window.first),
         "last": month_text(window.last),
     }

@@ -180,8 +180,67 @@ def test_the_reports_page_draws_its_charts(bank: TestClient, operator: Headers) 
     ui_log_in(bank, "sam")
     page = bank.get("/ui/reports")
     assert page.status_code == 200
-    assert page.text.count("<svg") == 3
+    assert page.text.count("<svg") == 4
     assert 'role="img"' in page.text
     assert "1.50" in page.text  # this month's hours in the impact table
     csv = bank.get("/ui/reports/impact.csv")
     assert csv.text.splitlines()[-1].startswith("total,1,90,1.50,2,")
+
+
+def test_members_post_and_withdraw_their_own_offers_and_a_coordinator_posts_for_one(
+    bank: TestClient, operator: Headers
+) -> None:
+    code = bank.post("/v1/members/ann/invitation", headers=operator).json()["code"]
+    accept = {"login": "ann", "code": code, "passphrase": PASSPHRASE}
+    assert bank.post("/v1/invitations/accept", json=accept).status_code == 201
+    bank.cookies.clear()
+    ui_log_in(bank, "ann")
+    posted = post_form(
+        bank,
+        "/ui/offers",
+        "/ui/offers",
+        kind="offer",
+        title="Dog walking",
+        category="other",
+        hours="1",
+        minutes="0",
+        where="Catford",
+        shared="yes",
+    )
+    assert "Posted: Dog walking (shared with partner banks)." in posted.text
+    mine = bank.get("/v1/offers", headers=operator).json()["offers"]
+    assert [(o["member_id"], o["minutes"], o["shared_with_federation"]) for o in mine] == [
+        ("ann", 60, True)
+    ]
+    bank.cookies.clear()
+    ui_log_in(bank, "sam")
+    post_form(
+        bank,
+        "/ui/offers",
+        "/ui/offers",
+        member_id="bob",
+        kind="request",
+        title="Help with a letter",
+        category="admin_help",
+        hours="0",
+        minutes="45",
+    )
+    offers = {o["title"]: o for o in bank.get("/v1/offers", headers=operator).json()["offers"]}
+    assert offers["Help with a letter"]["member_id"] == "bob"
+    assert offers["Help with a letter"]["shared_with_federation"] is False
+    acts = bank.get("/v1/coordinators/sam/acts", headers=operator).json()
+    assert [(a["member_id"], a["action"], a["reference"]) for a in acts] == [
+        ("bob", "posted", offers["Help with a letter"]["offer_id"])
+    ]
+    bank.cookies.clear()
+    ui_log_in(bank, "ann")
+    theirs = offers["Help with a letter"]["offer_id"]
+    refused = post_form(bank, "/ui/offers", f"/ui/offers/{theirs}/withdraw")
+    assert refused.status_code == 403
+    withdrawn = post_form(
+        bank, "/ui/offers", f"/ui/offers/{offers['Dog walking']['offer_id']}/withdraw"
+    )
+    assert "Withdrawn: Dog walking." in withdrawn.text
+    assert [o["title"] for o in bank.get("/v1/offers", headers=operator).json()["offers"]] == [
+        "Help with a letter"
+    ]
