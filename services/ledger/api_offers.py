@@ -9,7 +9,8 @@ from typing import Annotated, Literal, get_args
 from fastapi import APIRouter, Query, Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from services.common.deps import Reader, Writer
+from services.common.auth import READ_ROLES
+from services.common.deps import Reader, Writer, WritingCaller, callers
 from services.common.problems import FORBIDDEN
 from services.ledger.api import (
     LEDGER_ERRORS,
@@ -93,8 +94,7 @@ Memo = Field(
 )
 
 
-class NewOfferBody(RequestBody):
-    member_id: str = Field(min_length=1, max_length=64, examples=["maya"])
+class OfferTerms(RequestBody):
     kind: Kind = Field(description="offer: the member gives this help; request: needs it.")
     title: str = Field(min_length=1, max_length=MAX_TITLE_LENGTH, examples=["Lifts to the GP"])
     category: Category
@@ -104,6 +104,10 @@ class NewOfferBody(RequestBody):
         default=False,
         description="The member's opt-in: only then do partner banks see this offer.",
     )
+
+
+class NewOfferBody(OfferTerms):
+    member_id: str = Field(min_length=1, max_length=64, examples=["maya"])
 
 
 class OfferChangesBody(RequestBody):
@@ -197,6 +201,9 @@ class PartnerBoardParams(BaseModel):
 
 
 offers = APIRouter(prefix="/v1/offers", tags=["offers"])
+# The board is every member's to read (a member's session included); writing is a coordinator's
+# or the operator's, or a member's own through POST /v1/me/offers.
+BoardReader = callers(*READ_ROLES, "member")
 federation_offers = APIRouter(prefix="/v1/federation", tags=["offers"])
 category_reports = APIRouter(prefix="/v1/reports", tags=["reports"])
 CHANGE_PROBLEMS = (FORBIDDEN, InvalidRequest, UnknownOffer, OfferWithdrawn)
@@ -217,27 +224,33 @@ RECORD_PROBLEMS = (
     responses=problems(*WRITE_PROBLEMS, UnknownMember, MemberInactive),
 )
 def post(
-    body: NewOfferBody, ledger: LedgerDep, response: Response, key: IdempotencyKeyHeader = None
+    body: NewOfferBody,
+    ledger: LedgerDep,
+    response: Response,
+    caller: WritingCaller,
+    key: IdempotencyKeyHeader = None,
 ) -> OfferView:
-    """Post what an active member offers or needs (a coordinator may, for them). It is seen
-    by partner banks only if `shared_with_federation` is true: the member's opt-in."""
+    """Post what an active member offers or needs (a coordinator may, for them: recorded as
+    their act). It is seen by partner banks only if `shared_with_federation` is true: the
+    member's opt-in."""
     executed = post_offer(
         ledger,
         NewOffer(**body.model_dump()),
         idempotency=idempotency(key, "POST /v1/offers", body),
+        by=caller,
     )
     mark_replay(response, executed)
     return executed.value
 
 
-@offers.get("", dependencies=[Reader], responses=problems(InvalidRequest))
+@offers.get("", dependencies=[BoardReader], responses=problems(InvalidRequest))
 def list_board(params: Annotated[BoardParams, Query()], ledger: LedgerDep) -> OfferPage:
     """The bank's offers and requests, newest first, a page at a time (send `next_cursor`
     back as `cursor`; null on the last page), open ones unless `status` says otherwise."""
     return list_offers(ledger, params.query(), params.limit, params.cursor)
 
 
-@offers.get("/{offer_id}", dependencies=[Reader], responses=problems(UnknownOffer))
+@offers.get("/{offer_id}", dependencies=[BoardReader], responses=problems(UnknownOffer))
 def get_one(offer_id: str, ledger: LedgerDep) -> OfferView:
     """One offer or request, with the exchanges and transfers recorded against it."""
     return get_offer(ledger, offer_id)
@@ -312,7 +325,7 @@ def transfer(
     return executed.value
 
 
-@federation_offers.get("/offers", dependencies=[Reader], responses=problems(InvalidRequest))
+@federation_offers.get("/offers", dependencies=[BoardReader], responses=problems(InvalidRequest))
 def partner_board(
     params: Annotated[PartnerBoardParams, Query()], ledger: LedgerDep
 ) -> PartnerOfferPage:

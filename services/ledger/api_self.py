@@ -23,6 +23,7 @@ from services.ledger.api import (
     problems,
 )
 from services.ledger.api_members import StatementParams, statement_csv
+from services.ledger.api_offers import OfferTerms
 from services.ledger.application import Ledger
 from services.ledger.domain_terms import (
     MAX_MEMO_LENGTH,
@@ -31,6 +32,7 @@ from services.ledger.domain_terms import (
     UnknownBank,
     UnknownMember,
 )
+from services.ledger.offers import NewOffer, OfferView, post_offer
 from services.ledger.views import ExchangeReceipt, MemberView, Statement, TransferReceipt
 from services.ledger.writer import IdempotencyKey
 
@@ -133,6 +135,23 @@ def pay_someone(
     clearing house commits it) from the member's own account."""
     checked = idempotency(key, f"POST /v1/me/payments {who.login}", body)
     return answer(response, pay(ledger, who.login, body, who, checked))
+
+
+@me.post("/offers", status_code=201, responses=problems(*WRITE_PROBLEMS, MemberInactive))
+def post_my_offer(
+    body: OfferTerms,
+    ledger: LedgerDep,
+    response: Response,
+    who: Member,
+    key: IdempotencyKeyHeader = None,
+) -> OfferView:
+    """Post what the member offers or needs, on the bank's board (`GET /v1/offers`); partner
+    banks see it only with `shared_with_federation`: the member's own opt-in."""
+    new = NewOffer(member_id=who.login, **body.model_dump())
+    executed = post_offer(ledger, new, idempotency(key, f"POST /v1/me/offers {who.login}", body))
+    if executed.replayed:
+        response.headers["Idempotent-Replayed"] = "true"
+    return executed.value
 
 
 @for_member.post("/{member_id}/payments", status_code=201, responses=problems(*PAYMENT_PROBLEMS))

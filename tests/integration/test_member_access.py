@@ -274,3 +274,31 @@ def test_a_member_pays_a_member_of_a_partner_bank(tmp_path: Path, nats_url: str,
 
 def _id(receipt: Receipt) -> str:
     return receipt.exchange_id
+
+
+def test_a_member_reads_the_board_and_posts_only_its_own_offers(
+    bank: TestClient, operator: Headers
+) -> None:
+    ann = member_session(bank, operator, "ann")
+    sam = coordinator_session(bank, operator, "sam")
+    offer = {"kind": "offer", "title": "Lifts", "category": "lifts", "minutes": 60}
+    posted = bank.post("/v1/me/offers", json=offer, headers=ann)
+    assert posted.status_code == 201, posted.text
+    assert (posted.json()["member_id"], posted.json()["shared_with_federation"]) == ("ann", False)
+    someone_elses = {**offer, "member_id": "bob"}
+    assert_problem(
+        bank.post("/v1/me/offers", json=someone_elses, headers=ann), 422, "invalid_request"
+    )
+    assert_problem(bank.post("/v1/offers", json=someone_elses, headers=ann), 403, "forbidden")
+    board = bank.get("/v1/offers", headers=ann)
+    assert [o["title"] for o in board.json()["offers"]] == ["Lifts"]
+    assert bank.get("/v1/federation/offers", headers=ann).status_code == 200
+    withdraw = bank.post(f"/v1/offers/{posted.json()['offer_id']}/withdraw", headers=ann)
+    assert_problem(withdraw, 403, "forbidden")
+    # A coordinator's post for a member is recorded as the coordinator's act.
+    for_bob = bank.post("/v1/offers", json=someone_elses, headers=sam)
+    assert for_bob.status_code == 201, for_bob.text
+    acts = bank.get("/v1/coordinators/sam/acts", headers=operator).json()
+    assert [(a["member_id"], a["action"], a["reference"]) for a in acts] == [
+        ("bob", "posted", for_bob.json()["offer_id"])
+    ]
