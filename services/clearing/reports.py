@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import bisect
 import threading
-import weakref
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -337,21 +336,9 @@ FOLDS: dict[type[Any], Callable[[ClearingReports, Any], None]] = {
 TOPICS = tuple(get_topic(cls) for cls in FOLDS)
 
 
-# One fold per clearing, as the ledger's reports keep theirs (a fold belongs to the clearing's
-# log, not to one app serving it): it lives exactly as long as its clearing.
-_FOLDS_BY_CLEARING: weakref.WeakKeyDictionary[Clearing, ClearingReports] = (
-    weakref.WeakKeyDictionary()
-)
-_REGISTRY_LOCK = threading.Lock()
-
-
 def reports_of(clearing: Clearing) -> ClearingReports:
-    """The clearing's fold, made at first use."""
-    with _REGISTRY_LOCK:
-        reports = _FOLDS_BY_CLEARING.get(clearing)
-        if reports is None:
-            reports = _FOLDS_BY_CLEARING[clearing] = ClearingReports()
-        return reports
+    """The clearing's fold (one per clearing, made at first use)."""
+    return clearing.read_model(ClearingReports)
 
 
 def positions_report(

@@ -4,6 +4,7 @@ one follower of the application's own notification log."""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, TypeVar
 from uuid import UUID
@@ -16,6 +17,7 @@ from eventsourcing.system import NotificationLogReader
 from eventsourcing.utils import Environment
 
 A = TypeVar("A", bound=Aggregate)
+M = TypeVar("M")
 
 # Sections of the notification log that a follower reads at once: large, because the logs an
 # audit or a restart reads on are long (eventsourcing's default of 10 would mean a query per
@@ -46,7 +48,20 @@ class ServiceApplication(EventSourcedProjection[UUID]):
 
     def __init__(self, env: Mapping[str, str] | None = None) -> None:
         self.save_listeners: list[SaveListener] = []
+        self._read_models: dict[type[Any], Any] = {}
+        self._read_models_lock = threading.Lock()
         super().__init__(env=env)
+
+    def read_model(self, cls: type[M]) -> M:
+        """The application's one ``cls`` (a report's fold, a board's index), made at first use:
+        it belongs to the application's log, so it lives as long as the application, whatever
+        apps serve it and however often they restart."""
+        with self._read_models_lock:
+            found = self._read_models.get(cls)
+            if found is None:
+                found = self._read_models[cls] = cls()
+            model: M = found
+            return model
 
     def construct_env(self, name: str, env: Mapping[str, str] | None = None) -> Environment:
         # Configured only by the settings given, never by the process environment: a test can

@@ -11,7 +11,6 @@ from __future__ import annotations
 import base64
 import binascii
 import threading
-import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -278,18 +277,8 @@ def decode_cursor(cursor: str) -> int:
     return int(text[1:])
 
 
-# One board per ledger, as reports.py keeps its fold: a weak registry keyed by the ledger, so
-# the board lives exactly as long as its ledger (whatever apps serve it).
-_BOARDS: weakref.WeakKeyDictionary[Ledger, OfferBoard] = weakref.WeakKeyDictionary()
-_REGISTRY_LOCK = threading.Lock()
-
-
 def board_of(ledger: Ledger) -> OfferBoard:
-    with _REGISTRY_LOCK:
-        board = _BOARDS.get(ledger)
-        if board is None:
-            board = _BOARDS[ledger] = OfferBoard()
-        return board
+    return ledger.read_model(OfferBoard)
 
 
 def list_offers(ledger: Ledger, query: BoardQuery, limit: int, cursor: str | None) -> OfferPage:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import re
 import threading
-import weakref
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
@@ -357,22 +356,9 @@ FOLDS: dict[type[Any], Callable[[BankReports, Any], None]] = {
 TOPICS = tuple(get_topic(cls) for cls in FOLDS)
 
 
-# One fold per ledger. The Ledger would be its natural owner (as it owns BankTotals), but
-# application.py is another engineer's and at its size limit; the app's state would not do
-# either: a fold belongs to the ledger's log, not to one app serving it (tests and `timebank
-# up` serve one ledger through several apps, and restart apps on an open ledger). So a weak
-# registry keyed by the ledger object: the fold lives exactly as long as its ledger.
-_FOLDS_BY_LEDGER: weakref.WeakKeyDictionary[Ledger, BankReports] = weakref.WeakKeyDictionary()
-_REGISTRY_LOCK = threading.Lock()
-
-
 def reports_of(ledger: Ledger) -> BankReports:
-    """The ledger's fold, made at first use."""
-    with _REGISTRY_LOCK:
-        reports = _FOLDS_BY_LEDGER.get(ledger)
-        if reports is None:
-            reports = _FOLDS_BY_LEDGER[ledger] = BankReports()
-        return reports
+    """The ledger's fold (one per ledger, made at first use)."""
+    return ledger.read_model(BankReports)
 
 
 def monthly_report(ledger: Ledger, window: Window) -> MonthlyReport:
