@@ -10,6 +10,7 @@ import secrets
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any
+from urllib.parse import urlencode
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
@@ -28,6 +29,7 @@ from services.common.ui import (
     see_other,
 )
 from services.common.ui.session import PostedForm, client_address
+from services.common.ui.site import UISession
 from services.ledger.access import accept_invitation, authenticate
 from services.ledger.api_members import statement_csv
 from services.ledger.api_self import Payment, pay
@@ -73,7 +75,7 @@ def ledger_site(bank_id: str) -> UISite:
     )
 
 
-def member_of(session: Any) -> str:
+def member_of(session: UISession) -> str:
     """The member a member's page is about: only ever the session's own."""
     principal: Principal = session.principal
     if principal.role != LoginRole.MEMBER:
@@ -123,7 +125,7 @@ def partner_banks(ledger: Ledger) -> list[tuple[str, str]]:
 
 
 def account_page(
-    request: Request, ledger: Ledger, session: Any, message: str = "", status: int = 200
+    request: Request, ledger: Ledger, session: UISession, message: str = "", status: int = 200
 ) -> Response:
     member_id = member_of(session)
     member: MemberView = ledger.get_member(member_id)
@@ -165,19 +167,13 @@ def pay_from_my_account(request: Request, ledger: LedgerUI, posted: Posted) -> R
     where = f" at {payment.bank}" if payment.bank else ""
     state = "sent: it shows once the other bank accepts it" if receipt.transfer else "paid"
     done = f"{payment.minutes} minutes to {payment.payee}{where}: {state}."
-    return see_other(f"{UI_PREFIX}/me?" + _query(done=done))
+    return see_other(f"{UI_PREFIX}/me?" + urlencode({"done": done}))
 
 
 @router.get("/me/statement.csv")
 def my_statement_csv(ledger: LedgerUI, session: Viewer) -> Response:
     member_id = member_of(session)
     return statement_csv(member_id, ledger.statement(member_id))
-
-
-def _query(**values: str) -> str:
-    from urllib.parse import urlencode
-
-    return urlencode(values)
 
 
 # Welcome: setting a passphrase with an invitation code, then logged in.

@@ -6,7 +6,6 @@ page it came from, with what to change."""
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any
 from urllib.parse import urlencode
 
 from fastapi import APIRouter, Request
@@ -15,10 +14,12 @@ from fastapi.responses import Response
 from services.common.sessions import Principal
 from services.common.ui import UI_PREFIX, Posted, UIError, Viewer, render, see_other
 from services.common.ui.charts import Series, bar_chart, line_chart
+from services.common.ui.site import UISession
 from services.ledger.access import invite_member
 from services.ledger.api_members import statement_csv
 from services.ledger.api_reports import impact_csv
 from services.ledger.api_self import pay
+from services.ledger.application import Ledger
 from services.ledger.domain import Account, credits_pending
 from services.ledger.domain_access import LoginRole
 from services.ledger.domain_terms import (
@@ -37,7 +38,7 @@ REPORT_MONTHS = 12
 CATEGORIES_SHOWN = 6
 
 
-def coordinator(session: Any) -> Principal:
+def coordinator(session: UISession) -> Principal:
     principal: Principal = session.principal
     if principal.role != LoginRole.COORDINATOR:
         raise UIError(403, "Coordinators only", "This page is for the bank's coordinators.")
@@ -92,8 +93,8 @@ def open_member(request: Request, ledger: LedgerUI, posted: Posted) -> Response:
 
 def member_page(
     request: Request,
-    ledger: Any,
-    session: Any,
+    ledger: Ledger,
+    session: UISession,
     member_id: str,
     message: str = "",
     status: int = 200,

@@ -4,13 +4,14 @@ coordinator posts for a member (recorded as their act) and withdraws any."""
 
 from __future__ import annotations
 
-from typing import Any
 from urllib.parse import urlencode
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from services.common.ui import UI_PREFIX, Posted, UIError, Viewer, render, see_other
+from services.common.ui.site import UISession
+from services.ledger.application import Ledger
 from services.ledger.domain_access import LoginRole
 from services.ledger.domain_offers import CATEGORIES, OfferKind
 from services.ledger.domain_terms import LedgerError
@@ -23,7 +24,7 @@ BOARD_SIZE = 50
 
 
 def board_page(
-    request: Request, ledger: Any, session: Any, message: str = "", status: int = 200
+    request: Request, ledger: Ledger, session: UISession, message: str = "", status: int = 200
 ) -> Response:
     params = request.query_params
     category = params.get("category", "")
