@@ -48,6 +48,7 @@ class _Session:
     principal: Principal
     expires: float  # monotonic
     csrf: str
+    flash: str = ""  # what the next page shows once: the outcome of the form just sent
 
 
 def _digest(token: str) -> bytes:
@@ -95,6 +96,22 @@ class Sessions:
     def principal_of(self, token: str) -> Principal | None:
         found = self.session_of(token)
         return found[0] if found else None
+
+    def flash(self, token: str, message: str) -> None:
+        """Keep ``message`` for the session's next page (after a form's redirect): it is shown
+        once, and only to this session, never taken from the address."""
+        with self._lock:
+            found = self._open.get(_digest(token))
+            if found is not None:
+                found.flash = message
+
+    def take_flash(self, token: str) -> str:
+        with self._lock:
+            found = self._open.get(_digest(token))
+            if found is None:
+                return ""
+            message, found.flash = found.flash, ""
+            return message
 
     def close(self, token: str) -> None:
         with self._lock:

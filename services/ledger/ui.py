@@ -10,7 +10,6 @@ import secrets
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any
-from urllib.parse import urlencode
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
@@ -28,7 +27,8 @@ from services.common.ui import (
     render,
     see_other,
 )
-from services.common.ui.session import PostedForm, client_address
+from services.common.ui.session import PostedForm, client_address, flashed
+from services.common.ui.session import done as done_page
 from services.common.ui.site import UISession
 from services.ledger.access import accept_invitation, authenticate
 from services.ledger.api_members import statement_csv
@@ -135,7 +135,7 @@ def account_page(
         "member": member,
         "banks": partner_banks(ledger),
         "bank_id": ledger.bank_id,
-        "message": message or request.query_params.get("done", "")[:200],
+        "message": message or flashed(request, session),
         "failed": status >= 400,
         **recent_statement(ledger, member_id),
     }
@@ -166,8 +166,8 @@ def pay_from_my_account(request: Request, ledger: LedgerUI, posted: Posted) -> R
         return account_page(request, ledger, posted.session, e.detail, status=409)
     where = f" at {payment.bank}" if payment.bank else ""
     state = "sent: it shows once the other bank accepts it" if receipt.transfer else "paid"
-    done = f"{payment.minutes} minutes to {payment.payee}{where}: {state}."
-    return see_other(f"{UI_PREFIX}/me?" + urlencode({"done": done}))
+    outcome = f"{payment.minutes} minutes to {payment.payee}{where}: {state}."
+    return done_page(request, posted.session, f"{UI_PREFIX}/me", outcome)
 
 
 @router.get("/me/statement.csv")

@@ -6,14 +6,14 @@ page it came from, with what to change."""
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from urllib.parse import urlencode
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from services.common.sessions import Principal
-from services.common.ui import UI_PREFIX, Posted, UIError, Viewer, render, see_other
+from services.common.ui import UI_PREFIX, Posted, UIError, Viewer, render
 from services.common.ui.charts import Series, bar_chart, line_chart
+from services.common.ui.session import done, flashed
 from services.common.ui.site import UISession
 from services.ledger.access import invite_member
 from services.ledger.api_members import statement_csv
@@ -45,10 +45,6 @@ def coordinator(session: UISession) -> Principal:
     return principal
 
 
-def done(path: str, message: str) -> Response:
-    return see_other(f"{path}?" + urlencode({"done": message}))
-
-
 @router.get("/members")
 def members(
     request: Request, ledger: LedgerUI, session: Viewer, q: str = "", cursor: str = ""
@@ -65,7 +61,7 @@ def members(
         "page": page,
         "q": q,
         "kinds": MEMBER_KINDS,
-        "message": request.query_params.get("done", "")[:200],
+        "message": flashed(request, session),
     }
     return render(request, "ledger/members.html", context)
 
@@ -88,7 +84,7 @@ def open_member(request: Request, ledger: LedgerUI, posted: Posted) -> Response:
             "failed": True,
         }
         return render(request, "ledger/members.html", context, status_code=409)
-    return done(f"{UI_PREFIX}/members/{member_id}", f"{member_id} opened.")
+    return done(request, posted.session, f"{UI_PREFIX}/members/{member_id}", f"{member_id} opened.")
 
 
 def member_page(
@@ -112,7 +108,7 @@ def member_page(
         "member": member,
         "banks": partner_banks(ledger),
         "bank_id": ledger.bank_id,
-        "message": message or request.query_params.get("done", "")[:200],
+        "message": message or flashed(request, session),
         "failed": status >= 400,
         **recent_statement(ledger, member_id),
     }
@@ -136,6 +132,8 @@ def record_exchange(request: Request, ledger: LedgerUI, posted: Posted, member_i
         return member_page(request, ledger, posted.session, member_id, e.detail, 409)
     state = "sent to the partner bank" if receipt.transfer else "recorded"
     return done(
+        request,
+        posted.session,
         f"{UI_PREFIX}/members/{member_id}",
         f"{member_id} paid {payment.payee} {payment.minutes} minutes: {state}.",
     )
@@ -159,7 +157,7 @@ def edit_member(request: Request, ledger: LedgerUI, posted: Posted, member_id: s
         ledger.change_member(member_id, change)
     except LedgerError as e:
         return member_page(request, ledger, posted.session, member_id, e.detail, 409)
-    return done(f"{UI_PREFIX}/members/{member_id}", "Changes saved.")
+    return done(request, posted.session, f"{UI_PREFIX}/members/{member_id}", "Changes saved.")
 
 
 STATUS_ACTIONS = {"suspend": "suspended", "reinstate": "reinstated", "close": "closed"}
@@ -187,7 +185,12 @@ def change_status(request: Request, ledger: LedgerUI, posted: Posted, member_id:
         ledger.change_member(member_id, change)
     except LedgerError as e:
         return member_page(request, ledger, posted.session, member_id, e.detail, 409)
-    return done(f"{UI_PREFIX}/members/{member_id}", f"{member_id} {STATUS_ACTIONS[action]}.")
+    return done(
+        request,
+        posted.session,
+        f"{UI_PREFIX}/members/{member_id}",
+        f"{member_id} {STATUS_ACTIONS[action]}.",
+    )
 
 
 @router.post("/members/{member_id}/invitation")

@@ -4,12 +4,11 @@ coordinator posts for a member (recorded as their act) and withdraws any."""
 
 from __future__ import annotations
 
-from urllib.parse import urlencode
-
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from services.common.ui import UI_PREFIX, Posted, UIError, Viewer, render, see_other
+from services.common.ui import UI_PREFIX, Posted, UIError, Viewer, render
+from services.common.ui.session import done, flashed
 from services.common.ui.site import UISession
 from services.ledger.application import Ledger
 from services.ledger.domain_access import LoginRole
@@ -45,7 +44,7 @@ def board_page(
         "kind": kind,
         "q": q,
         "is_coordinator": session.principal.role == LoginRole.COORDINATOR,
-        "message": message or params.get("done", "")[:200],
+        "message": message or flashed(request, session),
         "failed": status >= 400,
     }
     return render(request, "ledger/offers.html", context, status_code=status)
@@ -75,10 +74,10 @@ def post(request: Request, ledger: LedgerUI, posted: Posted) -> Response:
         post_offer(ledger, new, by=who if coordinator else None)
     except LedgerError as e:
         return board_page(request, ledger, posted.session, e.detail, 409)
-    done = f"Posted: {new.title}" + (
+    outcome = f"Posted: {new.title}" + (
         " (shared with partner banks)." if new.shared_with_federation else "."
     )
-    return see_other(f"{UI_PREFIX}/offers?" + urlencode({"done": done}))
+    return done(request, posted.session, f"{UI_PREFIX}/offers", outcome)
 
 
 @router.post("/offers/{offer_id}/withdraw")
@@ -91,4 +90,4 @@ def withdraw(request: Request, ledger: LedgerUI, posted: Posted, offer_id: str) 
         withdraw_offer(ledger, offer_id)
     except LedgerError as e:
         return board_page(request, ledger, posted.session, e.detail, 409)
-    return see_other(f"{UI_PREFIX}/offers?" + urlencode({"done": f"Withdrawn: {offer.title}."}))
+    return done(request, posted.session, f"{UI_PREFIX}/offers", f"Withdrawn: {offer.title}.")

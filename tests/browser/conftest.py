@@ -13,6 +13,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -193,13 +194,13 @@ class Federation:
         return transfer_id
 
 
-@pytest.fixture
-def federation(tmp_path: Path) -> Iterator[Federation]:
-    """A clearing house and two banks over a real nats-server, stopped after the test."""
-    config = tmp_path / "federation.toml"
+@contextmanager
+def running_federation(directory: Path) -> Iterator[Federation]:
+    """`timebank up` with CONFIG in ``directory`` until the block ends (then SIGTERM)."""
+    config = directory / "federation.toml"
     config.write_text(CONFIG)
-    data_dir = tmp_path / "data"
-    log = (tmp_path / "up.log").open("wb")
+    data_dir = directory / "data"
+    log = (directory / "up.log").open("wb")
     up = subprocess.Popen(
         [str(TIMEBANK), "up", "--config", str(config), "--data-dir", str(data_dir)],
         stdout=log,
@@ -217,3 +218,18 @@ def federation(tmp_path: Path) -> Iterator[Federation]:
             up.kill()
             up.wait()
         log.close()
+
+
+@pytest.fixture
+def federation(tmp_path: Path) -> Iterator[Federation]:
+    """A clearing house and two banks over a real nats-server, stopped after the test."""
+    with running_federation(tmp_path) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def shared_federation(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Federation]:
+    """One federation for a module's tests (starting one takes seconds): each test uses its
+    own members, so they do not see each other's exchanges."""
+    with running_federation(tmp_path_factory.mktemp("federation")) as running:
+        yield running

@@ -182,7 +182,7 @@ def test_the_reports_page_draws_its_charts(bank: TestClient, operator: Headers) 
     assert page.status_code == 200
     assert page.text.count("<svg") == 4
     assert 'role="img"' in page.text
-    assert "1.50" in page.text  # this month's hours in the impact table
+    assert "1h 30m" in page.text  # this month's hours in the impact table
     csv = bank.get("/ui/reports/impact.csv")
     assert csv.text.splitlines()[-1].startswith("total,1,90,1.50,2,")
 
@@ -244,3 +244,12 @@ def test_members_post_and_withdraw_their_own_offers_and_a_coordinator_posts_for_
     assert [o["title"] for o in bank.get("/v1/offers", headers=operator).json()["offers"]] == [
         "Help with a letter"
     ]
+
+
+def test_a_notice_comes_only_from_the_sessions_own_form_and_shows_once(bank: TestClient) -> None:
+    ui_log_in(bank, "sam")
+    crafted = bank.get("/ui/members", params={"done": "Your account is locked: call 0900 000"})
+    assert "call 0900" not in crafted.text
+    saved = post_form(bank, "/ui/members/ann", "/ui/members/ann/edit", name="Ann B.")
+    assert "Changes saved." in saved.text
+    assert "Changes saved." not in bank.get("/ui/members/ann").text

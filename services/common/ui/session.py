@@ -169,3 +169,16 @@ def log_out(request: Request, posted: Posted) -> Response:
     response = see_other(f"{UI_PREFIX}/login")
     response.delete_cookie(SESSION_COOKIE, path="/")
     return response
+
+
+def done(request: Request, session: UISession, path: str, message: str) -> Response:
+    """A form worked: go to ``path`` (POST-redirect-GET), which shows ``message`` once."""
+    sessions: Sessions = request.app.state.sessions
+    sessions.flash(session.token, message)
+    return see_other(path)
+
+
+def flashed(request: Request, session: UISession) -> str:
+    """The message the last form left for this page, once."""
+    sessions: Sessions = request.app.state.sessions
+    return sessions.take_flash(session.token)
