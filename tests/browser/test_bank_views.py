@@ -233,6 +233,11 @@ def test_a_member_pays_a_member_of_a_partner_bank_and_sees_it_on_the_statement(
     assert driver.find_element(By.TAG_NAME, "h1").text == "Hello, Maya"
     assert_accessible(driver)
     browser.screenshot("02-me")
+    # Another day: she logs out, and in again with her member number and passphrase.
+    driver.find_element(By.XPATH, "//button[text()='Log out']").click()
+    wait_for_page(driver, lambda url: "/ui/login" in url, "the login page")
+    log_in(driver, url, "maya")
+    wait_for_page(driver, lambda url: url.endswith("/ui/me"), "the member's own page")
 
     wait_for_partner_bank(driver)
     option = driver.find_element(By.CSS_SELECTOR, f'#bank option[value="{COLLEGE}"]')
