@@ -14,6 +14,7 @@ from services.common.auth import bearer_token
 from services.common.deps import WritingCaller, callers
 from services.common.problems import FORBIDDEN, Problem
 from services.common.sessions import SESSION_COOKIE, OpenedSession, Principal
+from services.common.ui.session import client_address, set_session_cookie
 from services.ledger.access import (
     MAX_PASSPHRASE,
     Act,
@@ -63,24 +64,12 @@ class Session(RequestBody):
     name: str
 
 
-def client_address(request: Request) -> str:
-    return request.client.host if request.client else "unknown"
-
-
 def start_session(
     request: Request, response: Response, opened: OpenedSession, who: Principal
 ) -> Session:
     """The session's token in the answer (for the API) and in an HTTP-only cookie (for the
     dashboard: no script can read it, and no other site's form sends it)."""
-    response.set_cookie(
-        SESSION_COOKIE,
-        opened.token,
-        max_age=int(request.app.state.sessions.lifetime.total_seconds()),
-        httponly=True,
-        samesite="strict",
-        secure=request.url.scheme == "https",
-        path="/",
-    )
+    set_session_cookie(response, request, opened.token)
     return Session(
         token=opened.token,
         expires_at=opened.expires_at,

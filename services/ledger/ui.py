@@ -16,7 +16,7 @@ from fastapi.responses import Response
 from pydantic import ValidationError
 
 from services.common.deps import application
-from services.common.sessions import SESSION_COOKIE, Principal
+from services.common.sessions import Principal
 from services.common.ui import (
     UI_PREFIX,
     LoginAttempt,
@@ -27,7 +27,13 @@ from services.common.ui import (
     render,
     see_other,
 )
-from services.common.ui.session import PostedForm, client_address, flashed
+from services.common.ui.session import (
+    PostedForm,
+    client_address,
+    flashed,
+    set_form_cookie,
+    set_session_cookie,
+)
 from services.common.ui.session import done as done_page
 from services.common.ui.site import UISession
 from services.ledger.access import accept_invitation, authenticate
@@ -188,14 +194,7 @@ def welcome_page(request: Request, message: str = "", status: int = 200) -> Resp
         "login": request.query_params.get("login", "")[:64],
     }
     response = render(request, "ledger/welcome.html", context, status_code=status)
-    response.set_cookie(
-        WELCOME_CSRF_COOKIE,
-        token,
-        max_age=3600,
-        httponly=True,
-        samesite="strict",
-        path=f"{UI_PREFIX}/welcome",
-    )
+    set_form_cookie(response, request, WELCOME_CSRF_COOKIE, token, f"{UI_PREFIX}/welcome")
     return response
 
 
@@ -229,13 +228,5 @@ async def set_passphrase(request: Request, ledger: LedgerUI) -> Response:
     sessions.close_all_of(who.login)
     opened = sessions.open(who)
     response = see_other(f"{UI_PREFIX}/")
-    response.set_cookie(
-        SESSION_COOKIE,
-        opened.token,
-        httponly=True,
-        samesite="strict",
-        max_age=int(sessions.lifetime.total_seconds()),
-        path="/",
-        secure=request.url.scheme == "https",
-    )
+    set_session_cookie(response, request, opened.token)
     return response

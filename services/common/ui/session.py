@@ -91,20 +91,43 @@ async def posted_form(request: Request, session: Viewer) -> PostedForm:
 Posted = Annotated[PostedForm, Depends(posted_form)]
 
 
+def set_session_cookie(response: Response, request: Request, token: str) -> None:
+    """The session's token for the dashboard: HTTP-only (no script reads it), SameSite=Strict
+    (no other site's page sends it), for the session's lifetime."""
+    sessions: Sessions = request.app.state.sessions
+    response.set_cookie(
+        SESSION_COOKIE,
+        token,
+        max_age=int(sessions.lifetime.total_seconds()),
+        httponly=True,
+        samesite="strict",
+        secure=request.url.scheme == "https",
+        path="/",
+    )
+
+
+def set_form_cookie(
+    response: Response, request: Request, cookie: str, token: str, path: str
+) -> None:
+    """A form's own token (a form used before there is a session: logging in, setting a
+    passphrase), in a cookie only that form's address gets; the form sends it back too."""
+    response.set_cookie(
+        cookie,
+        token,
+        max_age=3600,
+        httponly=True,
+        samesite="strict",
+        secure=request.url.scheme == "https",
+        path=path,
+    )
+
+
 def _login_page(request: Request, next_path: str, status: int = 200, message: str = "") -> Response:
     """The login form, with a fresh login token in the form and in a cookie."""
     login_csrf = secrets.token_urlsafe(16)
     context = {"title": "Log in", "next": next_path, "login_csrf": login_csrf, "message": message}
     response = render(request, "login.html", context, status_code=status)
-    response.set_cookie(
-        LOGIN_CSRF_COOKIE,
-        login_csrf,
-        max_age=3600,
-        httponly=True,
-        samesite="strict",
-        secure=request.url.scheme == "https",
-        path=f"{UI_PREFIX}/login",
-    )
+    set_form_cookie(response, request, LOGIN_CSRF_COOKIE, login_csrf, f"{UI_PREFIX}/login")
     return response
 
 
@@ -149,15 +172,7 @@ async def log_in(request: Request) -> Response:
     sessions: Sessions = request.app.state.sessions
     opened = sessions.open(principal)
     response = see_other(next_path)
-    response.set_cookie(
-        SESSION_COOKIE,
-        opened.token,
-        max_age=int(sessions.lifetime.total_seconds()),
-        httponly=True,
-        samesite="strict",
-        secure=request.url.scheme == "https",
-        path="/",
-    )
+    set_session_cookie(response, request, opened.token)
     response.delete_cookie(LOGIN_CSRF_COOKIE, path=f"{UI_PREFIX}/login")
     return response
 
