@@ -59,9 +59,16 @@ def ui_authenticate(request: Request, attempt: LoginAttempt) -> Principal | None
     return authenticate(ledger, attempt.login, attempt.secret)
 
 
+def bank_name(request: Request) -> str:
+    """The bank's name as the federation's directory has it (from its config), once known."""
+    ledger: Ledger = request.app.state.application
+    return str(ledger.known_banks().get(ledger.bank_id, {}).get("name", ""))
+
+
 def ledger_site(bank_id: str) -> UISite:
     return UISite(
         service=f"{bank_id} time bank",
+        name_of=bank_name,
         nav=(),
         nav_by_role={
             LoginRole.COORDINATOR: (

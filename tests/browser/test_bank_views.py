@@ -143,6 +143,9 @@ def test_a_coordinator_records_an_exchange_invites_a_member_and_reads_the_report
     log_in(driver, url, "sam")
     wait_for_page(driver, lambda url: url.endswith("/ui/members"), "the members page")
     assert "Sam Okafor" in driver.find_element(By.CSS_SELECTOR, ".site-header .who").text
+    # The bank's name from the federation's config, not its id.
+    header = driver.find_element(By.CSS_SELECTOR, ".service-name").text
+    assert header == "Rushey Green Time Bank (GP surgery)"
 
     fill(driver, q="george")
     driver.find_element(By.ID, "q").send_keys(Keys.ENTER)

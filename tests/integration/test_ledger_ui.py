@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
+from tests.helpers import BANK_ID
 from tests.integration.test_member_access import PASSPHRASE, coordinator_session, open_member
 
 Headers = dict[str, str]
@@ -54,6 +55,8 @@ def test_a_coordinator_opens_a_member_and_records_an_exchange_for_them(
     bank: TestClient, operator: Headers
 ) -> None:
     assert ui_log_in(bank, "sam").status_code == 200  # followed to the members page
+    # No directory from a clearing house here: the bank is named by its id.
+    assert f"{BANK_ID} time bank</a>" in bank.get("/ui/members").text
     members = bank.get("/ui/members", params={"q": "ann"})
     assert 'href="/ui/members/ann"' in members.text
     assert 'href="/ui/members/bob"' not in members.text

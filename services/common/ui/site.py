@@ -62,6 +62,12 @@ class UISite:
     globals: Mapping[str, Any] = field(default_factory=dict)
     # A role's own pages, where they differ from ``nav`` (a member's, a coordinator's).
     nav_by_role: Mapping[str, Sequence[tuple[str, str]]] = field(default_factory=dict)
+    # The service's name as its people know it, when it can change (a bank's, from the
+    # federation's directory); ``service`` otherwise.
+    name_of: Callable[[Request], str] | None = None
+
+    def name(self, request: Request) -> str:
+        return (self.name_of(request) if self.name_of else "") or self.service
 
     def nav_for(self, principal: Principal) -> Sequence[tuple[str, str]]:
         """The pages the navigation offers to ``principal``."""
@@ -129,9 +135,9 @@ def render(
 ) -> HTMLResponse:
     """A page of the request's site, with the security headers every page carries."""
     templates: Jinja2Templates = request.app.state.ui_templates
-    response = templates.TemplateResponse(
-        request, template, dict(context or {}), status_code=status_code
-    )
+    site: UISite = request.app.state.ui_site
+    page = {"service_name": site.name(request), **(context or {})}
+    response = templates.TemplateResponse(request, template, page, status_code=status_code)
     response.headers.update(SECURITY_HEADERS)
     return response
 
