@@ -123,8 +123,10 @@ def show_dashboards(console: Console, client: FederationClient, stay: bool) -> N
     """Where the dashboards are; with ``stay``, a coordinator and a member who can log in."""
     clearing = client.described["clearing"]
     console.print("\n[bold]Dashboards[/]")
+    # Whole lines, never wrapped: a token or a passphrase is copied from them.
     console.print(
-        f"  federation: {clearing['url']}/ui/  (the admin token: {clearing['admin_token']})"
+        f"  federation: {clearing['url']}/ui/  (the admin token: {clearing['admin_token']})",
+        soft_wrap=True,
     )
     for bank_id, bank in client.described["banks"].items():
         console.print(f"  {bank_id}: {bank['url']}/ui/")
@@ -135,7 +137,9 @@ def show_dashboards(console: Console, client: FederationClient, stay: bool) -> N
     for bank_id, (member_id, _) in ((b, m[0]) for b, m in MEMBERS.items()):
         coordinator = demo_login(client, bank_id, "/v1/coordinators", new_coordinator)
         member = demo_login(client, bank_id, f"/v1/members/{member_id}/invitation", None)
-        console.print(f"  {bank_id}: coordinator / {coordinator}   {member_id} / {member}")
+        console.print(
+            f"  {bank_id}: coordinator / {coordinator}   {member_id} / {member}", soft_wrap=True
+        )
     console.print("Ctrl-C stops everything.")
 
 

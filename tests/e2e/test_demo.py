@@ -76,11 +76,19 @@ def test_demo_stay_keeps_the_dashboards_up_with_logins_until_ctrl_c(tmp_path: Pa
             lines.append(demo.stdout.readline().strip())
         logins = [line.split() for line in lines if " coordinator / " in line]
         assert len(logins) == 3, lines
+        # Whole lines (a passphrase is copied from them), on a terminal of any width.
+        assert all(len(login) == 7 for login in logins), lines
         bank_id, passphrase = logins[0][0].rstrip(":"), logins[0][3]
+        member, member_passphrase = logins[0][4], logins[0][6]
         described = json.loads((data / "federation.json").read_text())
         url = described["banks"][bank_id]["url"]
         body = {"login": "coordinator", "passphrase": passphrase}
         assert httpx.post(f"{url}/v1/sessions", json=body).status_code == 201
+        as_member = {"login": member, "passphrase": member_passphrase}
+        assert httpx.post(f"{url}/v1/sessions", json=as_member).status_code == 201
+        admin_line = next(line for line in lines if "the admin token: " in line)
+        token = admin_line.split("the admin token: ")[1].rstrip(")")
+        assert token == described["clearing"]["admin_token"]
         login_page = httpx.get(f"{url}/ui/", follow_redirects=True)
         assert login_page.status_code == 200
         assert "Log in" in login_page.text
