@@ -46,6 +46,17 @@ limit_minutes = 600
 """
 
 
+# Every screenshot of the run, listed at the end of the test output.
+SCREENSHOTS: list[Path] = []
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if SCREENSHOTS:
+        terminalreporter.section("browser screenshots")
+        for path in SCREENSHOTS:
+            terminalreporter.write_line(str(path))
+
+
 def screenshots_dir() -> Path:
     path = Path(os.environ.get("TIMEBANK_SCREENSHOTS") or REPO / "artifacts" / "screenshots")
     path.mkdir(parents=True, exist_ok=True)
@@ -74,6 +85,7 @@ class Browser:
         path = screenshots_dir() / f"{self.prefix}-{name}.png"
         assert self.driver.save_screenshot(str(path)), f"no screenshot at {path}"
         self.saved.append(path)
+        SCREENSHOTS.append(path)
         print(f"screenshot: {path}")
         return path
 
