@@ -24,7 +24,7 @@ from services.ledger.domain import (
     CrossBankTransfer,
 )
 from services.ledger.domain_access import Login
-from services.ledger.domain_offers import Offer, PartnerOffer
+from services.ledger.domain_offers import Offer, PartnerOffer, SharedOffers
 from services.ledger.domain_terms import (
     MemberKind,
     Role,
@@ -159,6 +159,8 @@ FOLDED: Final[dict[str, type[Folded]]] = {
     get_topic(PartnerOffer.Shared): Unread,
     get_topic(PartnerOffer.Unshared): Unread,
     get_topic(PartnerOffer.Recorded): Unread,
+    get_topic(SharedOffers.Opened): Unread,
+    get_topic(SharedOffers.Changed): Unread,
 }
 
 

@@ -355,3 +355,37 @@ class PartnerOffer(Aggregate):
     @event(Recorded)
     def _recorded_transfer(self, transfer_id: str, minutes: int, payer: str) -> None:
         self.recorded.append({"transfer_id": transfer_id, "minutes": minutes, "payer": payer})
+
+
+_SHARED_OFFERS_ID = uuid5(NAMESPACE_URL, "urn:timebank-federation:shared-offers")
+
+
+class SharedOffers(Aggregate):
+    """The offers this bank's members share with the federation now (open and opted in): what
+    a bank that joins the federation, or comes back to it, is sent."""
+
+    @staticmethod
+    def create_id(**_: Any) -> UUID:
+        return _SHARED_OFFERS_ID
+
+    class Opened(Aggregate.Created):
+        pass
+
+    @event(Opened)
+    def __init__(self) -> None:
+        self.offer_ids: list[str] = []
+
+    class Changed(Aggregate.Event):
+        offer_id: str
+        shared: bool
+
+    def mark(self, offer_id: str, shared: bool) -> None:
+        if (offer_id in self.offer_ids) != shared:
+            self._changed(offer_id=offer_id, shared=shared)
+
+    @event(Changed)
+    def _changed(self, offer_id: str, shared: bool) -> None:
+        if shared:
+            self.offer_ids.append(offer_id)
+        else:
+            self.offer_ids.remove(offer_id)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import partial
+from uuid import UUID
 
 import msgspec
 
@@ -16,7 +17,7 @@ from services.ledger.domain import (
     post_hold_to_counterparty,
     post_settlement,
 )
-from services.ledger.domain_offers import PartnerOffer, partner_offer_id
+from services.ledger.domain_offers import Offer, PartnerOffer, SharedOffers, partner_offer_id
 from services.ledger.domain_terms import (
     FEDERATION_ACCOUNT,
     SETTLEMENT_ACCOUNT,
@@ -27,6 +28,7 @@ from services.ledger.domain_terms import (
     account_id,
     transfer_id_to_uuid,
 )
+from services.ledger.offer_messages import offer_shared
 from shared.protocol import (
     CLEARING,
     AnyMessage,
@@ -41,6 +43,9 @@ from shared.protocol import (
     TransferAborted,
     TransferCommitted,
 )
+
+# A bank's status in the directory that lets it take part (the other is "suspended").
+ACTIVE = "active"
 
 
 @dataclass(frozen=True)
@@ -68,7 +73,27 @@ class BankHandlers:
     def on_directory_changed(self, message: DirectoryChanged, uow: UnitOfWork) -> None:
         directory = uow.get(BankDirectory.create_id(), BankDirectory)
         directory = directory or uow.add(BankDirectory())
+        was_active = {b for b, entry in directory.banks.items() if entry["status"] == ACTIVE}
         directory.replace([msgspec.to_builtins(b) for b in message.banks])
+        arrived = {
+            b.bank_id
+            for b in message.banks
+            if b.status == ACTIVE and b.bank_id not in was_active and b.bank_id != self.bank_id
+        }
+        if arrived:
+            self.share_offers_again(uow)
+
+    def share_offers_again(self, uow: UnitOfWork) -> None:
+        """A bank joined the federation, or came back to it: it missed what members here
+        share, so every shared offer is sent again (the clearing house relays it to every
+        active bank; a bank that has it already keeps it as it is, the revision unchanged)."""
+        shared = uow.get(SharedOffers.create_id(), SharedOffers)
+        for offer_id in shared.offer_ids if shared is not None else ():
+            offer = uow.get(UUID(offer_id), Offer)
+            member = uow.get(account_id(offer.member_id), Account) if offer else None
+            if offer is not None and member is not None and offer.visible_to_partners:
+                again = offer_shared(self.bank_id, offer, member.name)
+                uow.send(CLEARING, again, sender=self.bank_id)
 
     def on_credit_requested(self, message: CreditRequested, uow: UnitOfWork) -> None:
         """Place the pending credit (a hold on the federation account, posted to the payee

@@ -25,6 +25,7 @@ from services.ledger.domain_offers import (
     CATEGORIES,
     Offer,
     PartnerOffer,
+    SharedOffers,
     UnknownOffer,
     partner_offer_id,
 )
@@ -34,6 +35,7 @@ from services.ledger.domain_terms import (
     UnknownMember,
     account_id,
 )
+from services.ledger.offer_messages import offer_shared
 from services.ledger.views import ExchangeReceipt, TransferReceipt
 from services.ledger.writer import Executed, IdempotencyKey
 from shared.protocol import CLEARING, OfferShared, OfferUnshared
@@ -361,21 +363,11 @@ def _member(ledger: Ledger, member_id: str) -> Account:
 def _announce(ledger: Ledger, offer: Offer, was_visible: bool) -> list[Aggregate]:
     """Queue for the clearing house what partner banks may now see of the offer: its shared
     terms while it is open and shared, its end when it stops being so; nothing about an offer
-    that never was shared."""
+    that never was shared. The bank's list of shared offers follows."""
     message: OfferShared | OfferUnshared
     if offer.visible_to_partners:
-        message = OfferShared(
-            offer_id=offer.offer_id,
-            bank=ledger.bank_id,
-            revision=offer.version,
-            kind=offer.kind,
-            member_id=offer.member_id,
-            member_name=_member(ledger, offer.member_id).name,
-            title=offer.title,
-            category=offer.category,
-            minutes=offer.minutes,
-            where=offer.where,
-        )
+        member_name = _member(ledger, offer.member_id).name
+        message = offer_shared(ledger.bank_id, offer, member_name)
     elif was_visible:
         message = OfferUnshared(
             offer_id=offer.offer_id, bank=ledger.bank_id, revision=offer.version
@@ -385,4 +377,6 @@ def _announce(ledger: Ledger, offer: Offer, was_visible: bool) -> list[Aggregate
     outbox = ledger.find(outbox_id(ledger.bank_id, CLEARING), Outbox)
     outbox = outbox or Outbox(source=ledger.bank_id, destination=CLEARING)
     outbox.queue(message)
-    return [outbox]
+    shared = ledger.find(SharedOffers.create_id(), SharedOffers) or SharedOffers()
+    shared.mark(offer.offer_id, offer.visible_to_partners)
+    return [outbox, shared]

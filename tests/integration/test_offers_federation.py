@@ -22,12 +22,18 @@ from services.common.inbox import Outcome
 from services.common.outbox import QUEUED_TOPIC, Outbox, envelope_of
 from services.common.stores import parse_store_url
 from services.ledger.application import Ledger
+from services.ledger.domain_offers import PartnerOffer
 from services.ledger.domain_terms import DEFAULT_OVERDRAFT_MINUTES
 from services.ledger.offer_board import BoardQuery, list_partner_offers
 from shared.bus import Bus
 from shared.protocol import CLEARING, Envelope, OfferShared, OfferUnshared
 from tests.helpers import admit, assert_problem
-from tests.integration.service_federation import OPERATOR, served_federation, wait_until
+from tests.integration.service_federation import (
+    ADMIN_TOKEN,
+    OPERATOR,
+    served_federation,
+    wait_until,
+)
 
 BANKS = ("gp", "college", "hub")
 
@@ -308,3 +314,31 @@ def test_a_bank_keeps_the_latest_shared_terms_of_partners_only(ledger: Ledger) -
     )
     assert board() == []
     assert list_partner_offers(ledger, BoardQuery(status=None), 50, None).offers == []
+
+
+@pytest.mark.timeout(120)
+def test_a_bank_that_comes_back_is_sent_the_offers_shared_while_it_was_away(
+    tmp_path: Path, nats_url: str, bus: Bus
+) -> None:
+    admin = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    with served_federation(tmp_path, nats_url, bus, BANKS) as fed:
+        gp, college, hub = (fed.clients[b] for b in BANKS)
+        assert fed.clearing_client.post("/v1/banks/hub/suspend", headers=admin).status_code == 200
+        wait_until(
+            lambda: fed.banks["college"].known_banks()["hub"]["status"] == "suspended",
+            what="college hears hub is suspended",
+        )
+        post(college, member_id="bob", kind="offer", title="Unshared plumbing", category="diy",
+             minutes=60)  # fmt: skip
+        post(college, member_id="bob", kind="offer", title="Evening pottery course",
+             category="courses", minutes=600, shared_with_federation=True)  # fmt: skip
+        wait_until(lambda: titles_at(gp) == ["Evening pottery course"], what="shared at gp")
+        assert titles_at(hub) == []  # suspended: the clearing house relays it nothing
+        assert fed.clearing_client.post("/v1/banks/hub/reinstate", headers=admin).status_code == 200
+        # Back in the directory: college sends what its members share again.
+        wait_until(lambda: titles_at(hub) == ["Evening pottery course"], what="sent to hub")
+        assert "Unshared plumbing" not in log_text(fed.banks["hub"])
+        # gp had it already: the same revision changes nothing there.
+        shared_at_gp = log_text(fed.banks["gp"], get_topic(PartnerOffer.Shared))
+        assert shared_at_gp.count("Evening pottery course") == 1
+        assert titles_at(gp) == ["Evening pottery course"]

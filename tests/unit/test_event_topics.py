@@ -84,6 +84,9 @@ STORED_TOPICS = [
     "services.ledger.domain_offers:PartnerOffer.Shared",
     "services.ledger.domain_offers:PartnerOffer.Unshared",
     "services.ledger.domain_offers:PartnerOffer.Recorded",
+    "services.ledger.domain_offers:SharedOffers",
+    "services.ledger.domain_offers:SharedOffers.Opened",
+    "services.ledger.domain_offers:SharedOffers.Changed",
 ]
 
 
