@@ -56,24 +56,16 @@ from services.ledger.views import (
     member_view,
     statement,
 )
-from services.ledger.writer import Command, Executed, IdempotencyKey, Writer
+from services.ledger.writer import Command, Executed, IdempotencyKey, T, Writer
 from shared.protocol import CLEARING, CheckpointPublished, Envelope, TransferRequested
 
 A = TypeVar("A", bound=Aggregate)
-T = TypeVar("T")
 
 
 class Ledger(ServiceApplication):
-    """One bank's ledger.
-
-    Concurrency: commands go through one writer per process (writer.py), which decides every
-    command waiting in arrival order against its live accounts (each seeing what those before
-    it did) and saves them together in one transaction: group commit. A second process writing
-    the same store is still safe: each save is checked by the store's optimistic concurrency
-    control (a unique aggregate version), a batch that loses the race is decided again on
-    fresh state, and a refusal is checked against the store's latest state before it is
-    given. Either way no update is lost and no rule is checked against stale balances.
-    """
+    """One bank's ledger. Commands go through one writer per process (writer.py): decided in
+    arrival order on live accounts and saved together (group commit); a save that loses a race
+    with another process is decided again on fresh state, so no rule sees a stale balance."""
 
     name = APPLICATION_NAME
     snapshotting_intervals = {Account: 200}  # noqa: RUF012 (eventsourcing's class attribute)
