@@ -123,7 +123,7 @@ def invite_member(ledger: Ledger, member_id: str, by: Principal) -> Invitation:
         if account.status == MemberStatus.CLOSED:
             raise InvalidRequest(f"{member_id} is closed: it cannot be invited")
         changed, invitation = _invite(ledger, member_id, LoginRole.MEMBER, account.name, by)
-        changed += _acts_of(ledger, by, member_id, "invited", "")
+        changed += acts_for(ledger, by, member_id, "invited", "")
         return changed, invitation
 
     return ledger.run(command, None, Invitation).value
@@ -213,11 +213,12 @@ def revoke(ledger: Ledger, sessions: Sessions, login: str, by: Principal) -> Non
     sessions.close_all_of(login)
 
 
-def _acts_of(
-    ledger: Ledger, caller: Principal, member_id: str, action: str, reference: str
+def acts_for(
+    ledger: Ledger, caller: Principal | None, member_id: str, action: str, reference: str
 ) -> list[Aggregate]:
-    """Inside a command: the coordinator's login, with the act recorded, to save with it."""
-    if caller.role != LoginRole.COORDINATOR:
+    """Inside a command: the coordinator's login, with the act recorded, to save with it
+    (nothing when the caller is no coordinator)."""
+    if caller is None or caller.role != LoginRole.COORDINATOR:
         return []
     coordinator = ledger.find(login_id(caller.login), Login)
     if coordinator is None or coordinator.status != LoginStatus.ACTIVE:
@@ -239,7 +240,7 @@ def acting(
 
     def recorded() -> tuple[Sequence[Aggregate], T]:
         changed, value = command()
-        extra = _acts_of(ledger, caller, member_id, action, reference(value))
+        extra = acts_for(ledger, caller, member_id, action, reference(value))
         return [*changed, *extra], value
 
     return recorded

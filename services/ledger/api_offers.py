@@ -272,7 +272,6 @@ def withdraw(offer_id: str, ledger: LedgerDep) -> OfferView:
 @offers.post(
     "/{offer_id}/exchanges",
     status_code=201,
-    dependencies=[Writer],
     responses=problems(*RECORD_PROBLEMS),
 )
 def exchange(
@@ -280,6 +279,7 @@ def exchange(
     body: OfferExchangeBody,
     ledger: LedgerDep,
     response: Response,
+    caller: WritingCaller,
     key: IdempotencyKeyHeader = None,
 ) -> OfferExchangeReceipt:
     """Record a local exchange against an open offer: its member is paid (an offer) or pays
@@ -291,6 +291,7 @@ def exchange(
         body.minutes,
         body.memo,
         idempotency=idempotency(key, f"POST /v1/offers/{offer_id}/exchanges", body),
+        by=caller,
     )
     mark_replay(response, executed)
     return executed.value
@@ -299,7 +300,6 @@ def exchange(
 @offers.post(
     "/{offer_id}/transfers",
     status_code=202,
-    dependencies=[Writer],
     responses=problems(*RECORD_PROBLEMS, UnknownBank),
 )
 def transfer(
@@ -307,6 +307,7 @@ def transfer(
     body: OfferTransferBody,
     ledger: LedgerDep,
     response: Response,
+    caller: WritingCaller,
     key: IdempotencyKeyHeader = None,
 ) -> OfferTransferReceipt:
     """Request a cross-bank transfer against an offer: a request here, whose member pays a
@@ -320,6 +321,7 @@ def transfer(
         body.minutes,
         body.memo,
         idempotency=idempotency(key, f"POST /v1/offers/{offer_id}/transfers", body),
+        by=caller,
     )
     mark_replay(response, executed)
     return executed.value

@@ -18,7 +18,7 @@ from eventsourcing.domain import Aggregate
 
 from services.common.outbox import Outbox, outbox_id
 from services.common.sessions import Principal
-from services.ledger.access import acting
+from services.ledger.access import acting, acts_for
 from services.ledger.application import Ledger
 from services.ledger.domain import Account
 from services.ledger.domain_offers import (
@@ -269,6 +269,7 @@ def record_exchange(
     minutes: int,
     memo: str | None,
     idempotency: IdempotencyKey | None = None,
+    by: Principal | None = None,
 ) -> Executed[OfferExchangeReceipt]:
     """A local exchange made against an offer, saved with the offer's record of it: both or
     neither. ``parties``: (payer, payee), the offer's member implied when None."""
@@ -280,7 +281,8 @@ def record_exchange(
         text = offer.title if memo is None else memo
         aggregates, receipt = ledger.exchange_command(payer, payee, minutes, text)()
         offer.record(EntryKind.EXCHANGE, receipt.exchange_id, minutes, payer, payee)
-        return [*aggregates, offer], OfferExchangeReceipt(offer.offer_id, receipt)
+        acts = acts_for(ledger, by, payer, "paid", receipt.exchange_id)
+        return [*aggregates, offer, *acts], OfferExchangeReceipt(offer.offer_id, receipt)
 
     return ledger.run(command, idempotency, OfferExchangeReceipt)
 
@@ -301,6 +303,7 @@ def record_transfer(
     minutes: int,
     memo: str | None,
     idempotency: IdempotencyKey | None = None,
+    by: Principal | None = None,
 ) -> Executed[OfferTransferReceipt]:
     """A cross-bank transfer made against an offer, requested in the same save as the offer's
     record of it. Against a request here, its member pays someone in another bank; against a
@@ -318,7 +321,8 @@ def record_transfer(
             target.record(EntryKind.TRANSFER, receipt.transfer_id, minutes, payer, party)
         else:
             target.record(receipt.transfer_id, minutes, payer)
-        return [*aggregates, target], OfferTransferReceipt(offer_id, receipt)
+        acts = acts_for(ledger, by, payer, "paid", receipt.transfer_id)
+        return [*aggregates, target, *acts], OfferTransferReceipt(offer_id, receipt)
 
     return ledger.run(command, idempotency, OfferTransferReceipt)
 

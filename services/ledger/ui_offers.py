@@ -7,15 +7,30 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
+from services.common.sessions import Principal
 from services.common.ui import UI_PREFIX, Posted, UIError, Viewer, render
 from services.common.ui.session import done, flashed
 from services.common.ui.site import UISession
 from services.ledger.application import Ledger
 from services.ledger.domain_access import LoginRole
-from services.ledger.domain_offers import CATEGORIES, OfferKind
+from services.ledger.domain_offers import CATEGORIES, Offer, OfferKind
 from services.ledger.domain_terms import LedgerError
 from services.ledger.offer_board import BoardQuery, list_offers, list_partner_offers
-from services.ledger.offers import NewOffer, get_offer, post_offer, withdraw_offer
+from services.ledger.offers import (
+    NewOffer,
+    OfferView,
+    PartnerOfferView,
+    TransferParties,
+    find_offer,
+    find_partner_offer,
+    get_offer,
+    offer_view,
+    partner_offer_view,
+    post_offer,
+    record_exchange,
+    record_transfer,
+    withdraw_offer,
+)
 from services.ledger.ui import LedgerUI, minutes_from
 
 router = APIRouter(prefix=UI_PREFIX)
@@ -91,3 +106,75 @@ def withdraw(request: Request, ledger: LedgerUI, posted: Posted, offer_id: str) 
     except LedgerError as e:
         return board_page(request, ledger, posted.session, e.detail, 409)
     return done(request, posted.session, f"{UI_PREFIX}/offers", f"Withdrawn: {offer.title}.")
+
+
+# One offer: its terms, what was recorded against it, and recording help given or received.
+
+
+def offer_page(
+    request: Request,
+    ledger: Ledger,
+    session: UISession,
+    offer_id: str,
+    message: str = "",
+    status: int = 200,
+) -> Response:
+    local = find_offer(ledger, offer_id)
+    partner = find_partner_offer(ledger, offer_id) if local is None else None
+    view: OfferView | PartnerOfferView
+    if local is not None:
+        view = offer_view(local)
+    elif partner is not None and partner.shared:
+        view = partner_offer_view(partner)
+    else:
+        raise UIError(404, "No such offer", "It is not on this bank's board, or no longer shared.")
+    context = {
+        "title": view.title,
+        "session": session,
+        "offer": view,
+        "partner": local is None,
+        "is_coordinator": session.principal.role == LoginRole.COORDINATOR,
+        "message": message or flashed(request, session),
+        "failed": status >= 400,
+    }
+    return render(request, "ledger/offer.html", context, status_code=status)
+
+
+@router.get("/offers/{offer_id}")
+def offer(request: Request, ledger: LedgerUI, session: Viewer, offer_id: str) -> Response:
+    return offer_page(request, ledger, session, offer_id)
+
+
+def exchange_parties(offer: Offer, who: Principal, other: str) -> tuple[str | None, str | None]:
+    """(payer, payee) of help recorded against a local offer; None: the offer's member. An
+    offer's member gave the help: whoever received it pays (a member: only they themselves).
+    A request's member received it and pays the helper: only they, or a coordinator, say so."""
+    coordinator = who.role == LoginRole.COORDINATOR
+    if offer.kind == OfferKind.OFFER:
+        return (other if coordinator else who.login), None
+    if not coordinator and who.login != offer.member_id:
+        raise UIError(403, "Not your request", "Only the member who asked, or a coordinator, "
+                      "records the help given for a request: its member pays for it.")  # fmt: skip
+    return None, other
+
+
+@router.post("/offers/{offer_id}/record")
+def record(request: Request, ledger: LedgerUI, posted: Posted, offer_id: str) -> Response:
+    """Help given against an offer or a request: an exchange here, or, for a partner bank's
+    offer, a transfer to its member; by a coordinator, recorded as their act."""
+    who = posted.session.principal
+    other, memo = posted.text("other"), posted.text("memo") or None
+    local = find_offer(ledger, offer_id)
+    try:
+        minutes = minutes_from(posted)
+        if local is not None:
+            parties = exchange_parties(local, who, other)
+            record_exchange(ledger, offer_id, parties, minutes, memo, by=who)
+            outcome = f"Recorded: {minutes} minutes against “{local.title}”."
+        else:
+            payer = other if who.role == LoginRole.COORDINATOR else who.login
+            record_transfer(ledger, offer_id, TransferParties(payer=payer), minutes, memo, by=who)
+            outcome = f"Sent: {minutes} minutes. It shows once the other bank accepts it."
+    except LedgerError as e:
+        return offer_page(request, ledger, posted.session, offer_id, e.detail, 409)
+    return done(request, posted.session, f"{UI_PREFIX}/offers/{offer_id}", outcome)

@@ -256,3 +256,40 @@ def test_a_notice_comes_only_from_the_sessions_own_form_and_shows_once(bank: Tes
     saved = post_form(bank, "/ui/members/ann", "/ui/members/ann/edit", name="Ann B.")
     assert "Changes saved." in saved.text
     assert "Changes saved." not in bank.get("/ui/members/ann").text
+
+
+def test_help_is_recorded_against_an_offer_or_a_request_from_its_page(
+    bank: TestClient, operator: Headers
+) -> None:
+    def new(member_id: str, kind: str, title: str) -> str:
+        body = {"member_id": member_id, "kind": kind, "title": title, "category": "lifts",
+                "minutes": 45}  # fmt: skip
+        offer_id: str = bank.post("/v1/offers", json=body, headers=operator).json()["offer_id"]
+        return offer_id
+
+    lifts, shopping = new("ann", "offer", "Lifts"), new("ann", "request", "Shopping")
+    for member_id in ("bob",):
+        code = bank.post(f"/v1/members/{member_id}/invitation", headers=operator).json()["code"]
+        accept = {"login": member_id, "code": code, "passphrase": PASSPHRASE}
+        assert bank.post("/v1/invitations/accept", json=accept).status_code == 201
+    bank.cookies.clear()
+    ui_log_in(bank, "bob")
+    assert f'href="/ui/offers/{lifts}"' in bank.get("/ui/offers").text
+    page = f"/ui/offers/{lifts}"
+    got = post_form(bank, page, f"{page}/record", hours="0", minutes="45", memo="")
+    assert "Recorded: 45 minutes against “Lifts”." in got.text
+    assert bank.get("/v1/members/ann", headers=operator).json()["balance_minutes"] == 45
+    recorded = bank.get(f"/v1/offers/{lifts}", headers=operator).json()["recorded"]
+    assert [(r["payer"], r["payee"], r["minutes"]) for r in recorded] == [("bob", "ann", 45)]
+    # Bob cannot make Ann pay for her request: only she, or a coordinator, records it.
+    page = f"/ui/offers/{shopping}"
+    refused = post_form(bank, page, f"{page}/record", other="bob", hours="1", minutes="0")
+    assert refused.status_code == 403
+    bank.cookies.clear()
+    ui_log_in(bank, "sam")
+    paid = post_form(bank, page, f"{page}/record", other="bob", hours="1", minutes="0")
+    assert "Recorded: 60 minutes against “Shopping”." in paid.text
+    assert bank.get("/v1/members/bob", headers=operator).json()["balance_minutes"] == 15
+    acts = bank.get("/v1/coordinators/sam/acts", headers=operator).json()
+    assert [(a["member_id"], a["action"]) for a in acts] == [("ann", "paid")]
+    assert bank.get("/ui/offers/00000000-0000-4000-8000-000000000000").status_code == 404
