@@ -19,7 +19,7 @@ from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.remote.webelement import WebElement
 from selenium.webdriver.support.ui import Select
 
-from tests.browser.conftest import PHONE, Browser, Federation, wait_for
+from tests.browser.conftest import DESKTOP, PHONE, Browser, Federation, wait_for
 from tests.browser.test_federation_view import assert_accessible
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
@@ -388,3 +388,14 @@ def test_a_shared_offer_shows_at_the_partner_bank_and_an_unshared_one_never_does
     pdriver.set_window_size(*PHONE)
     partner.full_page_screenshot("02-offers-at-partner-phone")
     assert sideways(pdriver) == [], "the offers board scrolls sideways on a phone"
+
+    # Carl had the trees pruned: from the offer's page he pays Priya at her bank for it.
+    pdriver.set_window_size(*DESKTOP)
+    pdriver.find_element(By.LINK_TEXT, "Pruning fruit trees").click()
+    wait_for_page(pdriver, lambda url: "/ui/offers/" in url, "the offer's page")
+    assert_accessible(pdriver)
+    record = pdriver.find_element(By.XPATH, "//button[text()='Record']")
+    submit_and_wait(pdriver, record, "the transfer's notice")
+    assert notice(pdriver) == "Sent: 120 minutes. It shows once the other bank accepts it."
+    partner.screenshot("03-offer-paid")
+    wait_for(lambda: balance(federation, GP, "priya") == 120, 30, "priya to be paid at her bank")
