@@ -21,6 +21,7 @@ from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatc
 from eventsourcing.domain import Aggregate
 
 from services.common.sessions import LoginThrottle, OpenedSession, Principal, Sessions
+from services.ledger.acts_index import ActFor, ActsIndex
 from services.ledger.application import Ledger
 from services.ledger.domain import Account
 from services.ledger.domain_access import (
@@ -256,3 +257,14 @@ def acts_of(ledger: Ledger, coordinator: str) -> list[Act]:
         for e in ledger.events.get(found.id)
         if isinstance(e, Login.ActedFor)
     ]
+
+
+def acts_for_member(ledger: Ledger, member_id: str) -> list[ActFor]:
+    """What coordinators did for a member, oldest first, each with who did it."""
+    ledger.get_member(member_id)  # UnknownMember if there is none
+    return ledger.read_model(ActsIndex).for_member(ledger.follow_events, member_id)
+
+
+def recorded_by(ledger: Ledger, references: list[str]) -> dict[str, str]:
+    """Which of these exchanges and transfers a coordinator recorded, and who."""
+    return ledger.read_model(ActsIndex).recorded_by(ledger.follow_events, references)

@@ -22,6 +22,7 @@ from services.ledger.access import (
     LoginFailed,
     LoginThrottled,
     accept_invitation,
+    acts_for_member,
     acts_of,
     invite_coordinator,
     invite_member,
@@ -29,6 +30,7 @@ from services.ledger.access import (
     login_role,
     revoke,
 )
+from services.ledger.acts_index import ActFor
 from services.ledger.api import LedgerDep, RequestBody, problems
 from services.ledger.domain_access import InvitationRefused, LoginExists, LoginRole
 from services.ledger.domain_terms import MAX_NAME_LENGTH, InvalidRequest, UnknownMember
@@ -187,6 +189,18 @@ def coordinator_acts(coordinator_id: str, ledger: LedgerDep) -> list[Act]:
     """Everything the coordinator did for a member (invited them, paid for them), oldest
     first, each with the id of what it made."""
     return acts_of(ledger, coordinator_id)
+
+
+@access.get(
+    "/v1/members/{member_id}/acts",
+    tags=["members"],
+    dependencies=[callers("operator", "auditor", "admin", "coordinator")],
+    responses=problems(UnknownMember),
+)
+def member_acts(member_id: str, ledger: LedgerDep) -> list[ActFor]:
+    """What coordinators did for the member (invited them, paid for them, posted for them),
+    oldest first, each with the coordinator and the id of what it made."""
+    return acts_for_member(ledger, member_id)
 
 
 @access.post(

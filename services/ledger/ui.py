@@ -36,7 +36,7 @@ from services.common.ui.session import (
 )
 from services.common.ui.session import done as done_page
 from services.common.ui.site import UISession
-from services.ledger.access import accept_invitation, authenticate
+from services.ledger.access import accept_invitation, authenticate, recorded_by
 from services.ledger.api_members import statement_csv
 from services.ledger.api_self import Payment, pay
 from services.ledger.application import Ledger
@@ -124,9 +124,17 @@ def payment_from(form: PostedForm, bank_id: str) -> Payment:
 
 
 def recent_statement(ledger: Ledger, member_id: str) -> dict[str, Any]:
+    """The last days' entries, newest first, each with the coordinator who recorded it (if
+    one did, for the member)."""
     since = datetime.now(UTC) - timedelta(days=STATEMENT_DAYS)
     listed = ledger.statement(member_id, StatementWindow(start=since))
-    return {"statement": listed, "entries": list(reversed(listed.entries)), "days": STATEMENT_DAYS}
+    by = recorded_by(ledger, [e.entry_id for e in listed.entries])
+    return {
+        "statement": listed,
+        "entries": list(reversed(listed.entries)),
+        "days": STATEMENT_DAYS,
+        "recorded_by": by,
+    }
 
 
 def partner_banks(ledger: Ledger) -> list[tuple[str, str]]:

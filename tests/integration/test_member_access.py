@@ -207,6 +207,13 @@ def test_a_coordinator_pays_for_a_member_and_the_act_is_recorded_with_it(
         ("cy", "invited", ""),
     ]
     assert bank.get("/v1/members/ann", headers=sam).json()["balance_minutes"] == -60
+    for_ann = bank.get("/v1/members/ann/acts", headers=operator).json()
+    assert [(a["coordinator"], a["action"], a["reference"]) for a in for_ann] == [
+        ("sam", "paid", paid.json()["exchange"]["exchange_id"])
+    ]
+    assert bank.get("/v1/members/cy/acts", headers=operator).json()[0]["action"] == "invited"
+    assert bank.get("/v1/members/bob/acts", headers=operator).json() == []
+    assert_problem(bank.get("/v1/members/nobody/acts", headers=operator), 404, "unknown_member")
 
 
 def test_coordinators_are_invited_by_the_operator_only_and_not_under_a_members_id(
