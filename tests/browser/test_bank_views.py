@@ -168,7 +168,7 @@ def test_a_coordinator_records_an_exchange_invites_a_member_and_reads_the_report
     submit_and_wait(driver, record, "the exchange's notice")
     assert notice(driver) == "george paid hannah 90 minutes: recorded."
     rows = statement_rows(driver)
-    assert rows == [["hannah", "Lift to the surgery", "coordinator sam", "-90"]]
+    assert rows == [["hannah", "Lift to the surgery\nrecorded by coordinator sam", "-90"]]
     assert_accessible(driver)
     browser.full_page_screenshot("04-exchange-recorded")
     after = {m: balance(federation, GP, m) for m in ("george", "hannah")}
@@ -263,7 +263,7 @@ def test_a_member_pays_a_member_of_a_partner_bank_and_sees_it_on_the_statement(
     assert maya["balance_minutes"] == -45
     driver.refresh()
     rows = statement_rows(driver)
-    assert rows == [[f"{COLLEGE}/bob other bank", "Maths tutoring", "—", "-45"]]
+    assert rows == [[f"{COLLEGE}/bob other bank", "Maths tutoring", "-45"]]
     assert "-0h 45m" in driver.find_element(By.CSS_SELECTOR, "section.cards .big").text
     assert_accessible(driver)
     browser.full_page_screenshot("04-me-after-transfer")

@@ -73,7 +73,7 @@ def test_a_coordinator_opens_a_member_and_records_an_exchange_for_them(
     assert recorded.status_code == 200, recorded.text
     assert "ann paid bob 75 minutes: recorded." in recorded.text
     assert "Lift to the surgery" in recorded.text
-    assert "<td>coordinator sam</td>" in recorded.text  # on the statement's row
+    assert "recorded by coordinator sam</span>" in recorded.text  # on the statement's row
     assert bank.get("/v1/members/bob", headers=operator).json()["balance_minutes"] == 75
     acts = bank.get("/v1/coordinators/sam/acts", headers=operator).json()
     assert [(a["member_id"], a["action"]) for a in acts] == [("ann", "paid")]
