@@ -148,19 +148,31 @@ def partner_banks(ledger: Ledger) -> list[tuple[str, str]]:
 def account_page(
     request: Request, ledger: Ledger, session: UISession, message: str = "", status: int = 200
 ) -> Response:
-    member_id = member_of(session)
-    member: MemberView = ledger.get_member(member_id)
-    context = {
-        "title": "My account",
+    member = ledger.get_member(member_of(session))
+    context = account_context(request, ledger, session, member, (message, status))
+    return render(request, "ledger/me.html", {**context, "title": "My account"}, status)
+
+
+def account_context(
+    request: Request,
+    ledger: Ledger,
+    session: UISession,
+    member: MemberView,
+    outcome: tuple[str, int],
+) -> dict[str, Any]:
+    """What a member's page shows (theirs, or a coordinator's page of them): the account, its
+    recent statement, the banks to pay at, and the outcome of the last form."""
+    message, status = outcome
+    return {
+        "title": member.name,
         "session": session,
         "member": member,
         "banks": partner_banks(ledger),
         "bank_id": ledger.bank_id,
         "message": message or flashed(request, session),
         "failed": status >= 400,
-        **recent_statement(ledger, member_id),
+        **recent_statement(ledger, member.member_id),
     }
-    return render(request, "ledger/me.html", context, status_code=status)
 
 
 @router.get("/")

@@ -30,7 +30,7 @@ from services.ledger.domain_terms import (
 )
 from services.ledger.offer_board import category_report
 from services.ledger.reports import Window, impact_report, month_text, monthly_report
-from services.ledger.ui import LedgerUI, partner_banks, payment_from, recent_statement
+from services.ledger.ui import LedgerUI, account_context, payment_from
 
 router = APIRouter(prefix=UI_PREFIX)
 PAGE_SIZE = 25
@@ -102,16 +102,7 @@ def member_page(
         raise UIError(404, "No such member", e.detail) from e
     if member.kind == "system":
         raise UIError(404, "No such member", f"{member_id} is one of the bank's own accounts")
-    context = {
-        "title": member.name,
-        "session": session,
-        "member": member,
-        "banks": partner_banks(ledger),
-        "bank_id": ledger.bank_id,
-        "message": message or flashed(request, session),
-        "failed": status >= 400,
-        **recent_statement(ledger, member_id),
-    }
+    context = account_context(request, ledger, session, member, (message, status))
     return render(request, "ledger/member.html", context, status_code=status)
 
 
