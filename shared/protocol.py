@@ -166,6 +166,9 @@ class OfferShared(Message, frozen=True, kw_only=True, tag="offer.shared.v1"):
     category: Annotated[str, msgspec.Meta(pattern=r"^[a-z][a-z_]{0,31}\Z")]
     minutes: Minutes
     where: Annotated[str, msgspec.Meta(max_length=200)] = ""
+    # Sent again for one bank only (one that joined, or came back): the clearing house relays
+    # it to that bank alone. None: to every other active bank.
+    for_bank: BankId | None = None
 
 
 class OfferUnshared(Message, frozen=True, kw_only=True, tag="offer.unshared.v1"):

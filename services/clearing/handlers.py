@@ -56,13 +56,17 @@ def handle(coordinator: Coordinator, source: str, message: AnyMessage, uow: Unit
 
 
 def relay_offer(source: str, message: OfferShared | OfferUnshared, uow: UnitOfWork) -> None:
-    """Pass a member's shared offer (or its end) on, unchanged, to every other active bank:
-    the clearing house keeps nothing of it but what its outboxes send."""
+    """Pass a member's shared offer (or its end) on, unchanged, to every other active bank (or
+    to the one it names, when sent again for a bank that arrived): the clearing house keeps
+    nothing of it but what its outboxes send."""
     if message.bank != source:
         raise MessageRejected(f"{source} may not speak for the offers of {message.bank}")
     directory = uow.get(Directory.create_id(), Directory)
+    only = message.for_bank if isinstance(message, OfferShared) else None
     for bank_id in directory.bank_ids if directory is not None else ():
-        if bank_id != source and member_bank(uow.get, bank_id).status == BankStatus.ACTIVE:
+        if bank_id == source or (only is not None and bank_id != only):
+            continue
+        if member_bank(uow.get, bank_id).status == BankStatus.ACTIVE:
             uow.send(bank_id, message, sender=CLEARING)
 
 

@@ -80,19 +80,19 @@ class BankHandlers:
             for b in message.banks
             if b.status == ACTIVE and b.bank_id not in was_active and b.bank_id != self.bank_id
         }
-        if arrived:
-            self.share_offers_again(uow)
+        for bank_id in sorted(arrived):
+            self.share_offers_again(bank_id, uow)
 
-    def share_offers_again(self, uow: UnitOfWork) -> None:
+    def share_offers_again(self, bank_id: str, uow: UnitOfWork) -> None:
         """A bank joined the federation, or came back to it: it missed what members here
-        share, so every shared offer is sent again (the clearing house relays it to every
-        active bank; a bank that has it already keeps it as it is, the revision unchanged)."""
+        share, so every shared offer is sent again, for it alone (a copy it has already, of
+        the same revision, changes nothing there)."""
         shared = uow.get(SharedOffers.create_id(), SharedOffers)
         for offer_id in shared.offer_ids if shared is not None else ():
             offer = uow.get(UUID(offer_id), Offer)
             member = uow.get(account_id(offer.member_id), Account) if offer else None
             if offer is not None and member is not None and offer.visible_to_partners:
-                again = offer_shared(self.bank_id, offer, member.name)
+                again = offer_shared(self.bank_id, offer, member.name, for_bank=bank_id)
                 uow.send(CLEARING, again, sender=self.bank_id)
 
     def on_credit_requested(self, message: CreditRequested, uow: UnitOfWork) -> None:
@@ -181,7 +181,7 @@ class BankHandlers:
             return
         offer = offer or uow.add(PartnerOffer(offer_id=message.offer_id, bank=message.bank))
         terms = msgspec.to_builtins(message)
-        for name in ("type", "offer_id", "bank", "revision"):
+        for name in ("type", "offer_id", "bank", "revision", "for_bank"):
             terms.pop(name, None)
         offer.share(message.revision, terms)
 

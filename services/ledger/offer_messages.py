@@ -7,7 +7,9 @@ from services.ledger.domain_offers import Offer
 from shared.protocol import OfferShared
 
 
-def offer_shared(bank_id: str, offer: Offer, member_name: str) -> OfferShared:
+def offer_shared(
+    bank_id: str, offer: Offer, member_name: str, for_bank: str | None = None
+) -> OfferShared:
     return OfferShared(
         offer_id=offer.offer_id,
         bank=bank_id,
@@ -19,4 +21,5 @@ def offer_shared(bank_id: str, offer: Offer, member_name: str) -> OfferShared:
         category=offer.category,
         minutes=offer.minutes,
         where=offer.where,
+        for_bank=for_bank,
     )

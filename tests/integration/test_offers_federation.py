@@ -22,7 +22,7 @@ from services.common.inbox import Outcome
 from services.common.outbox import QUEUED_TOPIC, Outbox, envelope_of
 from services.common.stores import parse_store_url
 from services.ledger.application import Ledger
-from services.ledger.domain_offers import PartnerOffer
+from services.ledger.domain_offers import PartnerOffer, partner_offer_id
 from services.ledger.domain_terms import DEFAULT_OVERDRAFT_MINUTES
 from services.ledger.offer_board import BoardQuery, list_partner_offers
 from shared.bus import Bus
@@ -330,15 +330,21 @@ def test_a_bank_that_comes_back_is_sent_the_offers_shared_while_it_was_away(
         )
         post(college, member_id="bob", kind="offer", title="Unshared plumbing", category="diy",
              minutes=60)  # fmt: skip
-        post(college, member_id="bob", kind="offer", title="Evening pottery course",
-             category="courses", minutes=600, shared_with_federation=True)  # fmt: skip
+        course = post(college, member_id="bob", kind="offer", title="Evening pottery course",
+                      category="courses", minutes=600, shared_with_federation=True)  # fmt: skip
         wait_until(lambda: titles_at(gp) == ["Evening pottery course"], what="shared at gp")
         assert titles_at(hub) == []  # suspended: the clearing house relays it nothing
         assert fed.clearing_client.post("/v1/banks/hub/reinstate", headers=admin).status_code == 200
         # Back in the directory: college sends what its members share again.
         wait_until(lambda: titles_at(hub) == ["Evening pottery course"], what="sent to hub")
         assert "Unshared plumbing" not in log_text(fed.banks["hub"])
-        # gp had it already: the same revision changes nothing there.
+        # Sent again for hub alone: gp, which had it, was sent it once.
+        relayed = log_text(fed.clearing, get_topic(Outbox.Queued))
+        assert relayed.count("Evening pottery course") == 2  # to gp, then to hub
         shared_at_gp = log_text(fed.banks["gp"], get_topic(PartnerOffer.Shared))
         assert shared_at_gp.count("Evening pottery course") == 1
         assert titles_at(gp) == ["Evening pottery course"]
+        # What a partner keeps is what the member shared, not whom it was sent again for.
+        kept = fed.banks["hub"].find(partner_offer_id(course["offer_id"]), PartnerOffer)
+        assert kept is not None
+        assert "for_bank" not in kept.terms
