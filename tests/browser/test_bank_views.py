@@ -12,7 +12,7 @@ from typing import Any
 
 import httpx2 as httpx
 import pytest
-from selenium.common.exceptions import StaleElementReferenceException
+from selenium.common.exceptions import WebDriverException
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.remote.webdriver import WebDriver
@@ -72,8 +72,9 @@ def wait_for_page(driver: WebDriver, check: Callable[[str], bool], what: str) ->
 
 def submit_and_wait(driver: WebDriver, button: WebElement, what: str) -> None:
     """Press ``button`` (a click, or Enter on it when focused) and wait for the next page's
-    notice: the old page gone, the new one loaded, a notice on it."""
-    old = driver.find_element(By.TAG_NAME, "html")
+    notice: a page loaded that is not the one the button was on (which a mark set on its
+    window tells), with a notice on it."""
+    driver.execute_script("window.timebankOldPage = true")
     if button == driver.switch_to.active_element:
         button.send_keys(Keys.ENTER)  # the keyboard's way
     else:
@@ -81,11 +82,12 @@ def submit_and_wait(driver: WebDriver, button: WebElement, what: str) -> None:
 
     def arrived() -> bool:
         try:
-            old.tag_name  # noqa: B018 (raises once the page it belonged to is gone)
+            new_page = driver.execute_script(
+                "return window.timebankOldPage === undefined && document.readyState === 'complete'"
+            )
+            return bool(new_page and driver.find_elements(By.CSS_SELECTOR, "main .notice"))
+        except WebDriverException:  # asked while the browser was between the two pages
             return False
-        except StaleElementReferenceException:
-            loaded = driver.execute_script("return document.readyState") == "complete"
-            return bool(loaded and driver.find_elements(By.CSS_SELECTOR, "main .notice"))
 
     wait_for(arrived, 10, what)
 
@@ -372,7 +374,7 @@ def test_a_shared_offer_shows_at_the_partner_bank_and_an_unshared_one_never_does
         try:
             if "Pruning fruit trees" in partner_offers(pdriver):
                 return True
-        except StaleElementReferenceException:
+        except WebDriverException:  # a stale element, or the page between two loads
             return False  # the page reloaded as it was read
         pdriver.refresh()
         return False
