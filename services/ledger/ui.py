@@ -5,7 +5,6 @@ ledger directly, as the API's routes do, and every form works without JavaScript
 
 from __future__ import annotations
 
-import hmac
 import secrets
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -31,6 +30,7 @@ from services.common.ui.session import (
     PostedForm,
     client_address,
     flashed,
+    same_token,
     set_form_cookie,
     set_session_cookie,
 )
@@ -236,7 +236,7 @@ async def set_passphrase(request: Request, ledger: LedgerUI) -> Response:
     form = await request.form()
     fields = {k: str(form.get(k, ""))[:300] for k in ("login", "code", "passphrase", "again")}
     expected = request.cookies.get(WELCOME_CSRF_COOKIE, "")
-    if not expected or not hmac.compare_digest(str(form.get("welcome_csrf", "")), expected):
+    if not same_token(form.get("welcome_csrf"), expected):
         return welcome_page(request, "The form had expired. Please try again.", 403)
     if fields["passphrase"] != fields["again"]:
         return welcome_page(request, "The two passphrases are not the same.", 422)

@@ -136,6 +136,12 @@ def test_a_login_form_from_another_page_is_refused(ui: TestClient) -> None:
     assert forged.status_code == 403
     assert "expired" in forged.text
     assert ui.get("/ui/").status_code == 303
+    # A browser that never saw the login form has no token cookie: an empty token in the form
+    # must not match the missing one.
+    ui.cookies.clear()
+    empty = ui.post("/ui/login", data={"login_csrf": "", "secret": ADMIN_TOKEN})
+    assert empty.status_code == 403
+    assert ui.get("/ui/").status_code == 303
 
 
 def test_a_form_without_the_sessions_csrf_token_changes_nothing(

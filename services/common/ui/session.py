@@ -60,8 +60,14 @@ def ui_session(request: Request) -> UISession:
 Viewer = Annotated[UISession, Depends(ui_session)]
 
 
-def _same(presented: object, expected: str) -> bool:
-    return isinstance(presented, str) and hmac.compare_digest(presented.encode(), expected.encode())
+def same_token(presented: object, expected: str) -> bool:
+    """Whether a form sent the token expected of it. No token expected (no cookie) matches
+    nothing, an empty one sent included."""
+    return (
+        bool(expected)
+        and isinstance(presented, str)
+        and hmac.compare_digest(presented.encode(), expected.encode())
+    )
 
 
 @dataclass(frozen=True)
@@ -79,7 +85,7 @@ class PostedForm:
 async def posted_form(request: Request, session: Viewer) -> PostedForm:
     """The posted form, if it carries the session's CSRF token; else a 403 page."""
     form = await request.form()
-    if not _same(form.get("csrf"), session.csrf):
+    if not same_token(form.get("csrf"), session.csrf):
         raise UIError(
             403,
             "This form has expired",
@@ -151,7 +157,7 @@ async def log_in(request: Request) -> Response:
     site = _site(request)
     form = await request.form()
     next_path = safe_next(_field(form, "next"), site)
-    if not _same(_field(form, "login_csrf"), request.cookies.get(LOGIN_CSRF_COOKIE, "")):
+    if not same_token(_field(form, "login_csrf"), request.cookies.get(LOGIN_CSRF_COOKIE, "")):
         message = "The login form had expired. Please try again."
         return _login_page(request, next_path, 403, message)
     attempt = LoginAttempt(_field(form, "login").strip(), _field(form, "secret").strip())
