@@ -14,10 +14,13 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import TypeVar
 
 from limits import RateLimitItem, parse
 from limits.storage import MemoryStorage
 from limits.strategies import MovingWindowRateLimiter
+
+T = TypeVar("T")
 
 SESSION_COOKIE = "timebank_session"
 DEFAULT_LIFETIME = timedelta(hours=12)
@@ -128,6 +131,16 @@ class Sessions:
             del self._open[key]
 
 
+class LoginFailed(Exception):
+    """The login or the secret is wrong (which one is never said)."""
+
+
+class LoginThrottled(Exception):
+    def __init__(self, retry_after: int) -> None:
+        super().__init__(f"too many failed attempts: try again in {retry_after} s")
+        self.retry_after = retry_after
+
+
 class LoginThrottle:
     """How many failed logins are allowed, per login and per client address, in a moving
     window. Only failures count: a member who logs in right is never slowed."""
@@ -148,6 +161,23 @@ class LoginThrottle:
     def failed(self, login: str, address: str) -> None:
         for item, key in self._keys(login, address):
             self._limiter.hit(item, key)
+
+    def attempt(
+        self,
+        who: tuple[str, str],
+        run: Callable[[], T],
+        failures: tuple[type[Exception], ...] = (LoginFailed,),
+    ) -> T:
+        """``run`` (a login, a code tried), unless its login or address (``who``) has failed
+        too often (LoginThrottled); a failure it raises is counted against both."""
+        login, address = who
+        if not self.allowed(login, address):
+            raise LoginThrottled(self.retry_after(login, address))
+        try:
+            return run()
+        except failures:
+            self.failed(login, address)
+            raise
 
     def retry_after(self, login: str, address: str) -> int:
         """Seconds until a blocked login may be tried again (at least 1)."""

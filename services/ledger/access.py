@@ -20,7 +20,13 @@ from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 from eventsourcing.domain import Aggregate
 
-from services.common.sessions import LoginThrottle, OpenedSession, Principal, Sessions
+from services.common.sessions import (
+    LoginFailed,
+    LoginThrottle,
+    OpenedSession,
+    Principal,
+    Sessions,
+)
 from services.ledger.acts_index import ActFor, ActsIndex
 from services.ledger.application import Ledger
 from services.ledger.domain import Account
@@ -64,16 +70,6 @@ class Act:
     member_id: str
     action: str
     reference: str
-
-
-class LoginFailed(Exception):
-    """The login or the passphrase is wrong (which one is never said)."""
-
-
-class LoginThrottled(Exception):
-    def __init__(self, retry_after: int) -> None:
-        super().__init__(f"too many failed attempts: try again in {retry_after} s")
-        self.retry_after = retry_after
 
 
 def new_code() -> str:
@@ -185,14 +181,37 @@ def log_in(
     credentials: tuple[str, str],
     address: str,
 ) -> tuple[OpenedSession, Principal]:
+    """A session for the login, if its passphrase is right and it has not failed too often
+    (LoginThrottled); LoginFailed, counted, if not."""
     login, passphrase = credentials
-    if not throttle.allowed(login, address):
-        raise LoginThrottled(throttle.retry_after(login, address))
-    principal = authenticate(ledger, login, passphrase)
-    if principal is None:
-        throttle.failed(login, address)
-        raise LoginFailed("the login or the passphrase is not right")
+
+    def check() -> Principal:
+        principal = authenticate(ledger, login, passphrase)
+        if principal is None:
+            raise LoginFailed("the login or the passphrase is not right")
+        return principal
+
+    principal = throttle.attempt((login, address), check)
     return sessions.open(principal), principal
+
+
+def take_invitation(
+    ledger: Ledger,
+    sessions: Sessions,
+    throttle: LoginThrottle,
+    acceptance: tuple[str, str, str],
+    address: str,
+) -> tuple[OpenedSession, Principal]:
+    """Set the login's passphrase with its code (a wrong code counts as a failed login) and
+    open its one session: any it had end."""
+    login, code, passphrase = acceptance
+    who = throttle.attempt(
+        (login, address),
+        lambda: accept_invitation(ledger, login, code, passphrase),
+        failures=(InvitationRefused,),
+    )
+    sessions.close_all_of(who.login)
+    return sessions.open(who), who
 
 
 def login_role(ledger: Ledger, login: str) -> str | None:

@@ -4,6 +4,8 @@ token in an HTTP-only cookie for the dashboard), and what coordinators did for m
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime
 from typing import Annotated
 
@@ -13,15 +15,18 @@ from pydantic import Field
 from services.common.auth import bearer_token
 from services.common.deps import WritingCaller, callers
 from services.common.problems import FORBIDDEN, Problem
-from services.common.sessions import SESSION_COOKIE, OpenedSession, Principal
+from services.common.sessions import (
+    SESSION_COOKIE,
+    LoginFailed,
+    LoginThrottled,
+    OpenedSession,
+    Principal,
+)
 from services.common.ui.session import client_address, set_session_cookie
 from services.ledger.access import (
     MAX_PASSPHRASE,
     Act,
     Invitation,
-    LoginFailed,
-    LoginThrottled,
-    accept_invitation,
     acts_for_member,
     acts_of,
     invite_coordinator,
@@ -29,6 +34,7 @@ from services.ledger.access import (
     log_in,
     login_role,
     revoke,
+    take_invitation,
 )
 from services.ledger.acts_index import ActFor
 from services.ledger.api import LedgerDep, RequestBody, problems
@@ -81,20 +87,12 @@ def start_session(
     )
 
 
-def sign_in(
-    request: Request, ledger: LedgerDep, login: str, passphrase: str
-) -> tuple[OpenedSession, Principal]:
-    """A session for the login, or the one problem a failed login gets (401, or 429 after
-    too many), the same whatever was wrong."""
-    state = request.app.state
+@contextmanager
+def login_problems() -> Iterator[None]:
+    """The problems a refused login or code gets: 401 (the same whatever was wrong), or 429
+    after too many."""
     try:
-        return log_in(
-            ledger,
-            state.sessions,
-            state.login_throttle,
-            (login, passphrase),
-            client_address(request),
-        )
+        yield
     except LoginThrottled as e:
         raise Problem(
             429, "too_many_attempts", str(e), headers={"Retry-After": str(e.retry_after)}
@@ -111,7 +109,10 @@ def open_session(
 ) -> Session:
     """Log in with a login and its passphrase. A wrong login and a wrong passphrase get the
     same answer; after 5 failures for a login (or 30 from one address) in 15 minutes, 429."""
-    opened, who = sign_in(request, ledger, body.login, body.passphrase)
+    state = request.app.state
+    credentials, address = (body.login, body.passphrase), client_address(request)
+    with login_problems():
+        opened, who = log_in(ledger, state.sessions, state.login_throttle, credentials, address)
     return start_session(request, response, opened, who)
 
 
@@ -134,22 +135,12 @@ def accept(body: Acceptance, request: Request, response: Response, ledger: Ledge
     """Set a passphrase with an invitation code (once; the code then stops working) and log
     in. Wrong codes count as failed logins."""
     state = request.app.state
-    address = client_address(request)
-    if not state.login_throttle.allowed(body.login, address):
-        retry = state.login_throttle.retry_after(body.login, address)
-        raise Problem(
-            429,
-            "too_many_attempts",
-            "too many failed attempts",
-            headers={"Retry-After": str(retry)},
+    acceptance, address = (body.login, body.code, body.passphrase), client_address(request)
+    with login_problems():
+        opened, who = take_invitation(
+            ledger, state.sessions, state.login_throttle, acceptance, address
         )
-    try:
-        who = accept_invitation(ledger, body.login, body.code, body.passphrase)
-    except InvitationRefused:
-        state.login_throttle.failed(body.login, address)
-        raise
-    state.sessions.close_all_of(who.login)
-    return start_session(request, response, state.sessions.open(who), who)
+    return start_session(request, response, opened, who)
 
 
 @access.post(

@@ -15,7 +15,7 @@ from fastapi.responses import Response
 from pydantic import ValidationError
 
 from services.common.deps import application
-from services.common.sessions import Principal
+from services.common.sessions import LoginThrottled, Principal
 from services.common.ui import (
     UI_PREFIX,
     LoginAttempt,
@@ -36,7 +36,7 @@ from services.common.ui.session import (
 )
 from services.common.ui.session import done as done_page
 from services.common.ui.site import UISession
-from services.ledger.access import accept_invitation, authenticate, recorded_by
+from services.ledger.access import authenticate, recorded_by, take_invitation
 from services.ledger.api_members import statement_csv
 from services.ledger.api_self import Payment, pay
 from services.ledger.application import Ledger
@@ -240,20 +240,18 @@ async def set_passphrase(request: Request, ledger: LedgerUI) -> Response:
         return welcome_page(request, "The form had expired. Please try again.", 403)
     if fields["passphrase"] != fields["again"]:
         return welcome_page(request, "The two passphrases are not the same.", 422)
-    throttle, address = request.app.state.login_throttle, client_address(request)
-    login = fields["login"].strip()
-    if not throttle.allowed(login, address):
-        return welcome_page(request, "Too many failed attempts. Try again later.", 429)
+    state, login = request.app.state, fields["login"].strip()
+    acceptance = (login, fields["code"], fields["passphrase"])
     try:
-        who = accept_invitation(ledger, login, fields["code"], fields["passphrase"])
+        opened, _ = take_invitation(
+            ledger, state.sessions, state.login_throttle, acceptance, client_address(request)
+        )
+    except LoginThrottled:
+        return welcome_page(request, "Too many failed attempts. Try again later.", 429)
     except InvitationRefused as e:
-        throttle.failed(login, address)
         return welcome_page(request, e.detail, 403)
     except LedgerError as e:
         return welcome_page(request, e.detail, 422)
-    sessions = request.app.state.sessions
-    sessions.close_all_of(who.login)
-    opened = sessions.open(who)
     response = see_other(f"{UI_PREFIX}/")
     set_session_cookie(response, request, opened.token)
     return response

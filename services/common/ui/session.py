@@ -18,7 +18,14 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 from starlette.datastructures import FormData
 
-from services.common.sessions import SESSION_COOKIE, LoginThrottle, Sessions
+from services.common.sessions import (
+    SESSION_COOKIE,
+    LoginFailed,
+    LoginThrottle,
+    LoginThrottled,
+    Principal,
+    Sessions,
+)
 from services.common.ui.site import (
     UI_PREFIX,
     LoginAttempt,
@@ -165,15 +172,21 @@ async def log_in(request: Request) -> Response:
     # A site that asks only for a token has no login to count failures against: the address.
     login = attempt.login if site.asks_login else f"token@{address}"
     throttle: LoginThrottle = request.app.state.login_throttle
-    if not throttle.allowed(login, address):
-        wait = throttle.retry_after(login, address)
-        message = f"Too many failed attempts. Try again in {(wait + 59) // 60} minute(s)."
+
+    def check() -> Principal:
+        principal = site.authenticate(request, attempt)
+        if principal is None or principal.role not in site.roles:
+            raise LoginFailed(LOGIN_FAILED)
+        return principal
+
+    try:
+        principal = throttle.attempt((login, address), check)
+    except LoginThrottled as e:
+        message = f"Too many failed attempts. Try again in {(e.retry_after + 59) // 60} minute(s)."
         response = _login_page(request, next_path, 429, message)
-        response.headers["Retry-After"] = str(wait)
+        response.headers["Retry-After"] = str(e.retry_after)
         return response
-    principal = site.authenticate(request, attempt)
-    if principal is None or principal.role not in site.roles:
-        throttle.failed(login, address)
+    except LoginFailed:
         return _login_page(request, next_path, 401, LOGIN_FAILED)
     sessions: Sessions = request.app.state.sessions
     opened = sessions.open(principal)
