@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import io
+from collections.abc import Callable
 from datetime import datetime
 from typing import Annotated
 
@@ -16,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from services.common.deps import Reader, Writer
 from services.common.problems import FORBIDDEN, Problem
 from services.ledger.api import LedgerDep, RequestBody, problems
+from services.ledger.application import Ledger
 from services.ledger.domain import Account, credits_pending
 from services.ledger.domain_terms import (
     FEDERATION_ACCOUNT,
@@ -161,9 +163,14 @@ def reinstate_member(member_id: str, ledger: LedgerDep) -> MemberView:
 def close_member(member_id: str, ledger: LedgerDep) -> MemberView:
     """Close a member for good: it can neither pay nor be paid, and its balance stays on the
     books (and in every report). Refused while a transfer from or to it is in flight."""
+    return ledger.change_member(member_id, closing(ledger))
+
+
+def closing(ledger: Ledger) -> Callable[[Account], None]:
+    """The change that closes an account, refused while a credit to it is in flight."""
 
     def close(account: Account) -> None:
         federation = ledger.find(account_id(FEDERATION_ACCOUNT), Account)
-        account.close(credits_pending(federation, member_id))
+        account.close(credits_pending(federation, account.member_id))
 
-    return ledger.change_member(member_id, close)
+    return close

@@ -20,6 +20,7 @@ from services.ledger.api import (
     LedgerDep,
     RequestBody,
     idempotency,
+    mark_replay,
     problems,
 )
 from services.ledger.api_members import StatementParams, statement_csv
@@ -34,7 +35,7 @@ from services.ledger.domain_terms import (
 )
 from services.ledger.offers import NewOffer, OfferView, post_offer
 from services.ledger.views import ExchangeReceipt, MemberView, Statement, TransferReceipt
-from services.ledger.writer import IdempotencyKey
+from services.ledger.writer import Executed, IdempotencyKey
 
 me = APIRouter(prefix="/v1/me", tags=["me"])
 for_member = APIRouter(prefix="/v1/members", tags=["members"])
@@ -81,27 +82,26 @@ def pay(
     body: Payment,
     caller: Principal,
     key: IdempotencyKey | None,
-) -> tuple[PaymentReceipt, bool]:
-    """Pay from ``payer``'s account: an exchange here, or a transfer to a partner bank; and
-    whether it was an idempotent replay."""
+) -> Executed[PaymentReceipt]:
+    """Pay from ``payer``'s account: an exchange here, or a transfer to a partner bank."""
     if body.bank is None or body.bank == ledger.bank_id:
         exchange = ledger.exchange_command(payer, body.payee, body.minutes, body.memo)
         recorded = acting(ledger, exchange, caller, payer, "paid", lambda r: r.exchange_id)
         done = ledger.run(recorded, key, ExchangeReceipt)
-        return PaymentReceipt(kind="exchange", exchange=done.value, transfer=None), done.replayed
+        receipt = PaymentReceipt(kind="exchange", exchange=done.value, transfer=None)
+        return Executed(receipt, done.replayed)
     transfer = ledger.transfer_command(payer, body.bank, body.payee, body.minutes, body.memo)
     sent = acting(ledger, transfer, caller, payer, "paid", lambda r: r.transfer_id)
     queued = ledger.run(sent, key, TransferReceipt)
-    return PaymentReceipt(kind="transfer", exchange=None, transfer=queued.value), queued.replayed
+    receipt = PaymentReceipt(kind="transfer", exchange=None, transfer=queued.value)
+    return Executed(receipt, queued.replayed)
 
 
-def answer(response: Response, paid: tuple[PaymentReceipt, bool]) -> PaymentReceipt:
-    receipt, replayed = paid
-    if replayed:
-        response.headers["Idempotent-Replayed"] = "true"
-    if receipt.kind == "transfer":
+def answer(response: Response, paid: Executed[PaymentReceipt]) -> PaymentReceipt:
+    mark_replay(response, paid)
+    if paid.value.kind == "transfer":
         response.status_code = 202
-    return receipt
+    return paid.value
 
 
 @me.get("", responses=problems(FORBIDDEN))
@@ -149,8 +149,7 @@ def post_my_offer(
     banks see it only with `shared_with_federation`: the member's own opt-in."""
     new = NewOffer(member_id=who.login, **body.model_dump())
     executed = post_offer(ledger, new, idempotency(key, f"POST /v1/me/offers {who.login}", body))
-    if executed.replayed:
-        response.headers["Idempotent-Replayed"] = "true"
+    mark_replay(response, executed)
     return executed.value
 
 

@@ -194,7 +194,7 @@ def pay_from_my_account(request: Request, ledger: LedgerUI, posted: Posted) -> R
     member_id = member_of(posted.session)
     try:
         payment = payment_from(posted, ledger.bank_id)
-        receipt, _ = pay(ledger, member_id, payment, posted.session.principal, None)
+        receipt = pay(ledger, member_id, payment, posted.session.principal, None).value
     except LedgerError as e:
         return account_page(request, ledger, posted.session, e.detail, status=409)
     where = f" at {payment.bank}" if payment.bank else ""

@@ -16,17 +16,15 @@ from services.common.ui.charts import Series, bar_chart, line_chart
 from services.common.ui.session import done, flashed
 from services.common.ui.site import UISession
 from services.ledger.access import invite_member
-from services.ledger.api_members import statement_csv
+from services.ledger.api_members import closing, statement_csv
 from services.ledger.api_reports import impact_csv
 from services.ledger.api_self import pay
 from services.ledger.application import Ledger
-from services.ledger.domain import Account, credits_pending
+from services.ledger.domain import Account
 from services.ledger.domain_access import LoginRole
 from services.ledger.domain_terms import (
-    FEDERATION_ACCOUNT,
     MEMBER_KINDS,
     LedgerError,
-    account_id,
 )
 from services.ledger.offer_board import category_report
 from services.ledger.reports import Window, impact_report, month_text, monthly_report
@@ -118,7 +116,7 @@ def record_exchange(request: Request, ledger: LedgerUI, posted: Posted, member_i
     who = coordinator(posted.session)
     try:
         payment = payment_from(posted, ledger.bank_id)
-        receipt, _ = pay(ledger, member_id, payment, who, None)
+        receipt = pay(ledger, member_id, payment, who, None).value
     except LedgerError as e:
         return member_page(request, ledger, posted.session, member_id, e.detail, 409)
     state = "sent to the partner bank" if receipt.transfer else "recorded"
@@ -165,13 +163,7 @@ def change_status(request: Request, ledger: LedgerUI, posted: Posted, member_id:
         message = "Tick the box to confirm closing: it cannot be undone."
         return member_page(request, ledger, posted.session, member_id, message, 422)
 
-    def change(account: Account) -> None:
-        if action == "close":
-            federation = ledger.find(account_id(FEDERATION_ACCOUNT), Account)
-            account.close(credits_pending(federation, member_id))
-        else:
-            getattr(account, action)()
-
+    change = closing(ledger) if action == "close" else getattr(Account, action)
     try:
         ledger.change_member(member_id, change)
     except LedgerError as e:

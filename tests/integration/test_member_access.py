@@ -88,11 +88,20 @@ def test_an_invited_member_sets_a_passphrase_logs_in_and_pays_from_its_own_accou
     assert paid.json()["kind"] == "exchange"
     assert paid.json()["exchange"]["payer"] == "ann"
     assert bank.get("/v1/members/bob", headers=operator).json()["balance_minutes"] == 45
+    # Sent again with its key, a payment is answered as before and paid once.
+    keyed = {**ann, "Idempotency-Key": "ann-shopping-1"}
+    payment = {"payee": "bob", "minutes": 5, "memo": "milk"}
+    first = bank.post("/v1/me/payments", json=payment, headers=keyed)
+    again = bank.post("/v1/me/payments", json=payment, headers=keyed)
+    assert again.headers.get("Idempotent-Replayed") == "true"
+    assert again.json() == first.json()
+    assert bank.get("/v1/members/bob", headers=operator).json()["balance_minutes"] == 50
     statement = bank.get("/v1/me/statement", headers=ann).json()
-    assert [e["minutes"] for e in statement["entries"]] == [-45]
+    assert [e["minutes"] for e in statement["entries"]] == [-45, -5]
     csv = bank.get("/v1/me/statement.csv", headers=ann)
     assert csv.status_code == 200
     assert csv.text.splitlines()[1].endswith(",-45,-45")
+    assert csv.text.splitlines()[2].endswith(",-5,-50")
 
 
 def test_a_member_can_neither_see_nor_spend_another_members_account(
