@@ -134,10 +134,6 @@ def caller_of(request: Request, registry: TokenRegistry) -> Principal:
     return principal
 
 
-def bearer_role(request: Request, registry: TokenRegistry) -> str:
-    return caller_of(request, registry).role
-
-
 def principal_guard(
     allowed: frozenset[str], registry_of: Callable[[Request], TokenRegistry]
 ) -> Callable[[Request, HTTPAuthorizationCredentials | None], Principal]:

@@ -8,7 +8,7 @@ import pytest
 from starlette.requests import Request
 
 from services.clearing.settings import ADMIN_TOKEN_VAR, ClearingSettings
-from services.common.auth import MIN_TOKEN_LENGTH, TokenRegistry, bearer_role
+from services.common.auth import MIN_TOKEN_LENGTH, TokenRegistry, caller_of
 from services.common.idempotency import (
     MAX_KEY_LENGTH,
     InvalidIdempotencyKey,
@@ -227,7 +227,7 @@ def test_a_token_the_settings_accept_can_authenticate(token: str) -> None:
         return
     request = Request({"type": "http", "headers": [(b"authorization", f"Bearer {token}".encode())]})
     try:
-        role = bearer_role(request, settings.tokens)
+        role = caller_of(request, settings.tokens).role
     except Problem as e:
         pytest.fail(f"accepted token {token!r} is refused with {e.status} {e.code}")
     assert role == "operator"
