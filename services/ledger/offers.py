@@ -18,7 +18,7 @@ from eventsourcing.domain import Aggregate
 
 from services.common.outbox import Outbox, outbox_id
 from services.common.sessions import Principal
-from services.ledger.access import acting, acts_for
+from services.ledger.access import acts_for
 from services.ledger.application import Ledger
 from services.ledger.domain import Account
 from services.ledger.domain_offers import (
@@ -227,12 +227,11 @@ def post_offer(
             new.where,
             new.shared_with_federation,
         )
-        return [offer, *_announce(ledger, offer, was_visible=False)], offer_view(offer)
+        announced = _announce(ledger, offer, was_visible=False)
+        acts = acts_for(ledger, by, new.member_id, "posted", offer.offer_id)
+        return [offer, *announced, *acts], offer_view(offer)
 
-    if by is None:
-        return ledger.run(command, idempotency, OfferView)
-    recorded = acting(ledger, command, by, new.member_id, "posted", lambda v: v.offer_id)
-    return ledger.run(recorded, idempotency, OfferView)
+    return ledger.run(command, idempotency, OfferView)
 
 
 def change_offer(ledger: Ledger, offer_id: str, changes: OfferChanges) -> OfferView:
