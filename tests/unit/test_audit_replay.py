@@ -22,7 +22,7 @@ from eventsourcing.persistence import (
 )
 from eventsourcing.utils import get_topic
 
-from services.audit.eventlog import StateDecoder, UnreadableRow
+from services.audit.eventlog import UnreadableRow
 from services.audit.findings import (
     ACCOUNT,
     DECODE,
@@ -39,6 +39,7 @@ from services.audit.findings import (
     BankAudit,
 )
 from services.audit.replay import replay_events
+from services.audit.state_decoder import StateDecoder
 from services.common.idempotency import IdempotencyRecord
 from services.common.outbox import Outbox
 from services.ledger.domain import (
