@@ -8,6 +8,7 @@ import pty
 import select
 import subprocess
 import time
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -130,3 +131,17 @@ def confirm(clearing: Clearing, settlement_id: int, number: int, creditor: str) 
         confirmation_payload(creditor, settlement_id, number)
     )
     return clearing.confirm_obligation(settlement_id, number, creditor, signature)
+
+
+class Clock:
+    """A clock a test moves by hand (set ``now``, or ``advance``), given to an application as
+    its clock, so deadlines and cut-offs pass without sleeping."""
+
+    def __init__(self, start: datetime) -> None:
+        self.now = start
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, *, seconds: float = 0, minutes: float = 0) -> None:
+        self.now += timedelta(seconds=seconds, minutes=minutes)

@@ -37,23 +37,11 @@ from shared.protocol import (
     TransferCommitted,
     TransferRequested,
 )
+from tests.helpers import Clock
 
 DEADLINE_SECONDS = 30
 START = datetime(2026, 1, 1, 9, 0, tzinfo=UTC)
 LIMIT = 600
-
-
-class Clock:
-    """A clock the test moves by hand, so deadlines pass without sleeping."""
-
-    def __init__(self) -> None:
-        self.now = START
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += timedelta(seconds=seconds)
 
 
 class Senders:
@@ -135,7 +123,7 @@ def reserved(app: Clearing) -> dict[str, int]:
 
 @pytest.fixture
 def clock() -> Clock:
-    return Clock()
+    return Clock(START)
 
 
 @pytest.fixture
@@ -490,11 +478,11 @@ def test_expire_overdue_aborts_only_transfers_past_their_deadline(
     clearing: Clearing, send: Senders, clock: Clock
 ) -> None:
     clearing.receive([send("alpha", request("t1", minutes=40))])
-    clock.advance(20)
+    clock.advance(seconds=20)
     clearing.receive([send("alpha", request("t2", minutes=25))])
-    clock.advance(DEADLINE_SECONDS - 21)
+    clock.advance(seconds=DEADLINE_SECONDS - 21)
     assert clearing.expire_overdue() == []
-    clock.advance(2)
+    clock.advance(seconds=2)
     assert clearing.expire_overdue() == ["t1"]
     assert_aborted(clearing, "t1", "deadline_exceeded", ["alpha", "beta"])
     assert clearing.get_transfer("t2").status == TransferPhase.PREPARING
@@ -508,7 +496,7 @@ def test_late_credit_prepared_after_expiry_is_acknowledged_but_changes_nothing(
     clearing: Clearing, send: Senders, clock: Clock
 ) -> None:
     clearing.receive([send("alpha", request("t1", minutes=40))])
-    clock.advance(DEADLINE_SECONDS + 1)
+    clock.advance(seconds=DEADLINE_SECONDS + 1)
     assert clearing.expire_overdue() == ["t1"]
     before = (queued(clearing), clearing.banks())
     late = clearing.receive([send("beta", CreditPrepared(transfer_id="t1"))])
@@ -528,7 +516,7 @@ def test_waiting_transfers_survive_reopening_the_clearing_on_the_same_store(
     first.receive([send("alpha", request("t2", minutes=10))])
     first.receive([send("beta", CreditPrepared(transfer_id="t2"))])
     first.close()
-    clock.advance(DEADLINE_SECONDS + 1)
+    clock.advance(seconds=DEADLINE_SECONDS + 1)
     second = open_clearing()
     assert second.expire_overdue() == ["t1"]
     assert_aborted(second, "t1", "deadline_exceeded", ["alpha", "beta"])
@@ -827,7 +815,7 @@ def run_random_mix(app: Clearing, send: Senders, clock: Clock, rng: random.Rando
         elif i % 50 == 20:
             for bank_id in BANKS:
                 app.reinstate_bank(bank_id)
-        clock.advance(rng.uniform(0, 6))
+        clock.advance(seconds=rng.uniform(0, 6))
         if i % 25 == 24:
             for expired in app.expire_overdue():
                 waiting.remove(expired)

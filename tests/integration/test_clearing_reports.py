@@ -25,7 +25,7 @@ from shared.protocol import (
     Envelope,
     TransferRequested,
 )
-from tests.helpers import AUDITOR_TOKEN, admit, assert_problem, confirm
+from tests.helpers import AUDITOR_TOKEN, Clock, admit, assert_problem, confirm
 
 ADMIN_TOKEN = "admin-" + "r" * 26
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
@@ -34,14 +34,6 @@ AUDITOR = {"Authorization": f"Bearer {AUDITOR_TOKEN}"}
 MONDAY = datetime(2026, 3, 2, tzinfo=UTC)
 DEADLINE_SECONDS = 3600
 BANK_IDS = ("gp", "college", "library")
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = MONDAY
-
-    def __call__(self) -> datetime:
-        return self.now
 
 
 @dataclass
@@ -99,7 +91,7 @@ class Federation:
 @pytest.fixture
 def fed(store_url: str) -> Iterator[Federation]:
     """gp, college and library admitted, nothing moved yet."""
-    clock = Clock()
+    clock = Clock(MONDAY)
     clearing = Clearing(parse_store_url(store_url), clock=clock, deadline_seconds=DEADLINE_SECONDS)
     environ = {"TIMEBANK_ADMIN_TOKEN": ADMIN_TOKEN, "TIMEBANK_AUDITOR_TOKEN": AUDITOR_TOKEN}
     settings = ClearingSettings.build(environ, store_url=store_url)

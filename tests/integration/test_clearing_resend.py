@@ -16,16 +16,9 @@ from shared.protocol import (
     TransferCommitted,
     TransferRequested,
 )
+from tests.helpers import Clock
 
 START = datetime(2026, 11, 23, 9, 0, tzinfo=UTC)
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = START
-
-    def __call__(self) -> datetime:
-        return self.now
 
 
 def open_clearing(store_url: str, clock: Clock) -> Clearing:
@@ -68,7 +61,7 @@ def acknowledge(clearing: Clearing, bank_id: str, seq: int) -> None:
 
 
 def test_an_unacknowledged_decision_is_sent_again_only_to_the_silent_bank(store_url: str) -> None:
-    clock = Clock()
+    clock = Clock(START)
     clearing = open_clearing(store_url, clock)
     commit_one_transfer(clearing)
     assert sorted(decisions_sent(clearing)) == ["alpha", "beta"]
@@ -90,7 +83,7 @@ def test_an_unacknowledged_decision_is_sent_again_only_to_the_silent_bank(store_
 
 
 def test_what_is_awaited_survives_a_restart_of_the_clearing_house(store_url: str) -> None:
-    clock = Clock()
+    clock = Clock(START)
     first = open_clearing(store_url, clock)
     commit_one_transfer(first)
     acknowledge(first, "alpha", seq=2)
@@ -107,7 +100,7 @@ def test_resends_back_off_and_stop_and_the_transfer_is_listed_as_stuck(store_url
     """A bank that never applies the decision: re-sent after 10 s, 20 s, 40 s ... (at most
     ten minutes apart), MAX_RESENDS times in all, then listed as stuck and not sent again,
     also after a restart."""
-    clock = Clock()
+    clock = Clock(START)
     clearing = open_clearing(store_url, clock)
     commit_one_transfer(clearing)
     acknowledge(clearing, "alpha", seq=2)

@@ -20,23 +20,15 @@ from services.common.sessions import SESSION_COOKIE
 from services.common.stores import parse_store_url
 from services.common.ui.session import LOGIN_FAILED
 from shared.protocol import CLEARING, CreditPrepared, Envelope, TransferRequested
-from tests.helpers import AUDITOR_TOKEN
+from tests.helpers import AUDITOR_TOKEN, Clock
 
 ADMIN_TOKEN = "admin-" + "x" * 24
 START = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = START
-
-    def __call__(self) -> datetime:
-        return self.now
-
-
 @pytest.fixture
 def clock() -> Clock:
-    return Clock()
+    return Clock(START)
 
 
 @pytest.fixture

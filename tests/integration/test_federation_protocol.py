@@ -8,7 +8,7 @@ import random
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -45,24 +45,12 @@ from shared.protocol import (
     TransferAborted,
     TransferCommitted,
 )
+from tests.helpers import Clock
 
 DEADLINE_SECONDS = 30
 START = datetime(2026, 1, 1, 9, 0, tzinfo=UTC)
 BANK_LIMIT = 600
 SYSTEM_IDS = ("federation", "settlement")
-
-
-class Clock:
-    """The clearing house's clock, moved by hand, so deadlines pass without sleeping."""
-
-    def __init__(self) -> None:
-        self.now = START
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += timedelta(seconds=seconds)
 
 
 Rule = Callable[[Envelope], bool]
@@ -257,7 +245,7 @@ def open_federation(new_store_url: Callable[[str], str]) -> Iterator[FederationF
         limits: dict[str, int] | None = None, *, announce: bool = True, **options: Any
     ) -> Federation:
         limits = limits or {"gp": BANK_LIMIT, "college": BANK_LIMIT}
-        clock = Clock()
+        clock = Clock(START)
         clearing = Clearing(
             parse_store_url(new_store_url(CLEARING)),
             deadline_seconds=DEADLINE_SECONDS,
@@ -517,7 +505,7 @@ def expire_while_college_is_away(fed: Federation) -> str:
     transfer_id = pay(fed)
     fed.pump()
     assert fed.clearing.expire_overdue() == []  # not yet due
-    fed.clock.advance(DEADLINE_SECONDS + 1)
+    fed.clock.advance(seconds=DEADLINE_SECONDS + 1)
     assert fed.clearing.expire_overdue() == [transfer_id]
     fed.pump()
     return transfer_id
@@ -680,7 +668,7 @@ def mix_step(
     if i in plan.silence:
         fed.stop(plan.silence[i])
     if i in plan.expire_at:
-        fed.clock.advance(DEADLINE_SECONDS + 1)
+        fed.clock.advance(seconds=DEADLINE_SECONDS + 1)
         fed.clearing.expire_overdue()
         fed.resume(plan.expire_at[i])
     if i in plan.resend_at:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -22,23 +22,12 @@ from services.common.auth import digest
 from services.common.stores import parse_store_url
 from shared.protocol import CLEARING, AnyMessage, CreditPrepared, Envelope, TransferRequested
 from shared.signing import SigningKey, confirmation_payload, rotation_payload
-from tests.helpers import AUDITOR_TOKEN, assert_problem, participant_key
+from tests.helpers import AUDITOR_TOKEN, Clock, assert_problem, participant_key
 
 ADMIN_TOKEN = "admin-" + "z" * 26
 START = datetime(2026, 3, 1, 9, 0, tzinfo=UTC)
 LIMIT = 10_000
 BANK_IDS = ("gp", "college", "library")
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = START
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def advance(self, minutes: int = 1) -> None:
-        self.now += timedelta(minutes=minutes)
 
 
 class Federation:
@@ -128,7 +117,7 @@ AUDITOR = bearer(AUDITOR_TOKEN)
 @pytest.fixture
 def fed(store_url: str) -> Iterator[Federation]:
     """gp, college and library admitted through the API, no transfers yet."""
-    clock = Clock()
+    clock = Clock(START)
     clearing = Clearing(parse_store_url(store_url), clock=clock)
     environ = {"TIMEBANK_ADMIN_TOKEN": ADMIN_TOKEN, "TIMEBANK_AUDITOR_TOKEN": AUDITOR_TOKEN}
     settings = ClearingSettings.build(environ, store_url=store_url)
@@ -207,7 +196,7 @@ def test_opening_a_cycle_answers_201_with_the_cut_off_positions_and_pending_obli
     owing: Federation,
 ) -> None:
     fed = owing
-    fed.clock.advance(30)
+    fed.clock.advance(minutes=30)
     positions = fed.client.get("/v1/positions", headers=AUDITOR).json()["positions"]
     body = open_cycle(fed)
     assert_settlement_shape(body)
@@ -289,7 +278,7 @@ def test_the_creditor_confirms_with_its_own_token_and_the_last_receipt_completes
 ) -> None:
     fed = owing
     body = open_cycle(fed)
-    fed.clock.advance(5)
+    fed.clock.advance(minutes=5)
     first_at = fed.clock.now
     response = fed.confirm(1, 1, fed.as_bank(creditor_of(body, 1)))
     assert response.status_code == 200, response.text
@@ -302,11 +291,11 @@ def test_the_creditor_confirms_with_its_own_token_and_the_last_receipt_completes
     assert fed.clearing.positions() == {"gp": -150, "college": 100, "library": 50}
 
     # Confirming again changes nothing, not even the time.
-    fed.clock.advance(5)
+    fed.clock.advance(minutes=5)
     again = fed.confirm(1, 1, fed.as_bank(creditor_of(body, 1)))
     assert (again.status_code, again.json()) == (200, after_one)
 
-    fed.clock.advance(5)
+    fed.clock.advance(minutes=5)
     done = fed.confirm(1, 2, fed.as_bank(creditor_of(body, 2))).json()
     assert_settlement_shape(done)
     assert done["status"] == "completed"

@@ -8,7 +8,7 @@ import random
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -39,26 +39,13 @@ from services.ledger.application import (
     Ledger,
 )
 from shared.protocol import CLEARING, Envelope, SettlementCompleted
-from tests.helpers import admit, confirm
+from tests.helpers import Clock, admit, confirm
 
 START = datetime(2026, 3, 1, 9, 0, tzinfo=UTC)
 MEMBERS = ("ann", "ben")
 OVERDRAFT = 5_000
 BANK_LIMIT = 50_000
 BANKS = ("gp", "college", "library", "surgery", "school")
-
-
-class Clock:
-    """The clearing house's clock, moved by hand: cut-offs and confirmations at known times."""
-
-    def __init__(self) -> None:
-        self.now = START
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def advance(self, minutes: int = 1) -> None:
-        self.now += timedelta(minutes=minutes)
 
 
 class Pump:
@@ -149,7 +136,7 @@ class Federation:
     def confirm_all(self, view: SettlementView, numbers: list[int] | None = None) -> SettlementView:
         for o in view.obligations:
             if numbers is None or o.number in numbers:
-                self.clock.advance()
+                self.clock.advance(minutes=1)
                 view = confirm(self.clearing, view.settlement_id, o.number, o.creditor)
         return view
 
@@ -169,7 +156,7 @@ def open_federation(new_store_url: Callable[[str], str]) -> Iterator[FederationF
         clock: Clock | None = None,
         limits: dict[str, int] | None = None,
     ) -> Federation:
-        clock = clock or Clock()
+        clock = clock or Clock(START)
         clearing = Clearing(parse_store_url(new_store_url(CLEARING)), clock=clock)
         opened.append(clearing)
         banks = {b: Ledger(b, parse_store_url(new_store_url(b))) for b in bank_ids}
@@ -354,7 +341,7 @@ def test_a_cycle_after_random_transfers_settles_every_position_to_zero_once(
     settlement_before = {b: balance(ledger, "settlement") for b, ledger in fed.banks.items()}
     assert set(settlement_before.values()) == {0}
 
-    fed.clock.advance(60)
+    fed.clock.advance(minutes=60)
     cut_off_at = fed.clock.now
     view = fed.clearing.open_settlement()
     assert (view.settlement_id, view.status, view.cut_off_at) == (1, CycleStatus.OPEN, cut_off_at)
@@ -370,7 +357,7 @@ def test_a_cycle_after_random_transfers_settles_every_position_to_zero_once(
     assert settlement_messages(fed.clearing) == []
 
     for o in view.obligations[:-1]:
-        fed.clock.advance()
+        fed.clock.advance(minutes=1)
         view = confirm(fed.clearing, 1, o.number, o.creditor)
         assert view.status == CycleStatus.OPEN
         assert view.obligations[o.number - 1].status == ObligationStatus.CONFIRMED
@@ -378,7 +365,7 @@ def test_a_cycle_after_random_transfers_settles_every_position_to_zero_once(
         fed.pump.run()
         assert fed.positions() == before
     last = view.obligations[-1]
-    fed.clock.advance()
+    fed.clock.advance(minutes=1)
     view = confirm(fed.clearing, 1, last.number, last.creditor)
     assert (view.status, view.completed_at) == (CycleStatus.COMPLETED, fed.clock.now)
     assert {o.status for o in view.obligations} == {ObligationStatus.CONFIRMED}
@@ -431,7 +418,7 @@ def test_transfers_committed_after_the_cut_off_belong_to_the_next_cycle(
         assert balance(ledger, "settlement") == -before[bank_id]
 
     # The next cycle settles what came after the first one's cut-off.
-    fed.clock.advance(60)
+    fed.clock.advance(minutes=60)
     second = fed.clearing.open_settlement()
     assert (second.settlement_id, second.positions) == (2, later)
     second = fed.confirm_all(second)
@@ -447,7 +434,7 @@ def test_transfers_committed_after_the_cut_off_belong_to_the_next_cycle(
 def test_a_cycle_survives_a_restart_of_every_application_mid_cycle_and_settles_once(
     open_federation: FederationFactory,
 ) -> None:
-    clock = Clock()
+    clock = Clock(START)
     fed = open_federation(BANKS, clock)
     rng = random.Random(5)
     for _ in range(25):
@@ -485,7 +472,7 @@ def test_a_cycle_survives_a_restart_of_every_application_mid_cycle_and_settles_o
 def test_a_cycle_completed_just_before_a_restart_is_posted_once_after_it(
     open_federation: FederationFactory,
 ) -> None:
-    clock = Clock()
+    clock = Clock(START)
     fed = open_federation(BANKS[:3], clock)
     rng = random.Random(11)
     for _ in range(10):
